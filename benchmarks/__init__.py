@@ -1,0 +1,1 @@
+"""Benchmarks of the fused Gaussian attention and LocAtViT (``locat-bench``)."""

@@ -1,0 +1,225 @@
+"""The fused op against its peers: time (forward, forward+backward), TFLOP/s, peak memory, error.
+
+Peers, all timed in the same process on the same inputs:
+- ``locat``: ``gaussian_attention(backend="triton")``, the fused kernels;
+- ``eager``: the reference (materializes the bias, eager softmax);
+- ``sdpa_bias``: the dense (B, H, N, N) bias handed to SDPA (the published path);
+- ``flex``: FlexAttention with a ``score_mod`` computing the bias (var_r, var_c, alpha captured
+  as three tensors, each indexed once, so their gradients work);
+- ``sdpa``: SDPA without any bias, the floor (gradients to q, k, v only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from locat_kernels import gaussian_attention, gaussian_attention_reference
+from locat_kernels.reference import gaussian_clamp, gaussian_eps
+
+__all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "REGIMES", "PEERS", "bench_shape", "ratios", "make_inputs", "flops"]
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    B: int
+    H: int
+    grid: tuple[int, int]
+    P: int = 1
+    D: int = 64
+
+    @property
+    def N(self) -> int:
+        return self.P + self.grid[0] * self.grid[1]
+
+
+# SPEC section 4.
+GPU_SHAPES = [
+    Shape("ViT-B 224", 128, 12, (14, 14)),
+    Shape("ViT-T 224", 256, 3, (14, 14)),
+    Shape("ViT-B 512", 16, 12, (32, 32)),
+    Shape("ViT-B 1024", 4, 12, (64, 64)),
+]
+CPU_SHAPES = [Shape("tiny 7x7", 1, 2, (7, 7), D=32), Shape("tiny 4x6+5", 2, 2, (4, 6), P=5, D=16)]
+REGIMES = ("broad", "init")
+PEERS = ("locat", "eager", "sdpa_bias", "flex", "sdpa")
+
+
+def make_inputs(shape: Shape, regime: str, dtype, device, requires_grad=True):
+    """q, k, v as views of one qkv tensor (as timm makes them), var and alpha of the regime.
+
+    broad: var uniform in [0.5, gh + 0.5], alpha uniform in [0, 2] (SPEC section 4);
+    init: a freshly initialized model, var about 1 and alpha about 0.69.
+    """
+    B, H, N, D, (gh, gw) = shape.B, shape.H, shape.N, shape.D, shape.grid
+    qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype).permute(2, 0, 3, 1, 4)
+    q, k, v = (t.requires_grad_(requires_grad) for t in qkv.detach().unbind(0))
+    u = torch.rand(B, H, gh * gw, 3, device=device)
+    if regime == "broad":
+        var, alpha = 0.5 + gh * u[..., :2], 2 * u[..., 2]
+    else:
+        var, alpha = 0.9 + 0.2 * u[..., :2], 0.64 + 0.1 * u[..., 2]
+    return q, k, v, var.requires_grad_(requires_grad), alpha.requires_grad_(requires_grad)
+
+
+def flex_peer():
+    """FlexAttention with the Gaussian bias as a score_mod, compiled once; None if unavailable."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def run(q, k, v, var, alpha, grid, P):
+        gh, gw = grid
+        eps, cmin = gaussian_eps(grid), gaussian_clamp(grid)
+        var_r, var_c = var[..., 0].contiguous(), var[..., 1].contiguous()
+
+        def score_mod(score, b, h, i, j):
+            pi, pj = (i - P).clamp(min=0), (j - P).clamp(min=0)
+            dr = (pi // gw - pj // gw).to(torch.float32)
+            dc = (pi % gw - pj % gw).to(torch.float32)
+            e = (-0.5 * dr * dr).clamp(min=cmin) / (var_r[b, h, pi] + eps)
+            e = e + (-0.5 * dc * dc).clamp(min=cmin) / (var_c[b, h, pi] + eps)
+            bias = alpha[b, h, pi] * torch.exp(e)
+            return score + torch.where((i >= P) & (j >= P), bias, 0.0)
+
+        return compiled(q, k, v, score_mod=score_mod)
+
+    return run
+
+
+def peer_fns(device):
+    fns = {
+        "locat": lambda q, k, v, var, alpha, grid, P: gaussian_attention(
+            q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="triton"),
+        "eager": lambda q, k, v, var, alpha, grid, P: gaussian_attention_reference(
+            q, k, v, var, alpha, grid, num_prefix_tokens=P),
+        "sdpa_bias": lambda q, k, v, var, alpha, grid, P: gaussian_attention(
+            q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="sdpa"),
+        "sdpa": lambda q, k, v, var, alpha, grid, P: F.scaled_dot_product_attention(q, k, v),
+    }
+    if device == "cuda":
+        flex = flex_peer()
+        if flex is not None:
+            fns["flex"] = flex
+    return fns
+
+
+def flops(shape: Shape, backward: bool) -> float:
+    """Matrix FLOPs: forward 2 products of 2*N*N*D per (b, h); backward 2.5x the forward."""
+    fwd = 4.0 * shape.B * shape.H * shape.N**2 * shape.D
+    return fwd * (3.5 if backward else 1.0)
+
+
+def _timer(device):
+    if device == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    import time
+
+    def cpu_median(fn, reps=5):
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+        return sorted(times)[len(times) // 2]
+
+    return cpu_median
+
+
+def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print) -> list[dict]:
+    """One row per peer: fwd/fwd+bwd median ms, TFLOP/s, peak fwd+bwd memory, error vs float64."""
+    fns = peer_fns(device)
+    timer = _timer(device)
+    inputs = make_inputs(shape, regime, dtype, device)
+    q, k, v, var, alpha = inputs
+    do = torch.randn_like(q)
+    ref = _reference64(inputs, shape)
+    rows = []
+    for peer in peers:
+        if peer not in fns:
+            continue
+        fn = fns[peer]
+        args = (*inputs, shape.grid, shape.P)
+        wrt = (q, k, v) if peer == "sdpa" else inputs
+        row = dict(shape=shape.name, B=shape.B, H=shape.H, N=shape.N, D=shape.D, grid=list(shape.grid),
+                   P=shape.P, regime=regime, dtype=str(dtype).removeprefix("torch."), peer=peer)
+        try:
+            with torch.no_grad():
+                out = fn(*args)
+                row["fwd_ms"] = timer(lambda: fn(*args))
+            row["max_abs_err"] = None if peer == "sdpa" else float((out[:1].double() - ref).abs().max())
+
+            def fwd_bwd():
+                return torch.autograd.grad(fn(*args), wrt, do)
+
+            row["fwd_bwd_ms"] = timer(fwd_bwd)
+            row["peak_mem_gb"] = _peak_memory(fwd_bwd, device)
+            row["fwd_tflops"] = flops(shape, False) / row["fwd_ms"] * 1e-9
+            row["fwd_bwd_tflops"] = flops(shape, True) / row["fwd_bwd_ms"] * 1e-9
+        except torch.cuda.OutOfMemoryError as e:  # the dense bias does not fit: say so, go on
+            row["error"] = f"out of memory: {e}".splitlines()[0]
+            torch.cuda.empty_cache()
+        rows.append(row)
+        log(_format_row(row))
+    return rows
+
+
+def _reference64(inputs, shape: Shape):
+    """The float64 truth for the first batch element (enough to measure error; keeps memory small)."""
+    first = [t.detach()[:1].double() for t in inputs]
+    with torch.no_grad():
+        return gaussian_attention_reference(*first, shape.grid, num_prefix_tokens=shape.P)
+
+
+def _peak_memory(fn, device) -> float | None:
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def _format_row(row: dict) -> str:
+    if "error" in row:
+        return f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<9} {row['error']}"
+    err = "" if row["max_abs_err"] is None else f"err {row['max_abs_err']:.1e}"
+    mem = "" if row["peak_mem_gb"] is None else f"{row['peak_mem_gb']:7.3f} GB"
+    return (f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<9} fwd {row['fwd_ms']:8.3f} ms "
+            f"fwd+bwd {row['fwd_bwd_ms']:8.3f} ms  {row['fwd_tflops']:6.1f}/{row['fwd_bwd_tflops']:6.1f} TFLOP/s "
+            f"{mem} {err}")
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per (shape, regime): each peer's time over the floor (sdpa without bias) and over locat."""
+    out = []
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["shape"], r["regime"], r["dtype"]), {})[r["peer"]] = r
+    for (shape, regime, dtype), g in groups.items():
+        floor, ours = g.get("sdpa"), g.get("locat")
+        for peer, r in g.items():
+            if "error" in r:
+                continue
+            entry = dict(shape=shape, regime=regime, dtype=dtype, peer=peer)
+            for t in ("fwd_ms", "fwd_bwd_ms"):
+                if floor and "error" not in floor:
+                    entry[f"{t}_over_floor"] = r[t] / floor[t]
+                if ours and "error" not in ours:
+                    entry[f"{t}_over_locat"] = r[t] / ours[t]
+            if floor and r.get("peak_mem_gb") is not None and floor.get("peak_mem_gb"):
+                entry["mem_over_floor"] = r["peak_mem_gb"] / floor["peak_mem_gb"]
+            out.append(entry)
+    return out
+
+

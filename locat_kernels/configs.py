@@ -1,0 +1,56 @@
+"""Block sizes, warps and pipeline stages of the Gaussian attention kernels: the one place they live.
+
+``launch_config(kernel, head_dim, n, dtype)`` picks one config per launch from a small table keyed
+on the kernel, head_dim, an N bucket and the dtype (measured on an H100: benchmarks/NOTES.md).
+There is no autotuning at run time: it would compile every candidate for every variant.
+Under the Triton interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a single small one.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+KERNELS = ("forward", "backward_dq", "backward_dkdv")
+
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs and head_dim <= 64.
+# BLOCK_M tiles queries, BLOCK_N keys.
+_HALF = {
+    "forward": (128, 64, 4, 3),
+    "backward_dq": (64, 64, 4, 2),
+    "backward_dkdv": (64, 64, 4, 2),
+}
+_HALF_SMALL_N = {  # N <= 256: smaller query tiles waste less of the last tile (197 = 3 * 64 + 5)
+    "forward": (64, 64, 4, 3),
+    "backward_dq": (64, 64, 4, 2),
+    "backward_dkdv": (64, 64, 4, 2),
+}
+_HALF_D128 = {
+    "forward": (128, 64, 8, 3),
+    "backward_dq": (64, 64, 8, 2),
+    "backward_dkdv": (64, 64, 8, 2),
+}
+_FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: small tiles, many registers
+_INTERPRETER = (16, 16, 1, 1)
+
+
+def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype) -> dict:
+    """Keyword arguments for one kernel launch: BLOCK_M, BLOCK_N, num_warps, num_stages."""
+    if INTERPRET:
+        m, b, w, s = _INTERPRETER
+    elif dtype == torch.float32:
+        m, b, w, s = _FP32[kernel]
+    elif head_dim > 64:
+        m, b, w, s = _HALF_D128[kernel]
+    elif n <= 256:
+        m, b, w, s = _HALF_SMALL_N[kernel]
+    else:
+        m, b, w, s = _HALF[kernel]
+    return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
+
+
+def even_n(n: int, config: dict) -> bool:
+    """Both tile sizes divide N: the kernels then skip every bounds mask."""
+    return n % config["BLOCK_M"] == 0 and n % config["BLOCK_N"] == 0

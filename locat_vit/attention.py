@@ -1,0 +1,133 @@
+"""Gaussian-augmented attention (GAug): timm's attention plus LocAtViT's per-query Gaussian bias.
+
+The published parameter names are kept (``attn.gaug.log_var``, ``attn.gaug.log_alpha``) so the
+published checkpoints load with ``strict=True``. var and alpha are computed here in torch (O(N));
+the attention itself is ``locat_kernels.gaussian_attention``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from locat_kernels import gaussian_attention
+
+ATTN_BACKENDS = ("auto", "triton", "sdpa", "eager")
+GAUSSIAN_MODES = ("published", "exact")
+
+
+class GaussianAugmentation(nn.Module):
+    """Per-query variance and amplitude from the patch queries, shared by all heads of a block.
+
+    ``var = coef * sigmoid(log_var(q) - shift) * min(gh, gw) / min(gh0, gw0)`` (B, H, Np, 2) and
+    ``alpha = softplus(log_alpha(q))`` (B, H, Np, 1), with ``coef = max(gh0, gw0)^2`` and ``shift``
+    chosen so that var = 1 at zero input. Computed in float32 or better (the layers are tiny), also
+    under autocast.
+    """
+
+    def __init__(self, head_dim: int, init_grid_size: tuple[int, int]):
+        super().__init__()
+        self.log_var = nn.Linear(head_dim, 2)
+        self.log_alpha = nn.Linear(head_dim, 1)
+        self.init_grid_size = tuple(init_grid_size)
+        self.coef = float(max(self.init_grid_size) ** 2)
+        self.shift = math.log(self.coef - 1) if self.coef > 2 else 0.0
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # timm's ViT init: at init var ~ 1 (one patch) and alpha ~ softplus(0) = 0.693.
+        for layer in (self.log_var, self.log_alpha):
+            nn.init.trunc_normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, qp: Tensor, grid_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        dtype = torch.promote_types(qp.dtype, torch.float32)
+        with torch.autocast(qp.device.type, enabled=False):
+            qp = qp.to(dtype)
+            log_var = F.linear(qp, self.log_var.weight.to(dtype), self.log_var.bias.to(dtype))
+            log_alpha = F.linear(qp, self.log_alpha.weight.to(dtype), self.log_alpha.bias.to(dtype))
+        var = self.coef * torch.sigmoid(log_var - self.shift) * (min(grid_size) / min(self.init_grid_size))
+        return var, F.softplus(log_alpha)
+
+
+class GaussianAugmentedAttention(nn.Module):
+    """A timm ``Attention`` with the Gaussian bias: adopts its layers (same state-dict keys) and adds ``gaug``.
+
+    Args:
+        attn: the timm ``Attention`` whose qkv, norms and projection this module takes over.
+        init_grid_size: the patch grid the model was built for (224 px, patch 16: (14, 14)).
+        num_prefix_tokens: class and register tokens before the patches.
+        backend: "triton" (fused kernel), "sdpa" (dense bias into SDPA, the published path), "eager"
+            (the reference), or "auto": triton on CUDA, sdpa elsewhere.
+        gaussian_mode: "published" uses the rate-2 approximation in training when the build grid's
+            first side is >= 32 (SPEC section 2); "exact" always uses the exact formula.
+
+    ``grid_size`` (the current grid) is set by the model before each forward when sizes vary.
+    """
+
+    def __init__(self, attn: nn.Module, init_grid_size, num_prefix_tokens: int,
+                 backend: str = "auto", gaussian_mode: str = "published"):
+        super().__init__()
+        if gaussian_mode not in GAUSSIAN_MODES:
+            raise ValueError(f"gaussian_mode must be one of {GAUSSIAN_MODES}, got {gaussian_mode!r}")
+        if getattr(attn, "attn_drop", None) is not None and attn.attn_drop.p > 0:
+            raise ValueError("attention dropout is not supported by Gaussian-augmented attention (attn_drop_rate=0)")
+        self.num_heads = attn.num_heads
+        self.head_dim = attn.head_dim
+        self.scale = attn.scale
+        for name, child in attn.named_children():  # qkv, q_norm, k_norm, norm, proj, (gate), ...
+            self.add_module(name, child)
+        self.init_grid_size = tuple(init_grid_size)
+        self.grid_size = self.init_grid_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.set_backend(backend)
+        self.gaussian_mode = gaussian_mode
+        self.gaug = GaussianAugmentation(self.head_dim, self.init_grid_size)
+
+    def set_backend(self, backend: str) -> None:
+        if backend not in ATTN_BACKENDS:
+            raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
+        self.backend = backend
+
+    def rate(self) -> int:
+        """2 in the published training approximation at large build grids, else 1."""
+        published = self.gaussian_mode == "published" and self.training and self.init_grid_size[0] >= 32
+        return 2 if published else 1
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
+        B, N, _ = x.shape
+        P, (gh, gw) = self.num_prefix_tokens, self.grid_size
+        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+
+        rate = self.rate()
+        qp = q[:, :, P:]
+        if rate == 1:
+            var, alpha = self.gaug(qp, (gh, gw))
+        else:
+            if gh % 2 or gw % 2:
+                raise ValueError(
+                    f"the published rate-2 training mode needs even grid sides, got {(gh, gw)}; "
+                    f"use gaussian_mode='exact'")
+            # Pool the queries over 2x2 patch blocks; each block's var/alpha is shared by its queries.
+            pooled = F.avg_pool2d(qp.reshape(B * self.num_heads, gh, gw, -1).permute(0, 3, 1, 2), 2)
+            var, alpha = self.gaug(pooled.permute(0, 2, 3, 1), (gh, gw))
+            var, alpha = (t.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(B, self.num_heads, gh * gw, -1)
+                          for t in (var, alpha))
+
+        backend = self.backend
+        if backend == "auto":
+            backend = "triton" if x.is_cuda else "sdpa"
+        x = gaussian_attention(
+            q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P, init_grid_size=self.init_grid_size,
+            rate=rate, scale=self.scale, backend="reference" if backend == "eager" else backend)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, -1))
+        if gate is not None:
+            x = x * gate
+        x = self.proj(x)
+        return self.proj_drop(x)

@@ -1,0 +1,143 @@
+"""LocAtViT: timm's VisionTransformer with Gaussian-augmented attention in every block and PRR.
+
+``import locat_vit`` registers ``locatvit_tiny``, ``locatvit_small`` and ``locatvit_base`` with timm.
+Extra keywords: ``attn_backend`` ("auto", "triton", "sdpa", "eager") and ``gaussian_mode``
+("published", "exact"); everything else is timm's (``img_size``, ``dynamic_img_size``,
+``reg_tokens``, ``class_token``, ``num_classes``, ...).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+from .attention import GaussianAugmentedAttention
+
+__all__ = ["LocAtViT", "patch_refinement", "load_checkpoint", "add_gaussian_attention"]
+
+
+def patch_refinement(x: Tensor, num_heads: int) -> Tensor:
+    """PRR: parameter-free multi-head self-attention over all tokens, ``softmax(x x^T / sqrt(d)) x`` per head."""
+    B, N, C = x.shape
+    x = x.reshape(B, N, num_heads, C // num_heads).transpose(1, 2)
+    return F.scaled_dot_product_attention(x, x, x).transpose(1, 2).reshape(B, N, C)
+
+
+def add_gaussian_attention(model: VisionTransformer, attn_backend: str, gaussian_mode: str) -> None:
+    """Replace each block's attention by a Gaussian-augmented one that keeps its weights."""
+    grid = tuple(model.patch_embed.grid_size)
+    for blk in model.blocks:
+        ref = blk.attn.qkv.weight
+        blk.attn = GaussianAugmentedAttention(
+            blk.attn, grid, model.num_prefix_tokens, attn_backend, gaussian_mode).to(ref.device)
+
+
+class LocAtViT(VisionTransformer):
+    """Locality-Attending ViT: GAug attention in every block, PRR between the final norm and the head.
+
+    ``forward_dense(x)`` returns the refined patch features (B, C, gh, gw) for dense prediction.
+    """
+
+    def __init__(self, *, attn_backend: str = "auto", gaussian_mode: str = "published", **kwargs):
+        kwargs.setdefault("fc_norm", False)  # the final norm stays before PRR, as published
+        super().__init__(**kwargs)
+        add_gaussian_attention(self, attn_backend, gaussian_mode)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """The patch grid of the last forward (the build grid before any)."""
+        return self.blocks[0].attn.grid_size
+
+    def set_attn_backend(self, backend: str) -> None:
+        """Switch every block to another attention backend; the weights stay."""
+        for blk in self.blocks:
+            blk.attn.set_backend(backend)
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        if self.dynamic_img_size:  # x is (B, gh, gw, C): the blocks need the current grid
+            grid = (x.shape[1], x.shape[2])
+            for blk in self.blocks:
+                blk.attn.grid_size = grid
+        return super()._pos_embed(x)
+
+    def refine(self, x: Tensor) -> Tensor:
+        """PRR over all tokens of the normalized features."""
+        return patch_refinement(x, self.blocks[0].attn.num_heads)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return super().forward_head(self.refine(x), pre_logits=pre_logits)
+
+    def forward_dense(self, x: Tensor) -> Tensor:
+        """Refined patch tokens (after the final norm and PRR) as a (B, C, gh, gw) feature map."""
+        x = self.refine(self.forward_features(x))[:, self.num_prefix_tokens:]
+        gh, gw = self.grid_size
+        return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+
+def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -> None:
+    """Load a local ``.pth``/``.pt`` or ``.safetensors`` checkpoint strictly.
+
+    The state dict may be wrapped in ``{"model": ...}`` or ``{"state_dict": ...}``; timm's filter
+    resamples position embeddings to the model's grid. Keys that do not fit (missing, unexpected,
+    mis-shaped) raise a ValueError naming them, and the model is left unchanged.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict):
+        state = state.get("model", state.get("state_dict", state))
+    state = filter_fn(state, model) if filter_fn is not None else state
+    own = model.state_dict()
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                 for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = [f"{name} ({len(keys)}): {', '.join(keys)}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}; " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+
+
+def _cfg(**kwargs):
+    return {
+        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+        "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
+    }
+
+
+# Untrained by default: pass a local published checkpoint with
+# timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) or load_checkpoint().
+default_cfgs = generate_default_cfgs({name: _cfg() for name in ("locatvit_tiny", "locatvit_small", "locatvit_base")})
+
+
+def _create(variant: str, pretrained: bool, model_args: dict, **kwargs) -> LocAtViT:
+    return build_model_with_cfg(
+        LocAtViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(model_args, **kwargs))
+
+
+@register_model
+def locatvit_tiny(pretrained: bool = False, **kwargs) -> LocAtViT:
+    return _create("locatvit_tiny", pretrained, dict(patch_size=16, embed_dim=192, depth=12, num_heads=3), **kwargs)
+
+
+@register_model
+def locatvit_small(pretrained: bool = False, **kwargs) -> LocAtViT:
+    return _create("locatvit_small", pretrained, dict(patch_size=16, embed_dim=384, depth=12, num_heads=6), **kwargs)
+
+
+@register_model
+def locatvit_base(pretrained: bool = False, **kwargs) -> LocAtViT:
+    return _create("locatvit_base", pretrained, dict(patch_size=16, embed_dim=768, depth=12, num_heads=12), **kwargs)

@@ -1,0 +1,58 @@
+"""Device choice: CUDA when present, else the Triton interpreter on CPU (set before any kernel is defined)."""
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from locat_kernels import triton_attention  # noqa: E402  (after TRITON_INTERPRET is set)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_poison(request, monkeypatch):
+    # Different random inputs per test (reproducible from its id; LOCAT_FRESH_SEED=1 draws new ones),
+    # and NaN-filled kernel outputs, so an element the kernels never write fails the comparison.
+    seed = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else seed)
+    monkeypatch.setattr(triton_attention, "POISON_OUTPUTS", True)
+
+
+def pytest_report_header(config):
+    return f"locat device: {DEVICE} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')})"
+
+
+def pytest_terminal_summary(terminalreporter):
+    """With LOCAT_TEST_SUMMARY=path: write pass counts, worst errors, device and versions as JSON."""
+    path = os.environ.get("LOCAT_TEST_SUMMARY")
+    if not path:
+        return
+    import json
+    import platform
+
+    import triton
+
+    from helpers import ERRORS
+
+    counts = {k: len(terminalreporter.stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")}
+    worst = {}
+    for key, err in ERRORS.items():
+        test, tensor = key.rsplit("::", 1)
+        group = test.split("[")[0]
+        worst.setdefault(group, {})[tensor] = max(err, worst.get(group, {}).get(tensor, 0.0))
+    summary = dict(
+        device=torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+        counts=counts, worst_relative_error=worst, errors=ERRORS,
+    )
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=1)

@@ -1,0 +1,49 @@
+"""Inputs and error measures shared by the tests (the reference itself lives in locat_kernels)."""
+import torch
+
+from locat_kernels import gaussian_attention_reference
+
+
+def make_inputs(B, H, grid, P, D, *, device, dtype=torch.float32, var_range=(0.01, 100.0), alpha_max=2.0):
+    """q, k, v as strided views of one qkv tensor (as timm makes them); var log-uniform in var_range."""
+    gh, gw = grid
+    N = P + gh * gw
+    qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype).permute(2, 0, 3, 1, 4)
+    q, k, v = (t.requires_grad_() for t in qkv.detach().unbind(0))
+    lo, hi = torch.log(torch.tensor(var_range, dtype=torch.float64))
+    var = torch.exp(lo + (hi - lo) * torch.rand(B, H, gh * gw, 2, dtype=torch.float64)).float().to(device)
+    alpha = (alpha_max * torch.rand(B, H, gh * gw, device=device)).float()
+    return q, k, v, var.requires_grad_(), alpha.requires_grad_()
+
+
+def run(fn, inputs, do, **kwargs):
+    """out and the gradients of (out * do).sum() w.r.t. all five inputs."""
+    out = fn(*inputs, **kwargs)
+    return [out, *torch.autograd.grad(out, inputs, do)]
+
+
+def reference64(inputs, do, **kwargs):
+    """The float64 truth on CPU."""
+    inputs64 = [t.detach().cpu().double().requires_grad_() for t in inputs]
+    return run(gaussian_attention_reference, inputs64, do.detach().cpu().double(), **kwargs)
+
+
+ERRORS: dict[str, float] = {}  # "test::tensor" -> worst relative error seen (the GPU summary reports it)
+
+
+def record(key: str, err: float) -> float:
+    ERRORS[key] = max(err, ERRORS.get(key, 0.0)) if err == err else float("nan")
+    return err
+
+
+def rel_err(x, ref):
+    """||x - ref|| / ||ref|| in float64; NaN anywhere gives NaN, which fails every comparison.
+
+    The denominator is floored at an RMS of 0.1 (inputs are O(1)), so gradients that are exactly zero
+    in exact arithmetic (N = 1) are judged by their absolute rounding error, not divided by zero.
+    """
+    x = x.detach().cpu().double()
+    return ((x - ref).norm() / ref.norm().clamp_min(0.1 * ref.numel() ** 0.5)).item()
+
+
+NAMES = ("out", "dq", "dk", "dv", "dvar", "dalpha")

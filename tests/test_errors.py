@@ -1,0 +1,74 @@
+"""Bad input gives an error that names the argument, what was expected and what came."""
+import pytest
+import torch
+
+from locat_kernels import gaussian_attention
+
+
+def _ok(B=1, H=2, grid=(3, 4), P=1, D=16, dtype=torch.float32):
+    N = P + grid[0] * grid[1]
+    q, k, v = torch.randn(3, B, H, N, D, dtype=dtype)
+    return dict(q=q, k=k, v=v, var=torch.ones(B, H, grid[0] * grid[1], 2), alpha=torch.ones(B, H, grid[0] * grid[1]),
+                grid_size=grid, num_prefix_tokens=P)
+
+
+def _call(backend="triton", **kw):
+    args = _ok()
+    args.update(kw)
+    return gaussian_attention(**args, backend=backend)
+
+
+@pytest.mark.parametrize("change,exc,words", [
+    (dict(num_prefix_tokens=2), ValueError, ["N=13", "2 + 3*4"]),
+    (dict(grid_size=(4, 4)), ValueError, ["N=13"]),
+    (dict(grid_size=(0, 4)), ValueError, ["grid sides must be >= 1"]),
+    (dict(grid_size="3x4"), ValueError, ["grid_size"]),
+    (dict(q=torch.randn(2, 13, 16)), ValueError, ["q must be 4-D"]),
+    (dict(k=torch.randn(1, 2, 12, 16)), ValueError, ["k must have q's shape"]),
+    (dict(v=torch.randn(1, 2, 13, 16, dtype=torch.float64)), TypeError, ["v has dtype torch.float64"]),
+    (dict(var=torch.ones(1, 2, 12, 3)), ValueError, ["var must have shape", "(1, 2, 12, 2)"]),
+    (dict(var=torch.ones(1, 2, 12, 2, dtype=torch.float16)), TypeError, ["var must be float32"]),
+    (dict(alpha=torch.ones(1, 2, 13)), ValueError, ["alpha must have shape"]),
+    (dict(alpha=[1.0]), TypeError, ["alpha must be a torch.Tensor"]),
+    (dict(rate=3), ValueError, ["rate must be an int >= 1 dividing"]),
+    (dict(num_prefix_tokens=-1), ValueError, ["num_prefix_tokens"]),
+    (dict(backend="fast"), ValueError, ["backend must be one of"]),
+])
+def test_bad_arguments_are_named(change, exc, words):
+    with pytest.raises(exc) as e:
+        _call(**change) if "backend" not in change else gaussian_attention(**_ok(), backend=change["backend"])
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def test_triton_backend_checks():
+    x = torch.randn(1, 2, 13, 24)
+    with pytest.raises(ValueError, match="head_dim in"):
+        _call(q=x, k=x, v=x)
+    x = torch.randn(1, 2, 16, 13).transpose(-1, -2)
+    with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
+        _call(q=x, k=x.contiguous(), v=x.contiguous())
+    x = torch.randn(1, 2, 13, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match="supports dtypes"):
+        _call(q=x, k=x, v=x, var=torch.ones(1, 2, 12, 2, dtype=torch.float64),
+              alpha=torch.ones(1, 2, 12, dtype=torch.float64))
+
+
+def test_device_mismatch():
+    args = _ok()
+    args["var"] = args["var"].to("meta")
+    with pytest.raises(ValueError, match="var is on meta but q is on cpu"):
+        gaussian_attention(**args)
+
+
+def test_model_rejects_attention_dropout_and_unknown_backend():
+    import timm
+
+    import locat_vit  # noqa: F401
+
+    with pytest.raises(ValueError, match="attention dropout"):
+        timm.create_model("locatvit_tiny", img_size=32, attn_drop_rate=0.1)
+    with pytest.raises(ValueError, match="attn_backend must be one of"):
+        timm.create_model("locatvit_tiny", img_size=32, attn_backend="cuda")
+    with pytest.raises(ValueError, match="gaussian_mode must be one of"):
+        timm.create_model("locatvit_tiny", img_size=32, gaussian_mode="fast")

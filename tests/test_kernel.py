@@ -1,0 +1,152 @@
+"""The fused op against the float64 reference: out and all five gradients.
+
+Small shapes run everywhere (CPU through the Triton interpreter, in CI); the bf16/fp16/fp32 cases at
+ViT sizes need CUDA and skip cleanly without it.
+"""
+import pytest
+import torch
+
+from helpers import NAMES, make_inputs, record, reference64, rel_err, run
+from locat_kernels import gaussian_attention, gaussian_attention_reference
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+# (grid, prefix tokens, head_dim, rate, init_grid): N = P + gh*gw covers 1, 2, 16, 50, 65 and more.
+SMALL = [
+    ((1, 1), 0, 16, 1, None),  # N = 1
+    ((1, 1), 1, 32, 1, None),  # N = 2
+    ((3, 5), 1, 16, 1, None),  # N = 16
+    ((7, 7), 1, 32, 1, None),  # N = 50
+    ((8, 8), 1, 16, 2, None),  # N = 65, rate 2
+    ((1, 7), 5, 16, 1, None),  # 1 x N grid, several prefix tokens
+    ((4, 6), 5, 32, 2, None),  # rectangular, rate 2
+    ((7, 7), 0, 16, 1, (4, 4)),  # current grid larger than the build grid: the clamp bites
+    ((3, 5), 0, 32, 1, (3, 5)),
+    ((2, 2), 0, 16, 2, None),
+]
+
+
+@pytest.mark.parametrize("grid,P,D,rate,init", SMALL, ids=lambda x: str(x).replace(" ", ""))
+@pytest.mark.parametrize("var_range", [(0.01, 100.0), (0.5, 2.0)], ids=["broad", "init"])
+def test_small_fp32_matches_float64(request, device, grid, P, D, rate, init, var_range):
+    inputs = make_inputs(2, 2, grid, P, D, device=device, var_range=var_range)
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
+    do = torch.randn_like(inputs[0])
+    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+    ref = reference64(inputs, do, **kwargs)
+    for name, g, r in zip(NAMES, got, ref):
+        assert g.shape == r.shape and g.dtype == torch.float32, name
+        err = record(f"{request.node.name}::{name}", rel_err(g, r))
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+def test_alpha_with_trailing_dim_and_float64_reference_dtype(device):
+    q, k, v, var, alpha = make_inputs(1, 3, (4, 4), 1, 16, device=device)
+    alpha4 = alpha.detach().unsqueeze(-1).requires_grad_()
+    out = gaussian_attention(q, k, v, var, alpha4, (4, 4), num_prefix_tokens=1, backend="triton")
+    (dalpha,) = torch.autograd.grad(out.sum(), alpha4)
+    assert dalpha.shape == alpha4.shape
+    ref = gaussian_attention_reference(*(t.detach().cpu().double() for t in (q, k, v, var, alpha4)),
+                                       (4, 4), num_prefix_tokens=1)
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_output_layout_makes_head_merge_free(device):
+    q, k, v, var, alpha = make_inputs(2, 3, (3, 3), 1, 16, device=device)
+    out = gaussian_attention(q, k, v, var, alpha, (3, 3), num_prefix_tokens=1, backend="triton")
+    merged = out.transpose(1, 2)
+    assert merged.is_contiguous()  # (B, N, H, D) in memory: reshape to (B, N, C) is a view
+    assert merged.reshape(2, 10, 48).data_ptr() == out.data_ptr()
+
+
+def test_compile_fullgraph_traces_the_custom_op(device):
+    inputs = make_inputs(1, 2, (3, 3), 1, 16, device=device)
+    kwargs = dict(grid_size=(3, 3), num_prefix_tokens=1, backend="triton")
+    do = torch.randn_like(inputs[0])
+    eager = run(gaussian_attention, inputs, do, **kwargs)
+    backend = "inductor" if device == "cuda" else "eager"  # dynamo alone on CPU: fast, still fullgraph
+    compiled = torch.compile(gaussian_attention, fullgraph=True, backend=backend)
+    got = run(compiled, inputs, do, **kwargs)
+    for name, g, e in zip(NAMES, got, eager):
+        assert torch.equal(g, e), name
+
+
+def test_opcheck(device):
+    """torch.library's own checks of the custom op: schema, fake tensor, autograd registration."""
+    from locat_kernels.reference import gaussian_clamp
+
+    q, k, v, var, alpha = make_inputs(1, 2, (3, 3), 1, 16, device=device)
+    args = (q, k, v, var, alpha, 3, 1, 0.1, gaussian_clamp((3, 3)), 1, 0.25)
+    torch.library.opcheck(torch.ops.locat.gaussian_attention.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: realistic sizes and low precision; the kernel's error against float64 must be at most 2x
+# the error of eager PyTorch (the reference run in the same dtype).
+
+LOW = [torch.bfloat16, torch.float16]
+CUDA_SHAPES = [  # (B, H, grid, P, D)
+    (4, 3, (14, 14), 1, 64),  # N = 197
+    (1, 2, (32, 32), 1, 64),  # N = 1025
+    (1, 1, (64, 64), 1, 64),  # N = 4097
+    (2, 2, (13, 17), 3, 128),  # odd sizes, D = 128
+    (3, 5, (9, 7), 0, 32),
+    (1, 3, (6, 10), 4, 16),
+]
+
+
+@cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_cuda_low_precision_within_2x_of_eager(request, shape, dtype):
+    B, H, grid, P, D = shape
+    inputs = make_inputs(B, H, grid, P, D, device="cuda", dtype=dtype, var_range=(0.5, grid[0] + 0.5))
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P)
+    do = torch.randn_like(inputs[0])
+    ref = reference64(inputs, do, **kwargs)
+    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+    eager = run(gaussian_attention_reference, inputs, do, **kwargs)
+    for name, g, e, r in zip(NAMES, got, eager, ref):
+        assert g.dtype == e.dtype, name
+        err, eager_err = rel_err(g, r), rel_err(e, r)
+        record(f"{request.node.name}::{name}", err)
+        record(f"{request.node.name}::{name}_eager", eager_err)
+        assert err <= 2 * eager_err, f"{name}: kernel {err:.2e}, eager {eager_err:.2e}"
+
+
+@cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
+def test_cuda_fp32_matches_float64(request, shape):
+    B, H, grid, P, D = shape
+    inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P)
+    do = torch.randn_like(inputs[0])
+    ref = reference64(inputs, do, **kwargs)
+    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+    for name, g, r in zip(NAMES, got, ref):
+        err = record(f"{request.node.name}::{name}", rel_err(g, r))
+        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+@cuda
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_cuda_backward_is_deterministic(dtype):
+    inputs = make_inputs(8, 3, (14, 14), 1, 64, device="cuda", dtype=dtype)
+    do = torch.randn_like(inputs[0])
+    first = run(gaussian_attention, inputs, do, grid_size=(14, 14), num_prefix_tokens=1)
+    second = run(gaussian_attention, inputs, do, grid_size=(14, 14), num_prefix_tokens=1)
+    for name, a, b in zip(NAMES, first, second):
+        assert torch.equal(a, b), name
+
+
+@cuda
+def test_cuda_many_programs_beyond_65535():
+    # B*H = 70000 rows of programs in one grid dimension would overflow CUDA's y/z limit.
+    inputs = make_inputs(70000, 1, (1, 3), 1, 16, device="cuda", dtype=torch.bfloat16, var_range=(0.5, 3.0))
+    do = torch.randn_like(inputs[0])
+    got = run(gaussian_attention, inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
+    ref = reference64(inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
+    eager = run(gaussian_attention_reference, inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
+    for name, g, e, r in zip(NAMES, got, eager, ref):
+        assert rel_err(g, r) <= 2 * rel_err(e, r), name

@@ -1,0 +1,258 @@
+"""LocAtViT on timm: registry, published keys, checkpoints, the published function, backends, locatify."""
+import math
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import locat_vit
+from locat_kernels import gaussian_attention_reference, gaussian_bias
+from locat_vit import GaussianAugmentedAttention, load_checkpoint, locatify
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+SIZES = {"locatvit_tiny": (192, 3), "locatvit_small": (384, 6), "locatvit_base": (768, 12)}
+
+
+def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None):
+    """The published LocAtViT function from a state dict, written out directly (SPEC sections 1-2)."""
+    ln = lambda t, n: F.layer_norm(t, t.shape[-1:], sd[n + ".weight"], sd[n + ".bias"], 1e-6)  # noqa: E731
+    lin = lambda t, n: F.linear(t, sd[n + ".weight"], sd[n + ".bias"])  # noqa: E731
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
+    B, C, gh, gw = t.shape
+    t = t.flatten(2).transpose(1, 2)
+    pos = sd["pos_embed"]
+    if (gh, gw) != init_grid:  # timm's resampling of the position embedding (dynamic size)
+        from timm.layers import resample_abs_pos_embed
+        pos = resample_abs_pos_embed(pos, (gh, gw), init_grid, num_prefix_tokens=P)
+    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1) + pos
+    m = max(init_grid)
+    coef = m * m
+    shift = math.log(coef - 1)
+    D = C // heads
+    i = 0
+    while f"blocks.{i}.norm1.weight" in sd:
+        b = f"blocks.{i}."
+        y = ln(t, b + "norm1")
+        q, k, v = lin(y, b + "attn.qkv").reshape(B, -1, 3, heads, D).permute(2, 0, 3, 1, 4)
+        qp = q[:, :, P:]
+        var = coef * torch.sigmoid(lin(qp, b + "attn.gaug.log_var") - shift) * min(gh, gw) / min(init_grid)
+        alpha = F.softplus(lin(qp, b + "attn.gaug.log_alpha"))
+        bias = gaussian_bias(var, alpha, (gh, gw), num_prefix_tokens=P, init_grid_size=init_grid)
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D) + bias, -1) @ v
+        t = t + lin(a.transpose(1, 2).reshape(B, -1, C), b + "attn.proj")
+        t = t + lin(F.gelu(lin(ln(t, b + "norm2"), b + "mlp.fc1")), b + "mlp.fc2")
+        i += 1
+    t = ln(t, "norm")
+    h = t.reshape(B, -1, heads, D).transpose(1, 2)  # PRR
+    t = (torch.softmax(h @ h.transpose(-1, -2) / math.sqrt(D), -1) @ h).transpose(1, 2).reshape(B, -1, C)
+    return lin(t[:, 0], "head"), t
+
+
+def _random_published_state(model):
+    """A published-style state dict: every weight random (not the init), same keys and shapes."""
+    return {k: torch.randn_like(v) * 0.1 for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_each_size_forward_backward(name):
+    model = timm.create_model(name, img_size=32, num_classes=5)
+    dim, heads = SIZES[name]
+    assert model.embed_dim == dim and model.blocks[0].attn.num_heads == heads
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    out.sum().backward()
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_published_keys_and_shapes():
+    model = timm.create_model("locatvit_tiny")
+    vit = timm.create_model("vit_tiny_patch16_224")
+    ours, theirs = model.state_dict(), vit.state_dict()
+    extra = {k: tuple(v.shape) for k, v in ours.items() if k not in theirs}
+    want = {}
+    for i in range(12):
+        want |= {f"blocks.{i}.attn.gaug.log_var.weight": (2, 64), f"blocks.{i}.attn.gaug.log_var.bias": (2,),
+                 f"blocks.{i}.attn.gaug.log_alpha.weight": (1, 64), f"blocks.{i}.attn.gaug.log_alpha.bias": (1,)}
+    assert extra == want
+    assert all(k in ours and ours[k].shape == v.shape for k, v in theirs.items())
+
+
+def test_init_gives_unit_variance_and_softplus0_amplitude():
+    model = timm.create_model("locatvit_tiny", img_size=64)
+    gaug = model.blocks[3].attn.gaug
+    with torch.no_grad():
+        assert float(gaug.log_var.bias.abs().max()) == 0.0 and 0.01 < float(gaug.log_var.weight.std()) < 0.03
+        var, alpha = gaug(torch.zeros(1, 3, 16, 64), (4, 4))
+    torch.testing.assert_close(var, torch.ones_like(var))
+    torch.testing.assert_close(alpha, torch.full_like(alpha, math.log(2)))
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_published_checkpoint_loads_strictly_and_computes_the_published_function(tmp_path, fmt):
+    model = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, attn_backend="eager").double().eval()
+    sd = _random_published_state(model)
+    path = tmp_path / f"ckpt.{fmt}"
+    if fmt == "pth":
+        torch.save({"model": sd}, path)
+    else:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    load_checkpoint(model, path)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    want, feats = published_forward(sd, x, heads=3, init_grid=(4, 4))
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+    dense = model.forward_dense(x)
+    torch.testing.assert_close(dense, feats[:, 1:].transpose(1, 2).reshape(2, 192, 4, 4), rtol=1e-10, atol=1e-10)
+    # timm's own pretrained path with a local file (it loads into the float32 model: float32 rounding)
+    again = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(path), num_classes=7), attn_backend="eager").double().eval()
+    torch.testing.assert_close(again(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_that_does_not_fit_names_keys_and_changes_nothing(tmp_path):
+    model = timm.create_model("locatvit_tiny", img_size=32)
+    sd = _random_published_state(model)
+    del sd["blocks.0.attn.gaug.log_var.bias"]
+    sd["blocks.1.attn.extra"] = torch.zeros(1)
+    sd["head.weight"] = torch.zeros(3, 192)
+    torch.save(sd, tmp_path / "bad.pth")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(model, tmp_path / "bad.pth")
+    msg = str(e.value)
+    assert "blocks.0.attn.gaug.log_var.bias" in msg and "blocks.1.attn.extra" in msg and "head.weight" in msg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(model, tmp_path / "missing.pth")
+
+
+def test_dynamic_size_uses_current_grid_and_build_constants():
+    model = timm.create_model("locatvit_tiny", img_size=64, dynamic_img_size=True, attn_backend="eager",
+                              num_classes=4).double().eval()
+    sd = _random_published_state(model)
+    model.load_state_dict(sd)
+    x = torch.randn(1, 3, 96, 80, dtype=torch.float64)  # grid (6, 5), built for (4, 4)
+    want, _ = published_forward(sd, x, heads=3, init_grid=(4, 4))
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+    assert model.grid_size == (6, 5) and model.forward_dense(x).shape == (1, 192, 6, 5)
+
+
+def test_register_tokens_and_no_class_token():
+    model = timm.create_model("locatvit_tiny", img_size=32, reg_tokens=4, num_classes=3)
+    assert model.blocks[0].attn.num_prefix_tokens == 5
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    model = timm.create_model("locatvit_tiny", img_size=32, class_token=False, global_pool="avg", num_classes=3)
+    assert model.blocks[0].attn.num_prefix_tokens == 0
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def _attention_at(grid, mode="published"):
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16 * grid, num_classes=0)
+    attn = GaussianAugmentedAttention(vit.blocks[0].attn, (grid, grid), 1, "eager", mode).double()
+    for p in attn.gaug.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return attn
+
+
+def test_published_rate2_in_training_at_large_grids_is_pooled_and_upsampled():
+    attn = _attention_at(32).train()
+    assert attn.rate() == 2
+    x = torch.randn(1, 1 + 32 * 32, 192, dtype=torch.float64)
+    B, N, H, D = 1, x.shape[1], 3, 64
+    q, k, v = attn.qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
+    pooled = F.avg_pool2d(q[:, :, 1:].reshape(H, 32, 32, D).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    var, alpha = attn.gaug(pooled.reshape(B, H, 16, 16, D), (32, 32))
+    up = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3).reshape(B, H, 32 * 32, -1)  # noqa: E731
+    ref = gaussian_attention_reference(q, k, v, up(var), up(alpha), (32, 32), num_prefix_tokens=1, rate=2)
+    want = attn.proj(ref.transpose(1, 2).reshape(B, N, -1))
+    torch.testing.assert_close(attn(x), want, rtol=1e-10, atol=1e-10)
+
+
+def test_eval_and_exact_mode_use_the_exact_formula_at_large_grids():
+    attn = _attention_at(32)
+    assert attn.eval().rate() == 1
+    assert _attention_at(32, "exact").train().rate() == 1
+    assert _attention_at(16).train().rate() == 1  # small build grids are always exact
+    x = torch.randn(1, 1 + 32 * 32, 192, dtype=torch.float64)
+    q, k, v = attn.qkv(x).reshape(1, -1, 3, 3, 64).permute(2, 0, 3, 1, 4)
+    var, alpha = attn.gaug(q[:, :, 1:], (32, 32))
+    ref = gaussian_attention_reference(q, k, v, var, alpha, (32, 32), num_prefix_tokens=1)
+    torch.testing.assert_close(attn(x), attn.proj(ref.transpose(1, 2).reshape(1, -1, 192)), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_backends_agree_with_eager(backend, device):
+    model = timm.create_model("locatvit_tiny", img_size=48, num_classes=3, attn_backend="eager").to(device)
+    x = torch.randn(2, 3, 48, 48, device=device)
+    want = model(x)
+    grads_want = torch.autograd.grad(want.square().sum(), list(model.parameters()))
+    model.set_attn_backend(backend)
+    got = model(x)
+    grads = torch.autograd.grad(got.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for g, w in zip(grads, grads_want):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5)
+
+
+def test_locatify_keeps_weights_and_adds_only_published_keys():
+    vit = timm.create_model("vit_small_patch16_224", img_size=64, num_classes=10)
+    before = {k: v.clone() for k, v in vit.state_dict().items()}
+    model = locatify(vit, attn_backend="eager")
+    assert isinstance(model, locat_vit.LocAtViT) and model is vit
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    added = sorted(set(after) - set(before))
+    assert added == sorted(f"blocks.{i}.attn.gaug.{n}.{p}" for i in range(12)
+                           for n in ("log_var", "log_alpha") for p in ("weight", "bias"))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    with pytest.raises(ValueError, match="already"):
+        locatify(model)
+    with pytest.raises(TypeError):
+        locatify(torch.nn.Linear(2, 2))
+
+
+def test_prr_matches_timms_attention_pool_prr():
+    prr_cls = getattr(timm.layers, "AttentionPoolPrr", None)
+    if prr_cls is None:
+        pytest.skip("this timm has no AttentionPoolPrr")
+    x = torch.randn(2, 17, 192)
+    torch.testing.assert_close(locat_vit.patch_refinement(x, 3)[:, 0], prr_cls(192, num_heads=3)(x))
+
+
+def test_forward_intermediates_still_works():
+    model = timm.create_model("locatvit_tiny", img_size=32)
+    final, inter = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=2)
+    assert len(inter) == 2 and inter[0].shape == (1, 192, 2, 2) and final.shape == (1, 5, 192)
+
+
+def test_trains_one_step_at_default_size():
+    model = timm.create_model("locatvit_tiny", num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(2, 3, 224, 224), torch.tensor([1, 7])
+    before = model.blocks[0].attn.gaug.log_var.weight.clone()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, model.blocks[0].attn.gaug.log_var.weight)
+
+
+def test_compile_fullgraph_model(device):
+    model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend="triton").to(device)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    want = model(x)
+    backend = "inductor" if device == "cuda" else "eager"  # dynamo alone on CPU: fast, still fullgraph
+    got = torch.compile(model, fullgraph=True, backend=backend)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_cuda_triton_matches_sdpa_in_bf16_autocast():
+    model = timm.create_model("locatvit_small", num_classes=10, attn_backend="sdpa").cuda()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    with torch.autocast("cuda", torch.bfloat16):
+        want = model(x).float()
+        model.set_attn_backend("triton")
+        got = model(x).float()
+    assert (got - want).norm() / want.norm() < 3e-2
