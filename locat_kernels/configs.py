@@ -17,17 +17,18 @@ KERNELS = ("forward", "backward_dq", "backward_dkdv")
 
 # kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs and head_dim <= 64.
 # BLOCK_M tiles queries, BLOCK_N keys.
+# The winners of benchmarks/tune.py on an H100, bf16, D = 64 (benchmarks/results/tune_H100.json).
 _HALF = {
     "forward": (128, 64, 4, 3),
-    "backward_dq": (64, 64, 4, 2),
-    "backward_dkdv": (64, 64, 4, 2),
+    "backward_dq": (64, 32, 4, 3),
+    "backward_dkdv": (32, 128, 4, 2),
 }
-_HALF_SMALL_N = {  # N <= 256: smaller query tiles waste less of the last tile (197 = 3 * 64 + 5)
-    "forward": (64, 64, 4, 3),
-    "backward_dq": (64, 64, 4, 2),
-    "backward_dkdv": (64, 64, 4, 2),
+_HALF_SMALL_N = {  # N <= 256
+    "forward": (128, 32, 4, 3),
+    "backward_dq": (64, 32, 4, 3),
+    "backward_dkdv": (32, 128, 4, 2),
 }
-_HALF_D128 = {
+_HALF_D128 = {  # not tuned yet: 8 warps keep the (BLOCK, 128) accumulators out of local memory
     "forward": (128, 64, 8, 3),
     "backward_dq": (64, 64, 8, 2),
     "backward_dkdv": (64, 64, 8, 2),
@@ -35,10 +36,15 @@ _HALF_D128 = {
 _FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: small tiles, many registers
 _INTERPRETER = (16, 16, 1, 1)
 
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for benchmarks/tune.py.
+OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
+
 
 def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype) -> dict:
     """Keyword arguments for one kernel launch: BLOCK_M, BLOCK_N, num_warps, num_stages."""
-    if INTERPRET:
+    if kernel in OVERRIDES:
+        m, b, w, s = OVERRIDES[kernel]
+    elif INTERPRET:
         m, b, w, s = _INTERPRETER
     elif dtype == torch.float32:
         m, b, w, s = _FP32[kernel]

@@ -13,9 +13,20 @@ Launchers (top of this file; shapes as in ``locat_kernels.attention.gaussian_att
   rows: it writes ``delta = rowsum(dO * O)``, dq, and the row reductions dvar and dalpha, so no
   atomics are needed and the result is deterministic. The dk/dv kernel owns key columns.
 
+Per logit the bias costs two subtractions, two squares, two FMAs and one exp2:
+``e = nh_r dr^2 + nh_c dc^2 + log2(alpha log2(e))`` with ``nh = -1/2 log2(e) / (var + eps)`` per
+query row, and ``logit += exp2(e)``. Non-patch keys sit at position +inf, so their bias is exactly
+zero without a mask. Keys whose grid rows are so far from a query tile's rows that every bias is
+below 2^-25 (a relative change of the softmax weights under 2e-8, beneath float32 resolution) skip
+the Gaussian entirely: the row radius comes from the widest row variance and the largest alpha of
+the (batch, head), and each loop over keys (or queries) runs as three ranges, far / near / far,
+with the Gaussian only in the near one (as causal flash attention splits its masked tiles). In the
+init regime and at high resolution most tiles are far.
+
 Kernels say their grid in their docstrings. Variants are constexpr flags: ``HAS_PREFIX``,
-``RATE`` (position quantization), ``EVEN_N`` (no bounds masks), ``DOT_PRECISION``; block sizes
-come from ``configs.launch_config``.
+``RATE`` (position quantization), ``EVEN_N`` (no bounds masks), ``CLAMP`` (the grid exceeds the
+build grid: clamp the exponent, no skipping), ``DOT_PRECISION``; block sizes come from
+``configs.launch_config``.
 """
 from __future__ import annotations
 
@@ -27,6 +38,8 @@ from . import configs
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
+# A tile pair whose every bias (and Gaussian factor) is below 2^SKIP_LOG2 skips the Gaussian.
+_SKIP_LOG2 = tl.constexpr(-25.0)
 
 # Tests set this: every output starts as NaN, so an element a kernel fails to write shows.
 POISON_OUTPUTS = False
@@ -39,11 +52,11 @@ def attention_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rat
     lse = _empty((B, H, N), q, torch.float32)
     cfg = configs.launch_config("forward", D, N, q.dtype)
     _forward_kernel[(triton.cdiv(N, cfg["BLOCK_M"]) * B * H,)](
-        q, k, v, var, alpha, out, lse,
+        q, k, v, var, alpha, _bounds(var, alpha), out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *var.stride(), *alpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, eps, cmin,
-        **_variant(q, num_prefix_tokens, rate, cfg), **cfg,
+        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg), **cfg,
     )
     return out, lse
 
@@ -59,23 +72,29 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, gw, num_prefix_tokens,
     dv = _empty((B, N, H, D), q).transpose(1, 2)
     dvar = _empty(var.shape, q, torch.float32)
     dalpha = _empty(alpha.shape, q, torch.float32)
+    bounds = _bounds(var, alpha)
     cfg = configs.launch_config("backward_dq", D, N, q.dtype)
     _backward_dq_kernel[(triton.cdiv(N, cfg["BLOCK_M"]) * B * H,)](
-        q, k, v, var, alpha, out, do, lse, delta, dq, dvar, dalpha,
+        q, k, v, var, alpha, bounds, out, do, lse, delta, dq, dvar, dalpha,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin,
-        **_variant(q, num_prefix_tokens, rate, cfg), **cfg,
+        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg), **cfg,
     )
     cfg = configs.launch_config("backward_dkdv", D, N, q.dtype)
     _backward_dkdv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]) * B * H,)](
-        q, k, v, var, alpha, do, lse, delta, dk, dv,
+        q, k, v, var, alpha, bounds, do, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin,
-        **_variant(q, num_prefix_tokens, rate, cfg), **cfg,
+        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg), **cfg,
     )
     return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype)
+
+
+def _bounds(var, alpha):
+    """(B, H, 2) float32: the largest row variance and the largest alpha of each (batch, head)."""
+    return torch.stack((var[..., 0].amax(-1), alpha.amax(-1)), -1).float()
 
 
 def _empty(shape, like, dtype=None):
@@ -83,10 +102,14 @@ def _empty(shape, like, dtype=None):
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
-def _variant(q, num_prefix_tokens, rate, cfg) -> dict:
+def _variant(q, gw, num_prefix_tokens, cmin, rate, cfg) -> dict:
     """The constexpr flags of one launch."""
+    N = q.shape[2]
+    gh = (N - num_prefix_tokens) // gw
     return dict(
-        D=q.shape[-1], HAS_PREFIX=num_prefix_tokens > 0, RATE=rate, EVEN_N=configs.even_n(q.shape[2], cfg),
+        D=q.shape[-1], HAS_PREFIX=num_prefix_tokens > 0, RATE=rate, EVEN_N=configs.even_n(N, cfg),
+        # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
+        CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
         # fp32 inputs get exact products (no tf32); the flag is ignored for fp16/bf16 operands.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
@@ -97,40 +120,96 @@ def _variant(q, num_prefix_tokens, rate, cfg) -> dict:
 
 
 @triton.jit
-def _positions(offs, N, GW, P, RATE: tl.constexpr):
-    """Row and column (float32) of tokens ``offs``, quantized to RATE, and whether each is a patch."""
+def _positions(offs, N, GW, P, RATE: tl.constexpr, FAR: tl.constexpr):
+    """Row and column (float32) of tokens ``offs``, quantized to RATE, and whether each is a patch.
+
+    With FAR, non-patch tokens (prefix, or beyond N) sit at +inf: their Gaussian factor is exactly 0.
+    """
     p = offs - P
     is_patch = (p >= 0) & (offs < N)
     p = tl.where(is_patch, p, 0)
-    row = (p // GW) // RATE * RATE
-    col = (p % GW) // RATE * RATE
-    return row.to(tl.float32), col.to(tl.float32), is_patch
+    row = ((p // GW) // RATE * RATE).to(tl.float32)
+    col = ((p % GW) // RATE * RATE).to(tl.float32)
+    if FAR:
+        row = tl.where(is_patch, row, float("inf"))
+        col = tl.where(is_patch, col, float("inf"))
+    return row, col, is_patch
 
 
 @triton.jit
-def _row_coefficients(var, alpha, offs_m, N, GW, eps,
+def _row_coefficients(var, alpha, offs_m, N, GW, eps, cmin,
                       stride_varn, stride_varc, stride_an, P, RATE: tl.constexpr):
-    """Per query row: position, ``inv = log2(e) / (var + eps)`` per axis, and alpha (0 off patches).
+    """Per query row, in log2 units: position; ``nh = -1/2 inv`` and ``lo = cmin inv`` per axis, with
+    ``inv = log2(e) / (var + eps)``, so the exponent is ``max(nh d^2, lo)``; alpha (0 off patches).
 
     ``var`` and ``alpha`` point at this program's (batch, head).
     """
-    row, col, is_patch = _positions(offs_m, N, GW, P, RATE)
+    row, col, is_patch = _positions(offs_m, N, GW, P, RATE, False)
     p = tl.where(is_patch, offs_m - P, 0)
     p_var = var + p * stride_varn
     inv_r = _LOG2E / (tl.load(p_var, mask=is_patch, other=1.0).to(tl.float32) + eps)
     inv_c = _LOG2E / (tl.load(p_var + stride_varc, mask=is_patch, other=1.0).to(tl.float32) + eps)
     a = tl.load(alpha + p * stride_an, mask=is_patch, other=0.0).to(tl.float32)
-    return row, col, inv_r, inv_c, a, is_patch
+    return row, col, -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c, a, is_patch
 
 
 @triton.jit
-def _gauss_exponents(row_q, col_q, inv_r, inv_c, row_k, col_k, cmin):
-    """``e = max(-1/2 d^2, cmin) * inv`` per axis, in log2 units; inputs broadcast to one tile."""
+def _exponents(row_q, col_q, nh_r, nh_c, lo_r, lo_c, row_k, col_k, CLAMP: tl.constexpr):
+    """``e = max(nh d^2, lo)`` per axis (the max only with CLAMP); inputs broadcast to one tile."""
     dr = row_q - row_k
     dc = col_q - col_k
-    e_r = tl.maximum(-0.5 * dr * dr, cmin) * inv_r
-    e_c = tl.maximum(-0.5 * dc * dc, cmin) * inv_c
+    e_r = nh_r * (dr * dr)
+    e_c = nh_c * (dc * dc)
+    if CLAMP:
+        e_r = tl.maximum(e_r, lo_r)
+        e_c = tl.maximum(e_c, lo_c)
     return e_r, e_c
+
+
+@triton.jit
+def _log2_bias(row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, row_k, col_k, is_patch_k,
+               CLAMP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """log2 of the bias in log2 units, ``e_r + e_c + log2(alpha log2(e))``; -inf where there is none.
+
+    Without CLAMP the key positions must be FAR (non-patch keys at +inf give -inf, no mask).
+    """
+    if CLAMP:
+        e_r, e_c = _exponents(row_q, col_q, nh_r, nh_c, lo_r, lo_c, row_k, col_k, True)
+        e = e_r + e_c + log2_amp
+        if HAS_PREFIX:
+            e = tl.where(is_patch_k, e, float("-inf"))
+    else:
+        dr = row_q - row_k
+        dc = col_q - col_k
+        e = tl.fma(nh_r, dr * dr, tl.fma(nh_c, dc * dc, log2_amp))
+    return e
+
+
+@triton.jit
+def _radius(bounds, bh, eps, GH, CLAMP: tl.constexpr):
+    """Row distance beyond which every bias (and Gaussian factor) of this (batch, head) is below
+    2^SKIP_LOG2: ``nh_max d^2 + max(log2(alpha_max log2(e)), 0) < SKIP_LOG2``. GH with CLAMP, or NaNs."""
+    if CLAMP:  # the clamp keeps far biases at their floor: no skipping
+        return GH
+    var_max = tl.load(bounds + bh * 2)
+    alpha_max = tl.load(bounds + bh * 2 + 1)
+    amp_bound = tl.maximum(tl.log2(alpha_max * _LOG2E), 0.0)
+    r2 = (amp_bound - _SKIP_LOG2) * (var_max + eps) / (0.5 * _LOG2E)
+    r = tl.sqrt(tl.minimum(r2, (GH * GH).to(tl.float32)))
+    return tl.where(r == r, r, GH).to(tl.int32)  # floor; a NaN input keeps every row near
+
+
+@triton.jit
+def _near_range(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.constexpr):
+    """Tokens [lo, hi), aligned to BLOCK, holding every patch within ``radius`` grid rows of the
+    patches among tokens [start, start + size); the rest are far. Rows quantized to RATE."""
+    p_lo = tl.maximum(start - P, 0)
+    p_hi = tl.maximum(tl.minimum(start + size, N) - 1 - P, 0)
+    row_lo = (p_lo // GW) // RATE * RATE - radius
+    row_hi = (p_hi // GW) // RATE * RATE + radius + RATE  # a token's quantized row is <= RATE - 1 below its row
+    lo = (P + tl.maximum(row_lo, 0) * GW) // BLOCK * BLOCK
+    hi = tl.minimum(tl.cdiv(P + tl.maximum(row_hi, 0) * GW, BLOCK) * BLOCK, N)
+    return lo, tl.maximum(hi, lo)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,41 +217,15 @@ def _gauss_exponents(row_q, col_q, inv_r, inv_c, row_k, col_k, cmin):
 
 
 @triton.jit
-def _forward_kernel(
-    q, k, v, var, alpha, o, lse,
-    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
-    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
-    H, N, GW, P, qk_scale, eps, cmin,
-    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+def _forward_tiles(
+    b_q, k_base, v_base, stride_kn, stride_vn, lo, hi, N, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
-
-    One pass over the keys: logits, Gaussian bias, online softmax, P @ V. Stores out and lse.
-    """
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(N, BLOCK_M)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    """Online softmax over key tiles [lo, hi); with BIAS the Gaussian is added to the logits."""
     offs_d = tl.arange(0, D)
-    m_m = offs_m < N
-
-    p_q = q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
-    b_q = tl.load(p_q) if EVEN_N else tl.load(p_q, mask=m_m[:, None], other=0.0)
-    row_q, col_q, inv_r, inv_c, a, _ = _row_coefficients(
-        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-        offs_m, N, GW, eps, stride_varn, stride_varc, stride_an, P, RATE)
-    amp = a * _LOG2E
-
-    k_base = k + b * stride_kb + h * stride_kh
-    v_base = v + b * stride_vb + h * stride_vh
-    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_l = tl.zeros([BLOCK_M], tl.float32)
-    b_acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         m_n = offs_n < N
         p_k = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
@@ -183,15 +236,15 @@ def _forward_kernel(
         else:
             b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
             b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale
-
-        row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE)
-        e_r, e_c = _gauss_exponents(row_q[:, None], col_q[:, None], inv_r[:, None], inv_c[:, None],
-                                    row_k[None, :], col_k[None, :], cmin)
-        b_bias = amp[:, None] * tl.exp2(e_r + e_c)
-        if HAS_PREFIX:
-            b_bias = tl.where(is_patch_k[None, :], b_bias, 0.0)
-        b_s += b_bias
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+        if BIAS:
+            row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, not CLAMP)
+            e = _log2_bias(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None], lo_r[:, None],
+                           lo_c[:, None], log2_amp[:, None], row_k[None, :], col_k[None, :], is_patch_k[None, :],
+                           CLAMP, HAS_PREFIX)
+            b_s = tl.fma(b_s, qk_scale, tl.exp2(e))
+        else:
+            b_s = b_s * qk_scale
         if not EVEN_N:
             b_s = tl.where(m_n[None, :], b_s, float("-inf"))
 
@@ -201,6 +254,61 @@ def _forward_kernel(
         b_l = b_l * b_corr + tl.sum(b_p, 1)
         b_acc = b_acc * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
         b_m = b_m_new
+    return b_m, b_l, b_acc
+
+
+@triton.jit
+def _forward_kernel(
+    q, k, v, var, alpha, bounds, o, lse,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    H, N, GW, P, qk_scale, eps, cmin,
+    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
+
+    One pass over the keys (far, near, far): logits, Gaussian bias, online softmax, P @ V.
+    Stores out and lse.
+    """
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(N, BLOCK_M)
+    bh = pid // num_m
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    start_m = (pid % num_m) * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_m = offs_m < N
+
+    p_q = q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
+    b_q = tl.load(p_q) if EVEN_N else tl.load(p_q, mask=m_m[:, None], other=0.0)
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = _row_coefficients(
+        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+        offs_m, N, GW, eps, cmin, stride_varn, stride_varc, stride_an, P, RATE)
+    log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
+    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
+    near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
+
+    k_base = k + b * stride_kb + h * stride_kh
+    v_base = v + b * stride_vb + h * stride_vh
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, D], tl.float32)
+    # Far keys, then near keys with the Gaussian, then far keys: no branch inside a loop.
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+        True, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
 
     b_acc = b_acc / b_l[:, None]
     p_o = o + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
@@ -218,28 +326,72 @@ def _forward_kernel(
 
 
 @triton.jit
+def _backward_dq_tiles(
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, lo, hi, N, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dq over key tiles [lo, hi); with BIAS also the row sums of dS g, dS g e_r and dS g e_c."""
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        m_n = offs_n < N
+        p_k = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
+        p_v = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
+        if EVEN_N:
+            b_k = tl.load(p_k)
+            b_v = tl.load(p_v)
+        else:
+            b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
+            b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
+        if BIAS:
+            row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, False)
+            e_r, e_c = _exponents(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None], lo_r[:, None],
+                                  lo_c[:, None], row_k[None, :], col_k[None, :], CLAMP)
+            b_g = tl.exp2(e_r + e_c)
+            if HAS_PREFIX:
+                b_g = tl.where(is_patch_k[None, :], b_g, 0.0)
+            b_s = tl.fma(amp[:, None], b_g, b_s)
+        b_p = tl.exp2(b_s)
+        if not EVEN_N:
+            b_p = tl.where(m_n[None, :], b_p, 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        if BIAS:
+            b_dsg = b_ds * b_g
+            b_dalpha += tl.sum(b_dsg, 1)
+            b_sum_r += tl.sum(b_dsg * e_r, 1)
+            b_sum_c += tl.sum(b_dsg * e_c, 1)
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
+    return b_dq, b_dalpha, b_sum_r, b_sum_c
+
+
+@triton.jit
 def _backward_dq_kernel(
-    q, k, v, var, alpha, o, do, lse, delta, dq, dvar, dalpha,
+    q, k, v, var, alpha, bounds, o, do, lse, delta, dq, dvar, dalpha,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
     H, N, GW, P, qk_scale, scale, eps, cmin,
-    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
 
-    Owns its query rows: writes delta, then loops over all keys for dq and the row reductions
-    ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``.
+    Owns its query rows: writes delta, then loops over all keys (far, near, far) for dq and the row
+    reductions ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``.
     """
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BLOCK_M)
     bh = pid // num_m
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m = (pid % num_m) * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     m_m = offs_m < N
 
@@ -260,10 +412,11 @@ def _backward_dq_kernel(
     b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
     tl.store(delta + bh.to(tl.int64) * N + offs_m, b_delta, mask=m_m)
 
-    row_q, col_q, inv_r, inv_c, a, is_patch_q = _row_coefficients(
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, is_patch_q = _row_coefficients(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-        offs_m, N, GW, eps, stride_varn, stride_varc, stride_an, P, RATE)
-    amp = a * _LOG2E
+        offs_m, N, GW, eps, cmin, stride_varn, stride_varc, stride_an, P, RATE)
+    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
+    near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
 
     k_base = k + b * stride_kb + h * stride_kh
     v_base = v + b * stride_vb + h * stride_vh
@@ -271,72 +424,99 @@ def _backward_dq_kernel(
     b_dalpha = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g
     b_sum_r = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g e_r
     b_sum_c = tl.zeros([BLOCK_M], tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        m_n = offs_n < N
-        p_k = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        p_v = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if EVEN_N:
-            b_k = tl.load(p_k)
-            b_v = tl.load(p_v)
-        else:
-            b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
-            b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale
-
-        row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE)
-        e_r, e_c = _gauss_exponents(row_q[:, None], col_q[:, None], inv_r[:, None], inv_c[:, None],
-                                    row_k[None, :], col_k[None, :], cmin)
-        b_g = tl.exp2(e_r + e_c)
-        if HAS_PREFIX:
-            b_g = tl.where(is_patch_k[None, :], b_g, 0.0)
-        b_p = tl.exp2(b_s + amp[:, None] * b_g - b_lse[:, None])
-        if not EVEN_N:
-            b_p = tl.where(m_n[None, :], b_p, 0.0)
-
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
-        b_ds = b_p * (b_dp - b_delta[:, None])
-        b_dsg = b_ds * b_g
-        b_dalpha += tl.sum(b_dsg, 1)
-        b_sum_r += tl.sum(b_dsg * e_r, 1)
-        b_sum_c += tl.sum(b_dsg * e_c, 1)
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
+    amp = a * _LOG2E
+    # Far keys, then near keys with the Gaussian, then far keys: no branch inside a loop.
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+        True, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
 
     p_dq = dq + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
     tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None])
 
-    # e = c * inv, inv = log2(e) / (var + eps)  =>  c / (var + eps)^2 = e * inv / log2(e)^2.
+    # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
     p = tl.where(is_patch_q, offs_m - P, 0)
     p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
-    scale_r = -a * inv_r / (_LOG2E * _LOG2E)
-    scale_c = -a * inv_c / (_LOG2E * _LOG2E)
-    tl.store(p_dvar, b_sum_r * scale_r, mask=is_patch_q)
-    tl.store(p_dvar + stride_dvarc, b_sum_c * scale_c, mask=is_patch_q)
+    tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
+    tl.store(p_dvar + stride_dvarc, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), mask=is_patch_q)
     tl.store(dalpha + b * stride_dab + h * stride_dah + p * stride_dan, b_dalpha, mask=is_patch_q)
 
 
 @triton.jit
+def _backward_dkdv_tiles(
+    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+    stride_varn, stride_varc, stride_an, lo, hi, N, GW, P, qk_scale, eps, cmin,
+    row_k, col_k, is_patch_k, b_dk, b_dv,
+    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dk, dv over query tiles [lo, hi), transposed (keys x queries); with BIAS the Gaussian."""
+    offs_d = tl.arange(0, D)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        m_m = offs_m < N
+        p_q = q_base + offs_m[:, None] * stride_qn + offs_d[None, :]
+        p_do = do_base + offs_m[:, None] * stride_don + offs_d[None, :]
+        if EVEN_N:
+            b_q = tl.load(p_q)
+            b_do = tl.load(p_do)
+            b_lse = tl.load(lse_base + offs_m)
+            b_delta = tl.load(delta_base + offs_m)
+        else:
+            b_q = tl.load(p_q, mask=m_m[:, None], other=0.0)
+            b_do = tl.load(p_do, mask=m_m[:, None], other=0.0)
+            b_lse = tl.load(lse_base + offs_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta_base + offs_m, mask=m_m, other=0.0)
+        b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
+        if BIAS:
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = _row_coefficients(
+                var_base, alpha_base, offs_m, N, GW, eps, cmin, stride_varn, stride_varc, stride_an, P, RATE)
+            e = _log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
+                           lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
+                           is_patch_k[:, None], CLAMP, HAS_PREFIX)
+            b_st += tl.exp2(e)
+        b_pt = tl.exp2(b_st)
+        if not EVEN_N:
+            b_pt = tl.where(m_m[None, :], b_pt, 0.0)
+
+        b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
+        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+        b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PRECISION)
+    return b_dk, b_dv
+
+
+@triton.jit
 def _backward_dkdv_kernel(
-    q, k, v, var, alpha, do, lse, delta, dk, dv,
+    q, k, v, var, alpha, bounds, do, lse, delta, dk, dv,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, scale, eps, cmin,
-    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
+    D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_N) * B * H,), one program per (key tile, batch*head).
 
-    Owns its key rows and loops over all queries, in the transposed orientation (keys x queries):
-    ``dv = P^T dO``, ``dk = scale * dS^T q``. Needs the delta written by the dq kernel.
+    Owns its key rows and loops over all queries (far, near, far): ``dv = P^T dO``,
+    ``dk = scale * dS^T q``. Needs the delta written by the dq kernel.
     """
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
     bh = pid // num_n
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    start_n = (pid % num_n) * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     m_n = offs_n < N
 
@@ -348,7 +528,9 @@ def _backward_dkdv_kernel(
     else:
         b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
         b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
-    row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE)
+    row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, not CLAMP)
+    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
+    near_lo, near_hi = _near_range(start_n, BLOCK_N, radius, N, GW, P, RATE, BLOCK_M)
 
     q_base = q + b * stride_qb + h * stride_qh
     do_base = do + b * stride_dob + h * stride_doh
@@ -357,38 +539,19 @@ def _backward_dkdv_kernel(
     row_base = bh.to(tl.int64) * N
     b_dk = tl.zeros([BLOCK_N, D], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D], tl.float32)
-    for start_m in range(0, N, BLOCK_M):
-        offs_m = start_m + tl.arange(0, BLOCK_M)
-        m_m = offs_m < N
-        p_q = q_base + offs_m[:, None] * stride_qn + offs_d[None, :]
-        p_do = do_base + offs_m[:, None] * stride_don + offs_d[None, :]
-        if EVEN_N:
-            b_q = tl.load(p_q)
-            b_do = tl.load(p_do)
-            b_lse = tl.load(lse + row_base + offs_m)
-            b_delta = tl.load(delta + row_base + offs_m)
-        else:
-            b_q = tl.load(p_q, mask=m_m[:, None], other=0.0)
-            b_do = tl.load(p_do, mask=m_m[:, None], other=0.0)
-            b_lse = tl.load(lse + row_base + offs_m, mask=m_m, other=0.0)
-            b_delta = tl.load(delta + row_base + offs_m, mask=m_m, other=0.0)
-        row_q, col_q, inv_r, inv_c, a, _ = _row_coefficients(
-            var_base, alpha_base, offs_m, N, GW, eps, stride_varn, stride_varc, stride_an, P, RATE)
-
-        b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale
-        e_r, e_c = _gauss_exponents(row_q[None, :], col_q[None, :], inv_r[None, :], inv_c[None, :],
-                                    row_k[:, None], col_k[:, None], cmin)
-        b_bias = (a * _LOG2E)[None, :] * tl.exp2(e_r + e_c)
-        if HAS_PREFIX:
-            b_bias = tl.where(is_patch_k[:, None], b_bias, 0.0)
-        b_pt = tl.exp2(b_st + b_bias - b_lse[None, :])
-        if not EVEN_N:
-            b_pt = tl.where(m_m[None, :], b_pt, 0.0)
-
-        b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
-        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
-        b_dst = b_pt * (b_dpt - b_delta[None, :])
-        b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PRECISION)
+    # Far queries, then near queries with the Gaussian, then far queries.
+    b_dk, b_dv = _backward_dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, 0, near_lo, N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k,
+        b_dk, b_dv, False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_M)
+    b_dk, b_dv = _backward_dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k,
+        b_dk, b_dv, True, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_M)
+    b_dk, b_dv = _backward_dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, near_hi, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k,
+        b_dk, b_dv, False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_M)
 
     p_dk = dk + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :]
     p_dv = dv + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :]

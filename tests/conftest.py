@@ -41,18 +41,22 @@ def pytest_terminal_summary(terminalreporter):
 
     import triton
 
-    from helpers import ERRORS
-
     counts = {k: len(terminalreporter.stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")}
-    worst = {}
-    for key, err in ERRORS.items():
-        test, tensor = key.rsplit("::", 1)
-        group = test.split("[")[0]
-        worst.setdefault(group, {})[tensor] = max(err, worst.get(group, {}).get(tensor, 0.0))
+    errors, worst = {}, {}
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        if report.when != "call":
+            continue
+        group = report.nodeid.split("::")[-1].split("[")[0]
+        for key, err in report.user_properties:
+            if key.startswith("rel_err::"):
+                tensor = key.removeprefix("rel_err::")
+                errors[f"{report.nodeid}::{tensor}"] = err
+                worst.setdefault(group, {})[tensor] = max(err, worst.get(group, {}).get(tensor, 0.0))
     summary = dict(
         device=torch.cuda.get_device_name() if DEVICE == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        counts=counts, worst_relative_error=worst, errors=ERRORS,
+        counts=counts, failed=[r.nodeid for r in terminalreporter.stats.get("failed", [])],
+        worst_relative_error=worst, errors=errors,
     )
     with open(path, "w") as f:
         json.dump(summary, f, indent=1)

@@ -28,11 +28,10 @@ def reference64(inputs, do, **kwargs):
     return run(gaussian_attention_reference, inputs64, do.detach().cpu().double(), **kwargs)
 
 
-ERRORS: dict[str, float] = {}  # "test::tensor" -> worst relative error seen (the GPU summary reports it)
-
-
-def record(key: str, err: float) -> float:
-    ERRORS[key] = max(err, ERRORS.get(key, 0.0)) if err == err else float("nan")
+def record(request, tensor: str, err: float) -> float:
+    """Keep a test's error in its report (``user_properties``, which pytest-xdist carries too), so
+    ``LOCAT_TEST_SUMMARY`` can list the worst errors of a run."""
+    request.node.user_properties.append((f"rel_err::{tensor}", err))
     return err
 
 

@@ -41,17 +41,17 @@ def test_bad_arguments_are_named(change, exc, words):
         assert w in str(e.value), str(e.value)
 
 
-def test_triton_backend_checks():
-    x = torch.randn(1, 2, 13, 24)
+def test_triton_backend_checks(device):
+    var, alpha = torch.ones(1, 2, 12, 2, device=device), torch.ones(1, 2, 12, device=device)
+    x = torch.randn(1, 2, 13, 24, device=device)
     with pytest.raises(ValueError, match="head_dim in"):
-        _call(q=x, k=x, v=x)
-    x = torch.randn(1, 2, 16, 13).transpose(-1, -2)
+        _call(q=x, k=x, v=x, var=var, alpha=alpha)
+    x = torch.randn(1, 2, 16, 13, device=device).transpose(-1, -2)
     with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
-        _call(q=x, k=x.contiguous(), v=x.contiguous())
-    x = torch.randn(1, 2, 13, 16, dtype=torch.float64)
+        _call(q=x, k=x.contiguous(), v=x.contiguous(), var=var, alpha=alpha)
+    x = torch.randn(1, 2, 13, 16, dtype=torch.float64, device=device)
     with pytest.raises(TypeError, match="supports dtypes"):
-        _call(q=x, k=x, v=x, var=torch.ones(1, 2, 12, 2, dtype=torch.float64),
-              alpha=torch.ones(1, 2, 12, dtype=torch.float64))
+        _call(q=x, k=x, v=x, var=var.double(), alpha=alpha.double())
 
 
 def test_device_mismatch():
