@@ -1,8 +1,9 @@
-"""``locat-bench``: the benchmark report. The fused op against its peers, as a table and JSON.
+"""``locat-bench``: the benchmark report. The fused op against its peers: table, JSON and a plot.
 
 On CUDA: the shapes of SPEC section 4 in bf16, both regimes, every peer that imports. Without CUDA
 it still runs: tiny shapes through the Triton interpreter and the eager peers, and says what needs
-a GPU (timings of the compiled kernels, FlexAttention, peak memory).
+a GPU (timings of the compiled kernels, FlexAttention, peak memory). ``--model``: whole-model
+training and inference images/s, LocAtViT per backend against timm's ViT.
 """
 from __future__ import annotations
 
@@ -28,12 +29,20 @@ def main(argv=None) -> int:
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/attention_<gpu>.json)")
     parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--model", action="store_true", help="whole-model images/s instead of the op")
+    parser.add_argument("--plot", type=Path, metavar="JSON", help="only draw the PNG of a saved op result")
     args = parser.parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot(args.plot)}")
+        return 0
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         # Kernels run through the interpreter on CPU; this must be set before triton kernels are defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+    env = environment(device)
+    if args.model:
+        return run_models(args, device, env)
     from . import bench_attention as ba
 
     shapes = ba.GPU_SHAPES if device == "cuda" else ba.CPU_SHAPES
@@ -44,7 +53,6 @@ def main(argv=None) -> int:
     regimes = args.regimes or ba.REGIMES
     peers = args.peers or ba.PEERS
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
-    env = environment(device)
     print(f"locat-bench on {env['device']} (torch {env['torch']}, triton {env['triton']}), {dtype}")
     if device == "cpu":
         print("No CUDA device: tiny shapes only, the fused kernels run through the Triton interpreter (slow, "
@@ -65,7 +73,70 @@ def main(argv=None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
         print(f"wrote {path}")
+        try:
+            print(f"wrote {plot(path)}")
+        except ImportError:
+            print("matplotlib is not installed (pip install -e '.[bench]'): no plot")
     return 0
+
+
+def run_models(args, device: str, env: dict) -> int:
+    from . import bench_model as bm
+
+    cases = bm.GPU_CASES if device == "cuda" else bm.CPU_CASES
+    print(f"locat-bench --model on {env['device']} (torch {env['torch']}, triton {env['triton']})")
+    if device == "cpu":
+        print("No CUDA device: one tiny case in float32, LocAtViT's triton backend needs CUDA here "
+              "(the interpreter is a correctness tool); numbers are not a speed measure.")
+    variants = [v for v in bm.VARIANTS if device == "cuda" or v != "locat_triton"]
+    rows = []
+    for i, case in enumerate(cases):
+        print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
+        rows += [bm.bench_case(case, v, device, log=lambda s: print(s, flush=True)) for v in variants]
+    ratios = bm.ratios(rows)
+    print("\nimages/s over timm's ViT of the same size (higher is better):")
+    for r in ratios:
+        print(f"  {r['model']:<9} {r['variant']:<13} train {r['train_over_vit']:5.2f}  infer {r['infer_over_vit']:5.2f}")
+    if not args.no_save:
+        tag = env["device"].replace(" ", "_").replace("/", "_")
+        path = args.output or RESULTS / f"model_{tag}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
+        print(f"wrote {path}")
+    return 0
+
+
+def plot(json_path: Path) -> Path:
+    """Bar chart of each peer's time over the floor, forward and forward+backward, next to the JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(json_path).read_text())
+    ratios = [r for r in data["ratios"] if r["peer"] != "sdpa"]
+    groups = list(dict.fromkeys((r["shape"], r["regime"]) for r in ratios))
+    peers = [p for p in ("locat", "sdpa_bias", "flex", "eager") if any(r["peer"] == p for r in ratios)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    width = 0.8 / len(peers)
+    for ax, key, title in zip(axes, ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor"), ("forward", "forward + backward")):
+        for i, peer in enumerate(peers):
+            vals = [next((r.get(key, float("nan")) for r in ratios if (r["shape"], r["regime"]) == g and r["peer"] == peer),
+                         float("nan")) for g in groups]
+            ax.bar([j + i * width for j in range(len(groups))], vals, width, label=peer)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{title}: time / SDPA without bias")
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+        ax.set_xticklabels([f"{s}\n{r}" for s, r in groups], fontsize=8)
+    axes[0].legend(loc="upper left", fontsize=8)
+    env = data["environment"]
+    fig.suptitle(f"{env['device']}, torch {env['torch']}, triton {env['triton']} (lower is better)")
+    fig.tight_layout()
+    out = Path(json_path).with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def environment(device: str) -> dict:
