@@ -34,6 +34,7 @@ def gaussian_attention(
     rate: int = 1,
     scale: float | None = None,
     backend: str = "auto",
+    check_values: bool = False,
 ) -> Tensor:
     """Self-attention with LocAtViT's per-query Gaussian bias toward nearby patches.
 
@@ -58,14 +59,18 @@ def gaussian_attention(
         backend: "triton" (the fused kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``), "reference"
             (eager, materializes the bias), "sdpa" (dense bias into SDPA, the published path), or
             "auto": triton on CUDA and under the interpreter, the reference elsewhere.
+        check_values: also check that var is positive and finite and alpha finite. Off by default:
+            it reads the values back to the host, a device synchronization on every call.
 
     Returns:
         (B, H, N, D) in q's dtype. The triton backend stores it as (B, N, H, D) and returns the
         transposed view, so merging heads afterwards is free. fp32 inputs use exact (non-tf32) dot
-        products. Gradients flow to q, k, v, var and alpha. Values of var are not checked (that
-        would synchronize the device); non-positive variances give meaningless results.
+        products. Gradients flow to q, k, v, var and alpha. Shapes, dtypes, devices and grids are
+        always checked (no device sync); values only with ``check_values=True``.
     """
     gh, gw = _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend)
+    if check_values:
+        _check_values(var, alpha)
     init_grid_size = (gh, gw) if init_grid_size is None else _pair(init_grid_size)
     eps = gaussian_eps(init_grid_size) if eps is None else float(eps)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
@@ -133,6 +138,14 @@ def _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend):
         raise ValueError(
             f"alpha must have shape (B, H, gh*gw) = {(B, H, np_)} or {(B, H, np_, 1)}, got {tuple(alpha.shape)}")
     return gh, gw
+
+
+def _check_values(var, alpha):
+    bad_var = int((~(torch.isfinite(var) & (var > 0))).sum())
+    bad_alpha = int((~torch.isfinite(alpha)).sum())
+    if bad_var or bad_alpha:
+        raise ValueError(f"var must be positive and finite and alpha finite: {bad_var} bad var values, "
+                         f"{bad_alpha} bad alpha values")
 
 
 def _check_triton(q, k, v):

@@ -1,0 +1,127 @@
+"""Extreme but valid inputs, the opt-in value check, and a seeded fuzz against the float64 reference.
+
+CPU cases run through the Triton interpreter in CI; the large and low-precision ones need CUDA.
+``LOCAT_FUZZ_CASES=N`` sets the fuzz length (default 12; on CUDA each new variant compiles) and
+``LOCAT_FUZZ_SUMMARY=path.json`` writes the counts of cases tried and failed.
+"""
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from helpers import NAMES, make_inputs, record, reference64, rel_err, run
+from locat_kernels import gaussian_attention, gaussian_attention_reference
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _check_fp32(request, inputs, do, tol=1e-5, **kwargs):
+    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+    ref = reference64(inputs, do, **kwargs)
+    for name, g, r in zip(NAMES, got, ref):
+        assert torch.isfinite(g).all(), f"{name} has non-finite values"
+        err = record(request, name, rel_err(g, r))
+        assert err < tol, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("case", ["var_1e-6", "var_at_coef", "alpha_0", "alpha_50", "large_logits"])
+def test_extreme_values(request, device, case):
+    grid, P = (5, 6), 1
+    var_range, alpha_max = (0.5, 2.0), 2.0
+    if case == "var_1e-6":
+        var_range = (1e-6, 2e-6)
+    elif case == "var_at_coef":
+        var_range = (35.9, 36.0)  # coef = max(gh0, gw0)^2 = 36: the largest variance the model makes
+    elif case == "alpha_50":
+        alpha_max = 50.0
+    q, k, v, var, alpha = make_inputs(2, 2, grid, P, 16, device=device, var_range=var_range, alpha_max=alpha_max)
+    if case == "alpha_0":
+        alpha = torch.zeros_like(alpha).requires_grad_()
+    if case == "large_logits":  # logits of several hundred: a naive exp overflows
+        q = (q.detach() * 12).requires_grad_()
+    do = torch.randn_like(q)
+    _check_fp32(request, [q, k, v, var, alpha], do, grid_size=grid, num_prefix_tokens=P)
+
+
+@pytest.mark.parametrize("grid,P,init", [((1, 1), 0, None), ((1, 23), 2, None), ((9, 9), 1, (5, 5))],
+                         ids=["1x1", "1xN", "clamp"])
+def test_extreme_grids(request, device, grid, P, init):
+    inputs = make_inputs(1, 3, grid, P, 32, device=device, var_range=(0.05, 30.0))
+    do = torch.randn_like(inputs[0])
+    _check_fp32(request, inputs, do, grid_size=grid, num_prefix_tokens=P, init_grid_size=init)
+
+
+def test_value_check_is_opt_in(device):
+    q, k, v, var, alpha = (t.detach() for t in make_inputs(1, 1, (2, 2), 1, 16, device=device))
+    bad = var.clone()
+    bad[0, 0, 1, 0] = -1.0
+    bad[0, 0, 2, 1] = float("nan")
+    gaussian_attention(q, k, v, bad, alpha, (2, 2), num_prefix_tokens=1)  # not checked: no device sync
+    with pytest.raises(ValueError, match="2 bad var values, 0 bad alpha values"):
+        gaussian_attention(q, k, v, bad, alpha, (2, 2), num_prefix_tokens=1, check_values=True)
+    gaussian_attention(q, k, v, var, alpha, (2, 2), num_prefix_tokens=1, check_values=True)
+
+
+def test_fuzz_against_reference(device):
+    """Random shapes, prefixes, rates, dtypes and values; every case against the float64 reference."""
+    n = int(os.environ.get("LOCAT_FUZZ_CASES", 12))
+    rng = random.Random(int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else 1234)
+    dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [])
+    dims = [16, 32] + ([64, 128] if device == "cuda" else [])
+    failures = []
+    for i in range(n):
+        rate = rng.choice([1, 1, 2])
+        gh, gw = (rate * rng.randint(1, 6), rate * rng.randint(1, 6)) if device == "cpu" else \
+            (rate * rng.randint(1, 20), rate * rng.randint(1, 20))
+        P, D, dtype = rng.randint(0, 5), rng.choice(dims), rng.choice(dtypes)
+        B, H = rng.randint(1, 3), rng.randint(1, 4)
+        lo = 10 ** rng.uniform(-3, 1)
+        init = rng.choice([None, (max(1, gh // 2), max(1, gw // 2))])
+        inputs = make_inputs(B, H, (gh, gw), P, D, device=device, dtype=dtype, var_range=(lo, lo * 10 ** rng.uniform(0, 2)),
+                             alpha_max=rng.choice([0.5, 2.0, 10.0]))
+        kwargs = dict(grid_size=(gh, gw), num_prefix_tokens=P, rate=rate, init_grid_size=init)
+        do = torch.randn_like(inputs[0])
+        got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+        ref = reference64(inputs, do, **kwargs)
+        eager = run(gaussian_attention_reference, inputs, do, **kwargs) if dtype != torch.float32 else None
+        for j, name in enumerate(NAMES):
+            err = rel_err(got[j], ref[j])
+            bound = 1e-5 if eager is None else 2 * rel_err(eager[j], ref[j])
+            if not err <= bound:
+                failures.append(dict(case=i, tensor=name, err=err, bound=bound, shape=[B, H, gh, gw, P, D],
+                                     rate=rate, dtype=str(dtype), init=init))
+    path = os.environ.get("LOCAT_FUZZ_SUMMARY")
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(device=str(torch.cuda.get_device_name() if device == "cuda" else "cpu"),
+                           torch=torch.__version__, cases=n, failed_cases=len({f["case"] for f in failures}),
+                           failures=failures), f, indent=1)
+    assert not failures, failures[:5]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_large_logits_low_precision(request, dtype):
+    q, k, v, var, alpha = make_inputs(2, 4, (14, 14), 1, 64, device="cuda", dtype=dtype, alpha_max=50.0)
+    q = (q.detach() * 8).requires_grad_()  # logits in the hundreds: exp overflows fp16 without the max shift
+    inputs, do = [q, k, v, var, alpha], torch.randn_like(q)
+    got = run(gaussian_attention, inputs, do, grid_size=(14, 14), num_prefix_tokens=1)
+    ref = reference64(inputs, do, grid_size=(14, 14), num_prefix_tokens=1)
+    eager = run(gaussian_attention_reference, inputs, do, grid_size=(14, 14), num_prefix_tokens=1)
+    for name, g, e, r in zip(NAMES, got, eager, ref):
+        assert torch.isfinite(g).all(), name
+        err = record(request, name, rel_err(g, r))
+        assert err <= 2 * rel_err(e, r), f"{name}: kernel {err:.2e}, eager {rel_err(e, r):.2e}"
+
+
+@cuda
+def test_cuda_96x96_grid():
+    inputs = make_inputs(1, 2, (96, 96), 1, 64, device="cuda", dtype=torch.bfloat16, var_range=(0.5, 96.5))
+    do = torch.randn_like(inputs[0])
+    got = run(gaussian_attention, inputs, do, grid_size=(96, 96), num_prefix_tokens=1)
+    ref = reference64(inputs, do, grid_size=(96, 96), num_prefix_tokens=1)
+    eager = run(gaussian_attention_reference, inputs, do, grid_size=(96, 96), num_prefix_tokens=1)
+    for name, g, e, r in zip(NAMES, got, eager, ref):
+        assert rel_err(g, r) <= 2 * rel_err(e, r), name
