@@ -64,9 +64,6 @@ def bench_case(case: ModelCase, variant: str, device, log=print) -> dict:
         row[f"{mode}_peak_gb"] = _peak(fn, device)
     log(f"  {case.name:<9} {variant:<13} train {row['train_img_s']:8.1f} img/s  infer {row['infer_img_s']:8.1f} img/s"
         + (f"  peak train {row['train_peak_gb']:.2f} GB" if row["train_peak_gb"] is not None else ""))
-    del model, opt
-    if device == "cuda":
-        torch.cuda.empty_cache()
     return row
 
 

@@ -68,11 +68,7 @@ def main(argv=None) -> int:
     print_ratios(ratios)
 
     if not args.no_save:
-        tag = env["device"].replace(" ", "_").replace("/", "_")
-        path = args.output or RESULTS / f"attention_{tag}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
-        print(f"wrote {path}")
+        path = save(args, "attention", env, rows, ratios)
         try:
             print(f"wrote {plot(path)}")
         except ImportError:
@@ -98,12 +94,18 @@ def run_models(args, device: str, env: dict) -> int:
     for r in ratios:
         print(f"  {r['model']:<9} {r['variant']:<13} train {r['train_over_vit']:5.2f}  infer {r['infer_over_vit']:5.2f}")
     if not args.no_save:
-        tag = env["device"].replace(" ", "_").replace("/", "_")
-        path = args.output or RESULTS / f"model_{tag}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
-        print(f"wrote {path}")
+        save(args, "model", env, rows, ratios)
     return 0
+
+
+def save(args, kind: str, env: dict, rows: list, ratios: list) -> Path:
+    """JSON with the environment (GPU, versions, date), every measured row and the ratios."""
+    tag = env["device"].replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
+    path = args.output or RESULTS / f"{kind}_{tag}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
+    print(f"wrote {path}")
+    return path
 
 
 def plot(json_path: Path) -> Path:

@@ -1,7 +1,7 @@
 """Inputs and error measures shared by the tests (the reference itself lives in locat_kernels)."""
 import torch
 
-from locat_kernels import gaussian_attention_reference
+from locat_kernels import gaussian_attention, gaussian_attention_reference
 
 
 def make_inputs(B, H, grid, P, D, *, device, dtype=torch.float32, var_range=(0.01, 100.0), alpha_max=2.0):
@@ -46,3 +46,18 @@ def rel_err(x, ref):
 
 
 NAMES = ("out", "dq", "dk", "dv", "dvar", "dalpha")
+
+
+def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, **kwargs):
+    """The fused op's out and five gradients against the float64 reference: within ``fp32_tol`` for
+    fp32 inputs; for fp16/bf16 at most 2x the error of eager PyTorch (the reference in that dtype)."""
+    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
+    ref = reference64(inputs, do, **kwargs)
+    low = inputs[0].dtype != torch.float32
+    eager = run(gaussian_attention_reference, inputs, do, **kwargs) if low else [None] * len(NAMES)
+    dtypes = [inputs[0].dtype] + [t.dtype for t in inputs]
+    for name, g, e, r, dtype in zip(NAMES, got, eager, ref, dtypes):
+        assert g.shape == r.shape and g.dtype == dtype, f"{name}: {g.shape} {g.dtype}"
+        err = record(request, name, rel_err(g, r))
+        bound = 2 * record(request, f"{name}_eager", rel_err(e, r)) if low else fp32_tol
+        assert err <= bound, f"{name}: relative error {err:.2e}, bound {bound:.2e}"

@@ -1,7 +1,9 @@
 """Bad input gives an error that names the argument, what was expected and what came."""
 import pytest
+import timm
 import torch
 
+import locat_vit  # noqa: F401  (registers the LocAtViT models with timm)
 from locat_kernels import gaussian_attention
 
 
@@ -62,10 +64,6 @@ def test_device_mismatch():
 
 
 def test_model_rejects_attention_dropout_and_unknown_backend():
-    import timm
-
-    import locat_vit  # noqa: F401
-
     with pytest.raises(ValueError, match="attention dropout"):
         timm.create_model("locatvit_tiny", img_size=32, attn_drop_rate=0.1)
     with pytest.raises(ValueError, match="attn_backend must be one of"):

@@ -6,7 +6,7 @@ ViT sizes need CUDA and skip cleanly without it.
 import pytest
 import torch
 
-from helpers import NAMES, make_inputs, record, reference64, rel_err, run
+from helpers import NAMES, assert_matches_reference, make_inputs, rel_err, run
 from locat_kernels import gaussian_attention, gaussian_attention_reference
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -30,14 +30,8 @@ SMALL = [
 @pytest.mark.parametrize("var_range", [(0.01, 100.0), (0.5, 2.0)], ids=["broad", "init"])
 def test_small_fp32_matches_float64(request, device, grid, P, D, rate, init, var_range):
     inputs = make_inputs(2, 2, grid, P, D, device=device, var_range=var_range)
-    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
-    do = torch.randn_like(inputs[0])
-    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-    ref = reference64(inputs, do, **kwargs)
-    for name, g, r in zip(NAMES, got, ref):
-        assert g.shape == r.shape and g.dtype == torch.float32, name
-        err = record(request, name, rel_err(g, r))
-        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]),
+                             grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
 
 
 @pytest.mark.parametrize("grid,P", [((16, 3), 1), ((20, 2), 0)])
@@ -47,12 +41,7 @@ def test_far_tiles_skip_the_gaussian_exactly(request, device, grid, P, var_range
     must still match the float64 reference (which never skips) to float32 precision, also where
     some skipped-or-not pairs carry small but significant biases (unit variances)."""
     inputs = make_inputs(1, 2, grid, P, 16, device=device, var_range=var_range, alpha_max=10.0)
-    do = torch.randn_like(inputs[0])
-    got = run(gaussian_attention, inputs, do, grid_size=grid, num_prefix_tokens=P, backend="triton")
-    ref = reference64(inputs, do, grid_size=grid, num_prefix_tokens=P)
-    for name, g, r in zip(NAMES, got, ref):
-        err = record(request, name, rel_err(g, r))
-        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
 def test_alpha_with_trailing_dim_and_float64_reference_dtype(device):
@@ -117,17 +106,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
 def test_cuda_low_precision_within_2x_of_eager(request, shape, dtype):
     B, H, grid, P, D = shape
     inputs = make_inputs(B, H, grid, P, D, device="cuda", dtype=dtype, var_range=(0.5, grid[0] + 0.5))
-    kwargs = dict(grid_size=grid, num_prefix_tokens=P)
-    do = torch.randn_like(inputs[0])
-    ref = reference64(inputs, do, **kwargs)
-    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-    eager = run(gaussian_attention_reference, inputs, do, **kwargs)
-    for name, g, e, r in zip(NAMES, got, eager, ref):
-        assert g.dtype == e.dtype, name
-        err, eager_err = rel_err(g, r), rel_err(e, r)
-        record(request, name, err)
-        record(request, f"{name}_eager", eager_err)
-        assert err <= 2 * eager_err, f"{name}: kernel {err:.2e}, eager {eager_err:.2e}"
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
 @cuda
@@ -137,15 +116,7 @@ def test_cuda_init_regime_where_most_tiles_skip(request, shape, dtype):
     """A freshly initialized model (var ~ 1, alpha ~ 0.69): far tile pairs skip the Gaussian."""
     B, H, grid, P, D = shape
     inputs = make_inputs(B, H, grid, P, D, device="cuda", dtype=dtype, var_range=(0.9, 1.1), alpha_max=1.4)
-    kwargs = dict(grid_size=grid, num_prefix_tokens=P)
-    do = torch.randn_like(inputs[0])
-    ref = reference64(inputs, do, **kwargs)
-    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-    eager = run(gaussian_attention_reference, inputs, do, **kwargs)
-    for name, g, e, r in zip(NAMES, got, eager, ref):
-        err = record(request, name, rel_err(g, r))
-        bound = 1e-5 if dtype == torch.float32 else 2 * rel_err(e, r)
-        assert err <= bound, f"{name}: kernel {err:.2e}, bound {bound:.2e}"
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
 @cuda
@@ -153,13 +124,7 @@ def test_cuda_init_regime_where_most_tiles_skip(request, shape, dtype):
 def test_cuda_fp32_matches_float64(request, shape):
     B, H, grid, P, D = shape
     inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
-    kwargs = dict(grid_size=grid, num_prefix_tokens=P)
-    do = torch.randn_like(inputs[0])
-    ref = reference64(inputs, do, **kwargs)
-    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-    for name, g, r in zip(NAMES, got, ref):
-        err = record(request, name, rel_err(g, r))
-        assert err < 1e-5, f"{name}: relative error {err:.2e}"
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
 @cuda
@@ -174,12 +139,7 @@ def test_cuda_backward_is_deterministic(dtype):
 
 
 @cuda
-def test_cuda_many_programs_beyond_65535():
+def test_cuda_many_programs_beyond_65535(request):
     # B*H = 70000 rows of programs in one grid dimension would overflow CUDA's y/z limit.
     inputs = make_inputs(70000, 1, (1, 3), 1, 16, device="cuda", dtype=torch.bfloat16, var_range=(0.5, 3.0))
-    do = torch.randn_like(inputs[0])
-    got = run(gaussian_attention, inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
-    ref = reference64(inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
-    eager = run(gaussian_attention_reference, inputs, do, grid_size=(1, 3), num_prefix_tokens=1)
-    for name, g, e, r in zip(NAMES, got, eager, ref):
-        assert rel_err(g, r) <= 2 * rel_err(e, r), name
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=(1, 3), num_prefix_tokens=1)
