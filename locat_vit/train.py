@@ -1,0 +1,323 @@
+"""``locat-train``: train a LocAtViT (or a timm ViT turned into one) on an image folder or synthetic data.
+
+    locat-train --model locatvit_tiny --data synthetic --img-size 64 --batch-size 8 --epochs 2 --output runs/a
+    locat-train --from-vit vit_small_patch16_224 --pretrained-file vit_s.safetensors --data /data/imagenet ...
+    torchrun --nproc_per_node 2 -m locat_vit.train ...          (DistributedDataParallel; --batch-size per process)
+
+bf16 autocast and the triton backend on CUDA (sdpa on CPU); AdamW with warmup and cosine decay from
+timm's factories; a progress line with loss, images/s and ETA; validation accuracy per epoch; a JSON
+log; checkpoints ``last.pth`` and ``best.pth`` written atomically; ``--resume`` continues the same run
+(model, optimizer, scheduler, epoch, step and RNG states). ``--max-steps`` counts the optimizer steps
+of this invocation. Every argument, path and checkpoint is checked before training starts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .attention import ATTN_BACKENDS
+from .convert import locatify
+from .data import SyntheticClassification
+from .model import load_checkpoint
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="locat-train", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="a registered LocAtViT (default: locatvit_tiny)")
+    p.add_argument("--from-vit", help="a timm ViT (e.g. vit_small_patch16_224) turned into LocAtViT with locatify")
+    p.add_argument("--pretrained-file", type=Path, help="local checkpoint (.pth or .safetensors) to start from")
+    p.add_argument("--data", default="synthetic", help="'synthetic' or a folder with train/ and val/ class folders")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in this invocation")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--output", type=Path, required=True, help="folder for checkpoints and the JSON log")
+    p.add_argument("--resume", type=Path, help="a last.pth/best.pth of an earlier run to continue")
+    p.add_argument("--attn-backend", choices=ATTN_BACKENDS, default="auto")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--num-classes", type=int, help="default: the dataset's")
+    p.add_argument("--synthetic-size", type=int, default=512, help="training images of the synthetic data")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10, help="optimizer steps between progress lines")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _validate(parser, args)
+    rank, world, device = _init_distributed()
+    try:
+        return _train(parser, args, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _validate(parser, args) -> None:
+    if args.model and args.from_vit:
+        parser.error("give --model or --from-vit, not both")
+    if args.resume and args.pretrained_file:
+        parser.error("--resume carries its own weights: drop --pretrained-file")
+    args.model = args.model or (None if args.from_vit else "locatvit_tiny")
+    if args.model and args.model not in timm.list_models("locatvit_*"):
+        parser.error(f"unknown model {args.model!r}; registered LocAtViTs: {timm.list_models('locatvit_*')}")
+    if args.from_vit and not timm.is_model(args.from_vit):
+        parser.error(f"unknown timm model {args.from_vit!r}")
+    for name in ("img_size", "batch_size", "epochs", "accum_steps", "synthetic_size", "log_every"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.img_size % 16:
+        parser.error(f"--img-size must be a multiple of the patch size 16, got {args.img_size}")
+    if args.max_steps is not None and args.max_steps < 1:
+        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.data != "synthetic":
+        root = Path(args.data)
+        missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+        if missing:
+            parser.error(f"--data {root}: no {' or '.join(d + '/' for d in missing)} folder "
+                         f"(expected an ImageFolder tree with train/ and val/)")
+    for name in ("pretrained_file", "resume"):
+        path = getattr(args, name)
+        if path is not None and not path.is_file():
+            parser.error(f"--{name.replace('_', '-')} {path} does not exist")
+
+
+def _init_distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def _data(args):
+    if args.data == "synthetic":
+        n = args.num_classes or 10
+        return (SyntheticClassification(args.synthetic_size, args.img_size, n, seed=args.seed),
+                SyntheticClassification(max(args.synthetic_size // 4, 1), args.img_size, n, seed=args.seed + 1), n)
+    from timm.data import create_dataset, create_transform
+
+    train = create_dataset("", root=str(Path(args.data) / "train"),
+                           transform=create_transform(args.img_size, is_training=True))
+    val = create_dataset("", root=str(Path(args.data) / "val"), transform=create_transform(args.img_size))
+    classes = len(getattr(train.reader, "class_to_idx", {})) or None
+    return train, val, args.num_classes or classes
+
+
+def _model(parser, args, num_classes):
+    kwargs = dict(img_size=args.img_size, num_classes=num_classes)
+    try:
+        if args.model:
+            model = timm.create_model(args.model, attn_backend=args.attn_backend, **kwargs)
+        else:
+            model = timm.create_model(args.from_vit, **kwargs)
+            if not isinstance(model, VisionTransformer):
+                parser.error(f"--from-vit needs a timm VisionTransformer, {args.from_vit} is {type(model).__name__}")
+        if args.pretrained_file:
+            load_checkpoint(model, args.pretrained_file, filter_fn=_keep_new_head)
+        if args.from_vit:
+            model = locatify(model, attn_backend=args.attn_backend)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
+    return model
+
+
+def _keep_new_head(state, model):
+    """timm's checkpoint filter, and a classifier of another size replaced by the model's fresh one."""
+    state = checkpoint_filter_fn(state, model)
+    own = model.state_dict()
+    for key in ("head.weight", "head.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            print(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)}: new head")
+            state[key] = own[key]
+    return state
+
+
+def _train(parser, args, rank, world, device) -> int:
+    torch.manual_seed(args.seed)
+    train_set, val_set, num_classes = _data(args)
+    if not num_classes:
+        parser.error("could not tell the number of classes: pass --num-classes")
+    model = _model(parser, args, num_classes).to(device)
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    loader = DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
+                        pin_memory=cuda)
+    val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
+                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False))
+    updates_per_epoch = len(loader) // args.accum_steps
+    if updates_per_epoch < 1:
+        parser.error(f"{len(train_set)} training images give no full step of {args.batch_size} x {args.accum_steps} "
+                     f"x {world} processes")
+    optimizer = create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * 1e-3,
+        step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+
+    start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, 0.0, []
+    if args.resume:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - state.keys()
+        if missing:
+            parser.error(f"--resume {args.resume} is not a locat-train checkpoint (no {sorted(missing)})")
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            parser.error(f"--resume {args.resume} does not fit the model: {e}")
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        best_acc, history = state.get("best_acc", 0.0), state.get("history", [])
+        torch.set_rng_state(state["rng"]["torch"])
+        if cuda and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        if rank == 0:
+            print(f"resumed {args.resume}: epoch {start_epoch}, step {global_step}")
+
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
+        if world > 1 else model
+    net = torch.compile(net) if args.compile else net
+    args.output.mkdir(parents=True, exist_ok=True)
+    log = _Progress(rank, updates_per_epoch, args.epochs)
+
+    steps_done = 0
+    for epoch in range(start_epoch, args.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        losses, images_seen, t0, first_step = [], 0, time.perf_counter(), step_in_epoch
+        for i, (images, labels) in enumerate(loader):
+            if i < step_in_epoch * args.accum_steps:  # resuming inside an epoch: the same order, skip what was done
+                continue
+            if not torch.isfinite(images).all():  # checked on the host: no device sync
+                raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            last_micro = (i + 1) % args.accum_steps == 0
+            sync = net.no_sync() if world > 1 and not last_micro else nullcontext()
+            with sync:
+                with autocast:
+                    loss = F.cross_entropy(net(images), labels)
+                (loss / args.accum_steps).backward()
+            losses.append(loss.detach())
+            images_seen += images.shape[0] * world
+            if not last_micro:
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            step_in_epoch += 1
+            steps_done += 1
+            scheduler.step_update(global_step)
+            if step_in_epoch % args.log_every == 0 or step_in_epoch == updates_per_epoch:
+                elapsed = time.perf_counter() - t0
+                eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
+                log.step(epoch, step_in_epoch, torch.stack(losses[-args.accum_steps:]).mean().item(),
+                         images_seen / elapsed, eta)
+            if args.max_steps and steps_done >= args.max_steps:
+                break
+        finished = step_in_epoch >= updates_per_epoch
+        acc = _evaluate(net, val_loader, device, autocast, world)
+        record = dict(epoch=epoch, steps=step_in_epoch, global_step=global_step, val_acc=acc,
+                      train_loss=torch.stack(losses).mean().item() if losses else None,
+                      img_s=images_seen / (time.perf_counter() - t0), lr=optimizer.param_groups[0]["lr"])
+        history.append(record)
+        best = acc > best_acc
+        best_acc = max(best_acc, acc)
+        if rank == 0:
+            log.epoch(record)
+            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                         epoch=epoch + 1 if finished else epoch, step_in_epoch=0 if finished else step_in_epoch,
+                         global_step=global_step, best_acc=best_acc, history=history, args=_plain(vars(args)),
+                         rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if cuda else None))
+            _atomic_save(state, args.output / "last.pth")
+            if best:
+                _atomic_save(state, args.output / "best.pth")
+            _atomic_write(args.output / "log.json", json.dumps(dict(args=_plain(vars(args)), epochs=history), indent=1))
+        step_in_epoch = 0
+        if args.max_steps and steps_done >= args.max_steps:
+            break
+    if rank == 0:
+        print(f"done: {global_step} steps, best val acc {best_acc:.4f}; checkpoints in {args.output}")
+    return 0
+
+
+@torch.no_grad()
+def _evaluate(net, loader, device, autocast, world) -> float:
+    net.eval()
+    correct = torch.zeros((), device=device)
+    total = torch.zeros((), device=device)
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with autocast:
+            correct += (net(images).argmax(-1) == labels).sum()
+        total += labels.numel()
+    if world > 1:
+        dist.all_reduce(correct)
+        dist.all_reduce(total)
+    return (correct / total.clamp_min(1)).item()
+
+
+class _Progress:
+    """One line per log step (epoch, a bar, step, loss, images/s, ETA of the epoch) and one per epoch."""
+
+    def __init__(self, rank: int, steps: int, epochs: int):
+        self.rank, self.steps, self.epochs = rank, steps, epochs
+
+    def step(self, epoch, step, loss, img_s, eta):
+        if self.rank:
+            return
+        bar = "#" * int(20 * step / self.steps)
+        print(f"epoch {epoch + 1}/{self.epochs} [{bar:<20}] step {step}/{self.steps} loss {loss:.4f} "
+              f"{img_s:.1f} img/s eta {int(eta) // 60}:{int(eta) % 60:02d}", flush=True, file=sys.stdout)
+
+    def epoch(self, record):
+        print(f"epoch {record['epoch'] + 1}/{self.epochs}: val acc {record['val_acc']:.4f}, "
+              f"train loss {record['train_loss'] or float('nan'):.4f}, {record['img_s']:.1f} img/s", flush=True)
+
+
+def _plain(d: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""locat-train on CPU: the loss falls, resume reproduces the uninterrupted run, DDP (gloo, 2 processes)
+gives the single-process update, and bad arguments fail before training with a clear message."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from locat_vit import data as locat_data
+from locat_vit.train import main
+
+SMALL = ["--model", "locatvit_tiny", "--data", "synthetic", "--img-size", "32", "--batch-size", "8",
+         "--synthetic-size", "64", "--lr", "1e-3", "--warmup-epochs", "0", "--log-every", "100"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_a_few_steps_lower_the_loss(tmp_path):
+    assert main(SMALL + ["--epochs", "4", "--output", str(tmp_path)]) == 0
+    log = json.loads((tmp_path / "log.json").read_text())
+    losses = [e["train_loss"] for e in log["epochs"]]
+    assert len(losses) == 4 and losses[-1] < 0.9 * losses[0], losses
+    assert (tmp_path / "last.pth").is_file() and (tmp_path / "best.pth").is_file()
+    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run = SMALL + ["--epochs", "2", "--synthetic-size", "32"]  # 4 steps an epoch: 6 steps cross into the second
+    main(run + ["--max-steps", "6", "--output", str(a)])
+    main(run + ["--max-steps", "3", "--output", str(b)])  # stops inside the first epoch
+    main(run + ["--max-steps", "3", "--output", str(b), "--resume", str(b / "last.pth")])
+    wa, wb = _weights(a / "last.pth"), _weights(b / "last.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (torch.load(p / "last.pth", weights_only=True) for p in (a, b))
+    assert sa["global_step"] == sb["global_step"] == 6 and sa["step_in_epoch"] == sb["step_in_epoch"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--model", "locatvit_tiny", "--data", "synthetic", "--img-size", "32", "--synthetic-size", "64",
+              "--epochs", "1", "--max-steps", "2", "--warmup-epochs", "0", "--lr", "1e-3"]
+    main(common + ["--batch-size", "8", "--output", str(one)])
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "locat_vit.train"] + common + ["--batch-size", "4", "--output", str(two)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    w1, w2 = _weights(one / "last.pth"), _weights(two / "last.pth")
+    # The same samples in the same global batches. AdamW normalizes every update, so a weight whose
+    # gradient is near zero can move by up to lr per step on rounding alone (the gradients themselves
+    # are compared exactly in test_ddp_gradients_equal_single_process).
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=2 * 1e-3, msg=k)
+    assert sum(int((w2[k] - w1[k]).abs().gt(1e-6).sum()) for k in w1) < 0.01 * sum(v.numel() for v in w1.values())
+
+
+def _ddp_worker(rank, world, port, x, y, path):
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    import locat_vit  # noqa: F401
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(timm.create_model("locatvit_tiny", img_size=32, num_classes=5))
+    F.cross_entropy(model(x[rank::world]), y[rank::world]).backward()
+    if rank == 0:
+        torch.save({k: p.grad for k, p in model.module.named_parameters()}, path)
+    dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+    mp.spawn(_ddp_worker, args=(2, _free_port(), x, y, tmp_path / "grads.pt"), nprocs=2)
+    torch.manual_seed(0)
+    model = timm.create_model("locatvit_tiny", img_size=32, num_classes=5)
+    F.cross_entropy(model(x), y).backward()
+    ddp = torch.load(tmp_path / "grads.pt", weights_only=True)
+    for k, p in model.named_parameters():  # equal up to float32 summation order
+        assert (ddp[k] - p.grad).norm() <= 1e-4 * p.grad.norm(), k
+
+
+def test_from_vit_with_a_pretrained_file_and_a_new_head(tmp_path, capsys):
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=1000)
+    torch.save(vit.state_dict(), tmp_path / "vit.pth")
+    assert main(["--from-vit", "vit_tiny_patch16_224", "--pretrained-file", str(tmp_path / "vit.pth"),
+                 "--data", "synthetic", "--img-size", "32", "--batch-size", "8", "--synthetic-size", "16",
+                 "--epochs", "1", "--max-steps", "1", "--output", str(tmp_path / "run")]) == 0
+    assert "head.weight: checkpoint (1000, 192), model (10, 192): new head" in capsys.readouterr().out
+    w = _weights(tmp_path / "run" / "last.pth")
+    assert "blocks.0.attn.gaug.log_var.weight" in w
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--data", "/nonexistent/imagenet"], "no train/ or val/ folder"),
+    (["--model", "locatvit_huge"], "unknown model 'locatvit_huge'"),
+    (["--from-vit", "vit_tiny_patch16_224"], "give --model or --from-vit, not both"),
+    (["--resume", "x.pth", "--pretrained-file", "y.pth"], "--resume carries its own weights"),
+    (["--img-size", "40"], "multiple of the patch size 16"),
+    (["--accum-steps", "0"], "--accum-steps must be >= 1"),
+    (["--resume", "/nonexistent/last.pth"], "does not exist"),
+])
+def test_bad_arguments_fail_before_training(tmp_path, capsys, extra, words):
+    with pytest.raises(SystemExit) as e:
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path)] + extra)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "last.pth").exists()
+
+
+def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, capsys):
+    state = timm.create_model("locatvit_small", img_size=32).state_dict()
+    torch.save(state, tmp_path / "small.pth")
+    with pytest.raises(SystemExit):
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run"), "--pretrained-file", str(tmp_path / "small.pth")])
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "mis-shaped" in err and "blocks.0.attn.qkv.weight" in err
+
+
+def test_non_finite_images_stop_with_a_clear_error(tmp_path, monkeypatch):
+    real = locat_data.SyntheticClassification.__getitem__
+
+    def poisoned(self, i):
+        image, label = real(self, i)
+        image[0, 0, 0] = float("nan")
+        return image, label
+
+    monkeypatch.setattr(locat_data.SyntheticClassification, "__getitem__", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite values in the input images"):
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path)])
