@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from locat_kernels import gaussian_attention, gaussian_attention_reference
 from locat_kernels.reference import gaussian_clamp, gaussian_eps
 
+from .timing import cpu_median_ms, cuda_median_ms, peak_memory_gb
+
 __all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "REGIMES", "PEERS", "bench_shape", "ratios", "make_inputs", "flops"]
 
 
@@ -119,42 +121,8 @@ def flops(shape: Shape, backward: bool) -> float:
 
 def _timer(device):
     if device == "cuda":
-        return _cuda_median
-
-
-    import time
-
-    def cpu_median(fn, reps=5):
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-        return sorted(times)[len(times) // 2]
-
-    return cpu_median
-
-
-def _cuda_median(fn) -> float:
-    """Median ms of ``triton.testing.do_bench`` over replays of ``fn`` captured as a CUDA graph, so
-    Python and launch overhead (large against a 0.1 ms kernel) is out of every peer's number alike."""
-    import triton.testing
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up (compilation, autotuning) outside the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except RuntimeError as e:  # a peer that cannot be captured is timed by plain calls, and says so
-        print(f"  (no CUDA graph: {str(e).splitlines()[0][:100]}; timing plain calls)")
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median")
+        return lambda fn: cuda_median_ms(fn, graph=True)
+    return lambda fn: cpu_median_ms(fn, reps=5)
 
 
 def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print) -> list[dict]:
@@ -184,7 +152,7 @@ def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print
                 return torch.autograd.grad(fn(*args), wrt, do)
 
             row["fwd_bwd_ms"] = timer(fwd_bwd)
-            row["peak_mem_gb"] = _peak_memory(fwd_bwd, device)
+            row["peak_mem_gb"] = peak_memory_gb(fwd_bwd, device, above_current=True)
             row["fwd_tflops"] = flops(shape, False) / row["fwd_ms"] * 1e-9
             row["fwd_bwd_tflops"] = flops(shape, True) / row["fwd_bwd_ms"] * 1e-9
         except torch.cuda.OutOfMemoryError as e:  # the dense bias does not fit: say so, go on
@@ -200,17 +168,6 @@ def _reference64(inputs, shape: Shape):
     first = [t.detach()[:1].double() for t in inputs]
     with torch.no_grad():
         return gaussian_attention_reference(*first, shape.grid, num_prefix_tokens=shape.P)
-
-
-def _peak_memory(fn, device) -> float | None:
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
 def _format_row(row: dict) -> str:

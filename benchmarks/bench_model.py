@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 import locat_vit  # noqa: F401  (registers the LocAtViT models)
 
+from .timing import cpu_median_ms, cuda_median_ms, peak_memory_gb
+
 
 @dataclass(frozen=True)
 class ModelCase:
@@ -59,38 +61,12 @@ def bench_case(case: ModelCase, variant: str, device, log=print) -> dict:
     row = dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=variant)
     for mode, fn in (("train", train_step), ("infer", infer)):
         model.train(mode == "train")
-        ms = _median_ms(fn, device)
+        ms = cuda_median_ms(fn, graph=False, warmup=200, rep=1000) if device == "cuda" else cpu_median_ms(fn, reps=3)
         row[f"{mode}_img_s"] = case.batch / ms * 1e3
-        row[f"{mode}_peak_gb"] = _peak(fn, device)
+        row[f"{mode}_peak_gb"] = peak_memory_gb(fn, device, above_current=False)
     log(f"  {case.name:<9} {variant:<13} train {row['train_img_s']:8.1f} img/s  infer {row['infer_img_s']:8.1f} img/s"
         + (f"  peak train {row['train_peak_gb']:.2f} GB" if row["train_peak_gb"] is not None else ""))
     return row
-
-
-def _median_ms(fn, device) -> float:
-    if device == "cuda":
-        import triton.testing
-
-        return triton.testing.do_bench(fn, warmup=200, rep=1000, return_mode="median")
-    import time
-
-    fn()
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[1]
-
-
-def _peak(fn, device):
-    if device != "cuda":
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def ratios(rows: list[dict]) -> list[dict]:

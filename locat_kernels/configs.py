@@ -23,11 +23,7 @@ _HALF = {
     "backward_dq": (64, 32, 4, 3),
     "backward_dkdv": (32, 128, 4, 2),
 }
-_HALF_SMALL_N = {  # N <= 256
-    "forward": (128, 32, 4, 3),
-    "backward_dq": (64, 32, 4, 3),
-    "backward_dkdv": (32, 128, 4, 2),
-}
+_HALF_SMALL_N = {**_HALF, "forward": (128, 32, 4, 3)}  # N <= 256
 _HALF_D128 = {  # not tuned yet: 8 warps keep the (BLOCK, 128) accumulators out of local memory
     "forward": (128, 64, 8, 3),
     "backward_dq": (64, 64, 8, 2),

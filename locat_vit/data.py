@@ -1,8 +1,9 @@
-"""Built-in synthetic data, so training runs anywhere with no download.
+"""Built-in synthetic data, so training and the probe run anywhere with no download.
 
 ``SyntheticClassification``: each class is a striped pattern with its own orientation, frequency and
-colour, drawn with a random phase, position jitter and noise; deterministic per (seed, index) and
-learnable in a few steps. Images come normalized (mean 0.5, std 0.5 per channel), as CHW float32.
+colour, drawn with a random phase and noise; learnable in a few steps. ``SyntheticScenes``: rectangles
+and ellipses of textured classes with per-pixel labels, for the segmentation probe. Both are
+deterministic per (seed, index); images come normalized (mean 0.5, std 0.5 per channel), CHW float32.
 """
 from __future__ import annotations
 
@@ -11,7 +12,17 @@ import math
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticClassification"]
+__all__ = ["SyntheticClassification", "SyntheticScenes"]
+
+
+def _colour(c, num_classes: int) -> torch.Tensor:
+    """(3, *c.shape) RGB offsets of class (or label map) ``c``: three phases of one cosine."""
+    c = torch.as_tensor(c, dtype=torch.float32)
+    return torch.stack([torch.cos(2 * math.pi * c / num_classes + k) for k in (0.0, 2.1, 4.2)])
+
+
+def _normalize(image: torch.Tensor) -> torch.Tensor:
+    return ((image.clamp(0, 1) - 0.5) / 0.5).float()
 
 
 class SyntheticClassification(Dataset):
@@ -34,6 +45,37 @@ class SyntheticClassification(Dataset):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, self.img_size), torch.linspace(-1, 1, self.img_size), indexing="ij")
         phase = 2 * math.pi * torch.rand((), generator=g)
         wave = torch.sin(freq * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) + phase)
-        colour = torch.tensor([math.cos(2 * math.pi * label / self.num_classes + k) for k in (0.0, 2.1, 4.2)])
-        image = 0.5 + 0.4 * colour[:, None, None] * wave + 0.1 * torch.randn(3, self.img_size, self.img_size, generator=g)
-        return ((image.clamp(0, 1) - 0.5) / 0.5).float(), label
+        colour = _colour(label, self.num_classes)[:, None, None]
+        image = 0.5 + 0.4 * colour * wave + 0.1 * torch.randn(3, self.img_size, self.img_size, generator=g)
+        return _normalize(image), label
+
+
+class SyntheticScenes(Dataset):
+    """Rectangles and ellipses of ``num_classes - 1`` textured classes on a textured background (class 0)."""
+
+    def __init__(self, length: int, img_size: int, num_classes: int = 5, seed: int = 0):
+        self.length, self.img_size, self.num_classes, self.seed = length, img_size, num_classes, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        s = self.img_size
+        ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
+        label = torch.zeros(s, s, dtype=torch.long)
+        for _ in range(int(torch.randint(2, 5, (), generator=g))):
+            c = int(torch.randint(1, self.num_classes, (), generator=g))
+            cy, cx = (torch.rand(2, generator=g) * s).tolist()
+            h, w = ((0.15 + 0.25 * torch.rand(2, generator=g)) * s).tolist()
+            if torch.rand((), generator=g) < 0.5:
+                inside = ((ys - cy).abs() < h / 2) & ((xs - cx).abs() < w / 2)
+            else:
+                inside = ((ys - cy) / (h / 2)) ** 2 + ((xs - cx) / (w / 2)) ** 2 < 1
+            label[inside] = c
+        # each class: its own colour and stripe frequency
+        c = label.float()
+        angle = math.pi * c / self.num_classes
+        wave = torch.sin((1 + c) * 0.6 * (xs * torch.cos(angle) + ys * torch.sin(angle)))
+        image = 0.5 + 0.3 * _colour(c, self.num_classes) + 0.15 * wave + 0.05 * torch.randn(3, s, s, generator=g)
+        return _normalize(image), label

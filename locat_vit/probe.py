@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import timm
@@ -21,43 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .data import SyntheticScenes
 from .model import LocAtViT, load_checkpoint
 
-__all__ = ["SyntheticScenes", "ADE20K", "confusion", "mean_iou", "main"]
+__all__ = ["ADE20K", "confusion", "mean_iou", "main"]
 
 IGNORE = 255
-
-
-class SyntheticScenes(Dataset):
-    """Rectangles and ellipses of ``num_classes - 1`` textured classes on a textured background (class 0)."""
-
-    def __init__(self, length: int, img_size: int, num_classes: int = 5, seed: int = 0):
-        self.length, self.img_size, self.num_classes, self.seed = length, img_size, num_classes, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        s = self.img_size
-        ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
-        label = torch.zeros(s, s, dtype=torch.long)
-        for _ in range(int(torch.randint(2, 5, (), generator=g))):
-            c = int(torch.randint(1, self.num_classes, (), generator=g))
-            cy, cx = (torch.rand(2, generator=g) * s).tolist()
-            h, w = ((0.15 + 0.25 * torch.rand(2, generator=g)) * s).tolist()
-            if torch.rand((), generator=g) < 0.5:
-                inside = ((ys - cy).abs() < h / 2) & ((xs - cx).abs() < w / 2)
-            else:
-                inside = ((ys - cy) / (h / 2)) ** 2 + ((xs - cx) / (w / 2)) ** 2 < 1
-            label[inside] = c
-        # each class: its own colour and stripe frequency
-        c = label.float()
-        angle = math.pi * c / self.num_classes
-        wave = torch.sin((1 + c) * 0.6 * (xs * torch.cos(angle) + ys * torch.sin(angle)))
-        colour = torch.stack([torch.cos(2 * math.pi * c / self.num_classes + k) for k in (0.0, 2.1, 4.2)])
-        image = 0.5 + 0.3 * colour + 0.15 * wave + 0.05 * torch.randn(3, s, s, generator=g)
-        return ((image.clamp(0, 1) - 0.5) / 0.5).float(), label
 
 
 class ADE20K(Dataset):
@@ -114,8 +82,8 @@ def dense_features(model, x):
 def probe(model, train_set, val_set, num_classes, *, steps, batch_size, lr, device, log=print) -> float:
     """Train a 1x1-conv head on frozen features for ``steps`` steps; return the validation mIoU."""
     model.eval().requires_grad_(False)
-    head = None
-    opt = None
+    head = torch.nn.Conv2d(model.embed_dim, num_classes, 1).to(device)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr)
     loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
     step = 0
     while step < steps:
@@ -123,9 +91,6 @@ def probe(model, train_set, val_set, num_classes, *, steps, batch_size, lr, devi
             x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 feats = dense_features(model, x).float()
-            if head is None:
-                head = torch.nn.Conv2d(feats.shape[1], num_classes, 1).to(device)
-                opt = torch.optim.AdamW(head.parameters(), lr=lr)
             logits = F.interpolate(head(feats), size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)

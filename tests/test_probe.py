@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from locat_vit.probe import ADE20K, IGNORE, SyntheticScenes, confusion, main, mean_iou
+from locat_vit.data import SyntheticScenes
+from locat_vit.probe import ADE20K, IGNORE, confusion, main, mean_iou
 
 
 def test_miou_hand_made():
