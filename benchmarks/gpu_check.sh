@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # One call on the GPU machine checks and times everything, writing under $OUT (default ./gpu_out):
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model ...]   (default: all)
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model|train ...]   (default: all)
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
-steps=${*:-tests extremes bench model}
+steps=${*:-tests extremes bench model train}
 for step in $steps; do
   case $step in
     tests)    LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 330 python3 -m pytest tests -q -p no:cacheprovider \
                 -n 6 --timeout 200 --ignore tests/test_extremes.py > "$OUT/tests.log" 2>&1 ;;
-    extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 400 python3 -m pytest \
-                tests/test_extremes.py -q -rf -p no:cacheprovider -n 4 --timeout 380 > "$OUT/extremes.log" 2>&1 ;;
+    extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 330 python3 -m pytest \
+                tests/test_extremes.py -q -rf -p no:cacheprovider -n 4 --timeout 320 > "$OUT/extremes.log" 2>&1 ;;
     tune)     timeout 150 python3 -m benchmarks.tune --output "$OUT/tune.json" > "$OUT/tune.log" 2>&1 ;;
     bench)    timeout 300 python3 -m benchmarks.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
     model)    timeout 300 python3 -m benchmarks.cli --model --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
+    train)    timeout 240 python3 -m benchmarks.train_runs --output "$OUT/train.json" > "$OUT/train.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "$step: exit $?"

@@ -36,11 +36,14 @@ from .model import load_checkpoint
 
 __all__ = ["main", "build_parser"]
 
+STEADY_AFTER = 5  # steps of an epoch left out of its steady images/s (compilation, allocator warm-up)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="locat-train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="a registered LocAtViT (default: locatvit_tiny)")
+    p.add_argument("--model", help="a registered LocAtViT (default: locatvit_tiny), or a timm ViT trained unchanged "
+                                   "(the baseline, e.g. vit_tiny_patch16_224)")
     p.add_argument("--from-vit", help="a timm ViT (e.g. vit_small_patch16_224) turned into LocAtViT with locatify")
     p.add_argument("--pretrained-file", type=Path, help="local checkpoint (.pth or .safetensors) to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder with train/ and val/ class folders")
@@ -82,8 +85,12 @@ def _validate(parser, args) -> None:
     if args.resume and args.pretrained_file:
         parser.error("--resume carries its own weights: drop --pretrained-file")
     args.model = args.model or (None if args.from_vit else "locatvit_tiny")
-    if args.model and args.model not in timm.list_models("locatvit_*"):
-        parser.error(f"unknown model {args.model!r}; registered LocAtViTs: {timm.list_models('locatvit_*')}")
+    args.baseline = bool(args.model) and args.model.startswith("vit_") and timm.is_model(args.model)
+    if args.model and not args.baseline and args.model not in timm.list_models("locatvit_*"):
+        parser.error(f"unknown model {args.model!r}; registered LocAtViTs: {timm.list_models('locatvit_*')}, "
+                     f"or a timm ViT (vit_*) as the baseline")
+    if args.baseline and args.attn_backend != "auto":
+        parser.error(f"--attn-backend is for LocAtViT; {args.model} is a timm ViT with its own attention")
     if args.from_vit and not timm.is_model(args.from_vit):
         parser.error(f"unknown timm model {args.from_vit!r}")
     for name in ("img_size", "batch_size", "epochs", "accum_steps", "synthetic_size", "log_every"):
@@ -134,12 +141,15 @@ def _data(args):
 def _model(parser, args, num_classes):
     kwargs = dict(img_size=args.img_size, num_classes=num_classes)
     try:
-        if args.model:
+        if args.baseline:
+            model = timm.create_model(args.model, **kwargs)
+        elif args.model:
             model = timm.create_model(args.model, attn_backend=args.attn_backend, **kwargs)
         else:
             model = timm.create_model(args.from_vit, **kwargs)
-            if not isinstance(model, VisionTransformer):
-                parser.error(f"--from-vit needs a timm VisionTransformer, {args.from_vit} is {type(model).__name__}")
+        if not isinstance(model, VisionTransformer):
+            name = args.model or args.from_vit
+            parser.error(f"{name} is a {type(model).__name__}, not a timm VisionTransformer")
         if args.pretrained_file:
             load_checkpoint(model, args.pretrained_file, filter_fn=_keep_new_head)
         if args.from_vit:
@@ -214,12 +224,20 @@ def _train(parser, args, rank, world, device) -> int:
         sampler.set_epoch(epoch)
         net.train()
         losses, images_seen, t0, first_step = [], 0, time.perf_counter(), step_in_epoch
+        steady = None  # (time, images) after the epoch's first STEADY_AFTER steps (compilation, caches)
+        spans = []  # CUDA events around each later micro-batch's forward, backward and update
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         for i, (images, labels) in enumerate(loader):
             if i < step_in_epoch * args.accum_steps:  # resuming inside an epoch: the same order, skip what was done
                 continue
             if not torch.isfinite(images).all():  # checked on the host: no device sync
                 raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            timed = cuda and steady is not None  # GPU time of the step itself, data loading left out
+            if timed:
+                spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                spans[-1][0].record()
             last_micro = (i + 1) % args.accum_steps == 0
             sync = net.no_sync() if world > 1 and not last_micro else nullcontext()
             with sync:
@@ -228,14 +246,19 @@ def _train(parser, args, rank, world, device) -> int:
                 (loss / args.accum_steps).backward()
             losses.append(loss.detach())
             images_seen += images.shape[0] * world
+            if last_micro:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if timed:
+                spans[-1][1].record()
             if not last_micro:
                 continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             global_step += 1
             step_in_epoch += 1
             steps_done += 1
             scheduler.step_update(global_step)
+            if step_in_epoch - first_step == STEADY_AFTER:
+                steady = (_synced_time(cuda), images_seen)
             if step_in_epoch % args.log_every == 0 or step_in_epoch == updates_per_epoch:
                 elapsed = time.perf_counter() - t0
                 eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
@@ -244,10 +267,17 @@ def _train(parser, args, rank, world, device) -> int:
             if args.max_steps and steps_done >= args.max_steps:
                 break
         finished = step_in_epoch >= updates_per_epoch
+        t1 = _synced_time(cuda)
+        steady_img_s = (images_seen - steady[1]) / (t1 - steady[0]) if steady and images_seen > steady[1] else None
+        peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+        gpu_s = sum(a.elapsed_time(b) for a, b in spans) / 1e3
+        gpu_img_s = len(spans) * args.batch_size * world / gpu_s if spans else None
         acc = _evaluate(net, val_loader, device, autocast, world)
         record = dict(epoch=epoch, steps=step_in_epoch, global_step=global_step, val_acc=acc,
                       train_loss=torch.stack(losses).mean().item() if losses else None,
-                      img_s=images_seen / (time.perf_counter() - t0), lr=optimizer.param_groups[0]["lr"])
+                      img_s=images_seen / (t1 - t0), steady_img_s=steady_img_s, gpu_img_s=gpu_img_s,
+                      peak_mem_gib=peak_mem_gib,
+                      lr=optimizer.param_groups[0]["lr"])
         history.append(record)
         best = acc > best_acc
         best_acc = max(best_acc, acc)
@@ -267,6 +297,12 @@ def _train(parser, args, rank, world, device) -> int:
     if rank == 0:
         print(f"done: {global_step} steps, best val acc {best_acc:.4f}; checkpoints in {args.output}")
     return 0
+
+
+def _synced_time(cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 @torch.no_grad()
@@ -299,8 +335,13 @@ class _Progress:
               f"{img_s:.1f} img/s eta {int(eta) // 60}:{int(eta) % 60:02d}", flush=True, file=sys.stdout)
 
     def epoch(self, record):
+        steady = f", steady {record['steady_img_s']:.1f} img/s" if record["steady_img_s"] else ""
+        if record["gpu_img_s"]:
+            steady += f" ({record['gpu_img_s']:.1f} img/s of GPU step time, data loading left out)"
+        memory = f", peak {record['peak_mem_gib']:.2f} GiB" if record["peak_mem_gib"] is not None else ""
         print(f"epoch {record['epoch'] + 1}/{self.epochs}: val acc {record['val_acc']:.4f}, "
-              f"train loss {record['train_loss'] or float('nan'):.4f}, {record['img_s']:.1f} img/s", flush=True)
+              f"train loss {record['train_loss'] or float('nan'):.4f}, {record['img_s']:.1f} img/s{steady}{memory}",
+              flush=True)
 
 
 def _plain(d: dict) -> dict:

@@ -39,7 +39,10 @@ def test_extreme_values(request, device, case):
                          ids=["1x1", "1xN", "clamp"])
 def test_extreme_grids(request, device, grid, P, init):
     inputs = make_inputs(1, 3, grid, P, 32, device=device, var_range=(0.05, 30.0))
-    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]),
+    # N = 1: dS = p (dP - delta) is zero in exact arithmetic, and what the kernel leaves is the rounding
+    # of dP (a dot product) against delta (a row sum of dO * O): about eps |dO| |V| ~ 2e-6 per element.
+    tol = 3e-5 if grid == (1, 1) and P == 0 else 1e-5
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), fp32_tol=tol,
                              grid_size=grid, num_prefix_tokens=P, init_grid_size=init)
 
 

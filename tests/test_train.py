@@ -30,6 +30,14 @@ def test_a_few_steps_lower_the_loss(tmp_path):
     assert len(losses) == 4 and losses[-1] < 0.9 * losses[0], losses
     assert (tmp_path / "last.pth").is_file() and (tmp_path / "best.pth").is_file()
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temp files
+    assert all(e["steady_img_s"] > 0 and e["peak_mem_gib"] is None for e in log["epochs"])  # 8 steps, 5 left out
+
+
+def test_timm_vit_trains_unchanged_as_the_baseline(tmp_path):
+    assert main(SMALL + ["--model", "vit_tiny_patch16_224", "--epochs", "1", "--max-steps", "2",
+                         "--output", str(tmp_path)]) == 0
+    w = _weights(tmp_path / "last.pth")
+    assert "blocks.0.attn.qkv.weight" in w and not any("gaug" in k for k in w)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -113,6 +121,8 @@ def test_from_vit_with_a_pretrained_file_and_a_new_head(tmp_path, capsys):
 @pytest.mark.parametrize("extra,words", [
     (["--data", "/nonexistent/imagenet"], "no train/ or val/ folder"),
     (["--model", "locatvit_huge"], "unknown model 'locatvit_huge'"),
+    (["--model", "resnet18"], "unknown model 'resnet18'"),
+    (["--model", "vit_tiny_patch16_224", "--attn-backend", "sdpa"], "--attn-backend is for LocAtViT"),
     (["--from-vit", "vit_tiny_patch16_224"], "give --model or --from-vit, not both"),
     (["--resume", "x.pth", "--pretrained-file", "y.pth"], "--resume carries its own weights"),
     (["--img-size", "40"], "multiple of the patch size 16"),
