@@ -1,9 +1,10 @@
 """Block-size sweep of the three kernels at the SPEC shapes (CUDA): ``python -m benchmarks.tune``.
 
 For each shape, times the forward launcher under each forward config, then the backward launchers
-under each dq config (dk/dv at its default) and each dk/dv config (dq at its default). Prints the
-medians and writes them as JSON; the winners go into ``locat_kernels/configs.py`` by hand, with the
-measurement cited in benchmarks/NOTES.md.
+under each dq config (dk/dv at its default) and each dk/dv config (dq at its default); the forward
+and dq configs both with grid-shaped key tiles and with token tiles (``configs.GRID_TILES``). Prints
+the medians and writes them as JSON; the winners go into ``locat_kernels/configs.py`` by hand, with
+the measurement cited in benchmarks/NOTES.md.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from .bench_attention import GPU_SHAPES, make_inputs
 from .cli import environment
 
 CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 128, 4, 3)],
-    "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (32, 64, 4, 3)],
+    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+    "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3)],
     "backward_dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (64, 32, 4, 3)],
 }
 
@@ -31,11 +32,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--regime", default="broad", choices=["broad", "init"])
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--shapes", nargs="*", help="shape names (default: all)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
-    rows = []
-    for shape in GPU_SHAPES:
+    rows, default_grid_tiles = [], configs.GRID_TILES
+    for shape in [s for s in GPU_SHAPES if not args.shapes or s.name in args.shapes]:
         q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, args.regime, torch.bfloat16, "cuda"))
         alpha = alpha.contiguous()
         grid, P = shape.grid, shape.P
@@ -47,19 +50,22 @@ def main(argv=None) -> int:
             "backward_dq": lambda: triton_attention.attention_backward(do, q, k, v, var, alpha, out, lse, *common),
         }
         runs["backward_dkdv"] = runs["backward_dq"]
-        for kernel, candidates in CANDIDATES.items():
-            for cand in candidates:
-                configs.OVERRIDES[kernel] = cand
-                try:
-                    ms = triton.testing.do_bench(runs[kernel], warmup=25, rep=100, return_mode="median")
-                except Exception as e:  # a config that does not compile or fit: note it, go on
-                    ms, note = None, str(e).splitlines()[0][:120]
-                else:
-                    note = ""
-                del configs.OVERRIDES[kernel]
-                rows.append(dict(shape=shape.name, kernel=kernel, config=list(cand), ms=ms, note=note))
-                print(f"{shape.name:<11} {kernel:<14} {str(cand):<20} "
-                      + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
+        for kernel in args.kernels:
+            for grid_tiles in ((True, False) if kernel != "backward_dkdv" else (configs.GRID_TILES,)):
+                for cand in CANDIDATES[kernel]:
+                    configs.OVERRIDES[kernel], configs.GRID_TILES = cand, grid_tiles
+                    try:
+                        ms = triton.testing.do_bench(runs[kernel], warmup=25, rep=100, return_mode="median")
+                    except Exception as e:  # a config that does not compile or fit: note it, go on
+                        ms, note = None, str(e).splitlines()[0][:120]
+                    else:
+                        note = ""
+                    del configs.OVERRIDES[kernel]
+                    configs.GRID_TILES = default_grid_tiles
+                    rows.append(dict(shape=shape.name, kernel=kernel, config=list(cand), grid_tiles=grid_tiles,
+                                     ms=ms, note=note))
+                    print(f"{shape.name:<11} {kernel:<14} {'grid' if grid_tiles else 'token'} {str(cand):<20} "
+                          + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
     args.output.write_text(json.dumps(dict(environment=environment("cuda"), regime=args.regime, rows=rows), indent=1))
     return 0
 

@@ -17,13 +17,14 @@ KERNELS = ("forward", "backward_dq", "backward_dkdv")
 
 # kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages) for 16-bit inputs and head_dim <= 64.
 # BLOCK_M tiles queries, BLOCK_N keys.
-# The winners of benchmarks/tune.py on an H100, bf16, D = 64 (benchmarks/results/tune_H100.json).
+# The winners of benchmarks/tune.py on an H100, bf16, D = 64 (benchmarks/results/tune_H100.json;
+# forward and dq with grid tiles: tune_grid_H100.json).
 _HALF = {
-    "forward": (128, 64, 4, 3),
-    "backward_dq": (64, 32, 4, 3),
+    "forward": (64, 64, 4, 3),
+    "backward_dq": (64, 64, 4, 3),
     "backward_dkdv": (32, 128, 4, 2),
 }
-_HALF_SMALL_N = {**_HALF, "forward": (128, 32, 4, 3)}  # N <= 256
+_HALF_SMALL_N = {**_HALF, "forward": (128, 64, 4, 3), "backward_dq": (64, 32, 4, 3)}  # N <= 256
 _HALF_D128 = {  # not tuned yet: 8 warps keep the (BLOCK, 128) accumulators out of local memory
     "forward": (128, 64, 8, 3),
     "backward_dq": (64, 64, 8, 2),
@@ -51,6 +52,20 @@ def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype) -> dic
     else:
         m, b, w, s = _HALF[kernel]
     return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
+
+
+# Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS = next_pow2(gw) slots,
+# so the Gaussian splits into a per-query row factor per tile and a column table computed once.
+# Used while a tile holds at most MAX_GRID_ROWS grid rows (each costs a select per logit); off: tune A/B.
+GRID_TILES = True
+MAX_GRID_ROWS = 4
+
+
+def grid_rows(gw: int, block_n: int) -> int:
+    """Grid rows per key tile of ``block_n`` slots for grid width ``gw``; 0: plain token tiles."""
+    cols = 1 << (gw - 1).bit_length()
+    rows = block_n // cols
+    return rows if GRID_TILES and 1 <= rows <= MAX_GRID_ROWS else 0
 
 
 def even_n(n: int, config: dict) -> bool:

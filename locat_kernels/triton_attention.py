@@ -40,6 +40,7 @@ LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
 # A tile pair whose every bias (and Gaussian factor) is below 2^SKIP_LOG2 skips the Gaussian.
 _SKIP_LOG2 = tl.constexpr(-25.0)
+_BOUNDS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (batch, head)'s var and alpha maxima
 
 # Tests set this: every output starts as NaN, so an element a kernel fails to write shows.
 POISON_OUTPUTS = False
@@ -52,11 +53,11 @@ def attention_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rat
     lse = _empty((B, H, N), q, torch.float32)
     cfg = configs.launch_config("forward", D, N, q.dtype)
     _forward_kernel[(triton.cdiv(N, cfg["BLOCK_M"]) * B * H,)](
-        q, k, v, var, alpha, _bounds(var, alpha), out, lse,
+        q, k, v, var, alpha, out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *var.stride(), *alpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, eps, cmin,
-        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg), **cfg,
+        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg, grid_tiles=True), **cfg,
     )
     return out, lse
 
@@ -72,18 +73,17 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, gw, num_prefix_tokens,
     dv = _empty((B, N, H, D), q).transpose(1, 2)
     dvar = _empty(var.shape, q, torch.float32)
     dalpha = _empty(alpha.shape, q, torch.float32)
-    bounds = _bounds(var, alpha)
     cfg = configs.launch_config("backward_dq", D, N, q.dtype)
     _backward_dq_kernel[(triton.cdiv(N, cfg["BLOCK_M"]) * B * H,)](
-        q, k, v, var, alpha, bounds, out, do, lse, delta, dq, dvar, dalpha,
+        q, k, v, var, alpha, out, do, lse, delta, dq, dvar, dalpha,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin,
-        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg), **cfg,
+        **_variant(q, gw, num_prefix_tokens, cmin, rate, cfg, grid_tiles=True), **cfg,
     )
     cfg = configs.launch_config("backward_dkdv", D, N, q.dtype)
     _backward_dkdv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]) * B * H,)](
-        q, k, v, var, alpha, bounds, do, lse, delta, dk, dv,
+        q, k, v, var, alpha, do, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(),
         H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin,
@@ -92,27 +92,28 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, gw, num_prefix_tokens,
     return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype)
 
 
-def _bounds(var, alpha):
-    """(B, H, 2) float32: the largest row variance and the largest alpha of each (batch, head)."""
-    return torch.stack((var[..., 0].amax(-1), alpha.amax(-1)), -1).float()
-
-
 def _empty(shape, like, dtype=None):
     out = torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
-def _variant(q, gw, num_prefix_tokens, cmin, rate, cfg) -> dict:
-    """The constexpr flags of one launch."""
+def _variant(q, gw, num_prefix_tokens, cmin, rate, cfg, grid_tiles=False) -> dict:
+    """The constexpr flags of one launch; ``grid_tiles`` for the kernels that loop over key tiles."""
     N = q.shape[2]
     gh = (N - num_prefix_tokens) // gw
-    return dict(
+    flags = dict(
         D=q.shape[-1], HAS_PREFIX=num_prefix_tokens > 0, RATE=rate, EVEN_N=configs.even_n(N, cfg),
         # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
         # fp32 inputs get exact products (no tf32); the flag is ignored for fp16/bf16 operands.
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
+    if grid_tiles:
+        rows = configs.grid_rows(gw, cfg["BLOCK_N"])
+        cols = cfg["BLOCK_N"] // rows if rows else 1
+        # ROWS = 0: token tiles. FULL_TILES: no padding slot (gw = COLS) and no partial last tile.
+        flags.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and gw == cols and gh % rows == 0)
+    return flags
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +187,25 @@ def _log2_bias(row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, row_k, col_k, is_
 
 
 @triton.jit
-def _radius(bounds, bh, eps, GH, CLAMP: tl.constexpr):
+def _radius(var, alpha, stride_varn, stride_an, NP, eps, GH, CLAMP: tl.constexpr):
     """Row distance beyond which every bias (and Gaussian factor) of this (batch, head) is below
-    2^SKIP_LOG2: ``nh_max d^2 + max(log2(alpha_max log2(e)), 0) < SKIP_LOG2``. GH with CLAMP, or NaNs."""
+    2^SKIP_LOG2: ``nh_max d^2 + max(log2(alpha_max log2(e)), 0) < SKIP_LOG2``, from the widest row
+    variance and the largest alpha of the NP patches (``var``, ``alpha`` point at this (batch, head);
+    each program reads them, cheaper than a launch). GH with CLAMP, or with NaNs."""
     if CLAMP:  # the clamp keeps far biases at their floor: no skipping
         return GH
-    var_max = tl.load(bounds + bh * 2)
-    alpha_max = tl.load(bounds + bh * 2 + 1)
+    b_var = tl.zeros([_BOUNDS_BLOCK], tl.float32)
+    b_alpha = tl.zeros([_BOUNDS_BLOCK], tl.float32)
+    for start in range(0, NP, _BOUNDS_BLOCK):
+        offs = start + tl.arange(0, _BOUNDS_BLOCK)
+        m = offs < NP
+        b_var = tl.maximum(b_var, tl.load(var + offs * stride_varn, mask=m, other=0.0).to(tl.float32),
+                           propagate_nan=tl.PropagateNan.ALL)
+        b_alpha = tl.maximum(b_alpha, tl.load(alpha + offs * stride_an, mask=m, other=0.0).to(tl.float32),
+                             propagate_nan=tl.PropagateNan.ALL)
+    # tl.max drops NaNs: the sum of x * 0 brings them back (and turns an inf into NaN: all rows near).
+    var_max = tl.max(b_var, 0) + tl.sum(b_var * 0.0, 0)
+    alpha_max = tl.max(b_alpha, 0) + tl.sum(b_alpha * 0.0, 0)
     amp_bound = tl.maximum(tl.log2(alpha_max * _LOG2E), 0.0)
     r2 = (amp_bound - _SKIP_LOG2) * (var_max + eps) / (0.5 * _LOG2E)
     r = tl.sqrt(tl.minimum(r2, (GH * GH).to(tl.float32)))
@@ -200,16 +213,106 @@ def _radius(bounds, bh, eps, GH, CLAMP: tl.constexpr):
 
 
 @triton.jit
-def _near_range(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.constexpr):
-    """Tokens [lo, hi), aligned to BLOCK, holding every patch within ``radius`` grid rows of the
-    patches among tokens [start, start + size); the rest are far. Rows quantized to RATE."""
+def _near_rows(start, size, radius, N, GW, P, RATE: tl.constexpr):
+    """Grid rows [lo, hi) (not clipped to the grid) holding every patch within ``radius`` grid rows
+    of the patches among tokens [start, start + size); the rest are far. Rows quantized to RATE."""
     p_lo = tl.maximum(start - P, 0)
     p_hi = tl.maximum(tl.minimum(start + size, N) - 1 - P, 0)
     row_lo = (p_lo // GW) // RATE * RATE - radius
     row_hi = (p_hi // GW) // RATE * RATE + radius + RATE  # a token's quantized row is <= RATE - 1 below its row
+    return row_lo, row_hi
+
+
+@triton.jit
+def _near_range(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.constexpr):
+    """The near rows as tokens [lo, hi), aligned to BLOCK (token tiles)."""
+    row_lo, row_hi = _near_rows(start, size, radius, N, GW, P, RATE)
     lo = (P + tl.maximum(row_lo, 0) * GW) // BLOCK * BLOCK
     hi = tl.minimum(tl.cdiv(P + tl.maximum(row_hi, 0) * GW, BLOCK) * BLOCK, N)
     return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def _near_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.constexpr, T):
+    """The near rows as grid tiles [lo, hi) of ROWS rows each, out of T."""
+    row_lo, row_hi = _near_rows(start, size, radius, N, GW, P, RATE)
+    lo = tl.maximum(row_lo, 0) // ROWS
+    hi = tl.minimum(tl.cdiv(tl.maximum(row_hi, 0), ROWS), T)
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def _load_rows(base, offs, stride, mask, D: tl.constexpr, MASKED: tl.constexpr):
+    """Rows ``offs`` of a (rows, D) matrix with row stride ``stride``: (len(offs), D); with MASKED,
+    rows outside ``mask`` read as 0."""
+    ptrs = base + offs[:, None] * stride + tl.arange(0, D)[None, :]
+    if MASKED:
+        x = tl.load(ptrs, mask=mask[:, None], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _grid_keys(t, GH, GW, P, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key tile ``t`` in grid layout: slot s holds the patch at grid row ``t ROWS + s // COLS``,
+    column ``s % COLS``. Returns the slots' token offsets and which slots hold a patch (columns
+    >= GW and rows >= GH are padding)."""
+    s = tl.arange(0, BLOCK_N)
+    row = t * ROWS + s // COLS
+    col = s % COLS
+    return P + row * GW + col, (col < GW) & (row < GH)
+
+
+@triton.jit
+def _grid_col_exponents(col_q, nh_c, lo_c, RATE: tl.constexpr, CLAMP: tl.constexpr, COLS: tl.constexpr,
+                        BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) column exponents ``e_c`` of each query row against each slot: the same in
+    every grid tile, so a program computes them (and their exp2) once."""
+    col = ((tl.arange(0, BLOCK_N) % COLS) // RATE * RATE).to(tl.float32)
+    dc = col_q[:, None] - col[None, :]
+    e = nh_c[:, None] * (dc * dc)
+    if CLAMP:
+        e = tl.maximum(e, lo_c[:, None])
+    return e
+
+
+@triton.jit
+def _grid_row_exponent(row_q, nh_r, lo_r, row, RATE: tl.constexpr, CLAMP: tl.constexpr):
+    """(BLOCK_M,) row exponents ``e_r`` of each query row against grid row ``row``."""
+    dr = row_q - (row // RATE * RATE)  # row: an int or int32 scalar (the loop index), promoted
+    e = nh_r * (dr * dr)
+    if CLAMP:
+        e = tl.maximum(e, lo_r)
+    return e
+
+
+@triton.jit
+def _grid_row_terms(t, slot_row, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.constexpr,
+                    ROWS: tl.constexpr):
+    """Row exponent ``e_r`` and factor ``exp2(e_r + shift)`` of every slot of grid tile ``t``: one
+    exp2 per query row and grid row, not per logit. (BLOCK_M, 1) when a tile is one grid row, else
+    (BLOCK_M, BLOCK_N) by a select per extra row."""
+    e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS, RATE, CLAMP)
+    b_e = e[:, None]
+    b_f = tl.exp2(e + shift)[:, None]
+    for j in tl.static_range(1, ROWS):
+        e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS + j, RATE, CLAMP)
+        in_row = (slot_row == j)[None, :]
+        b_e = tl.where(in_row, e[:, None], b_e)
+        b_f = tl.where(in_row, tl.exp2(e + shift)[:, None], b_f)
+    return b_e, b_f
+
+
+@triton.jit
+def _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION: tl.constexpr):
+    """One key tile's logits ``b_s`` (log2 units) into the running max, sum and ``acc = sum_j p_j v_j``."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_corr = tl.exp2(b_m - b_m_new)
+    b_p = tl.exp2(b_s - b_m_new[:, None])
+    b_l = b_l * b_corr + tl.sum(b_p, 1)
+    b_acc = b_acc * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+    return b_m_new, b_l, b_acc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,24 +321,18 @@ def _near_range(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.con
 
 @triton.jit
 def _forward_tiles(
-    b_q, k_base, v_base, stride_kn, stride_vn, lo, hi, N, GW, P, qk_scale,
+    b_q, k_base, v_base, stride_kn, stride_vn, lo, hi, end, N, GW, P, qk_scale,
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
-    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, MASKED: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Online softmax over key tiles [lo, hi); with BIAS the Gaussian is added to the logits."""
-    offs_d = tl.arange(0, D)
+    """Online softmax over token tiles [lo, hi) of the keys before ``end``; with BIAS the Gaussian
+    is computed per logit."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        m_n = offs_n < N
-        p_k = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        p_v = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if EVEN_N:
-            b_k = tl.load(p_k)
-            b_v = tl.load(p_v)
-        else:
-            b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
-            b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
+        m_n = offs_n < end
+        b_k = _load_rows(k_base, offs_n, stride_kn, m_n, D, MASKED)
+        b_v = _load_rows(v_base, offs_n, stride_vn, m_n, D, MASKED)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
         if BIAS:
             row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, not CLAMP)
@@ -245,32 +342,54 @@ def _forward_tiles(
             b_s = tl.fma(b_s, qk_scale, tl.exp2(e))
         else:
             b_s = b_s * qk_scale
-        if not EVEN_N:
+        if MASKED:
             b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        b_m, b_l, b_acc = _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION)
+    return b_m, b_l, b_acc
 
-        b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
-        b_corr = tl.exp2(b_m - b_m_new)
-        b_p = tl.exp2(b_s - b_m_new[:, None])
-        b_l = b_l * b_corr + tl.sum(b_p, 1)
-        b_acc = b_acc * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
-        b_m = b_m_new
+
+@triton.jit
+def _forward_grid_tiles(
+    b_q, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, GH, GW, P, qk_scale,
+    row_q, nh_r, lo_r, log2_amp, b_c, b_m, b_l, b_acc,
+    BIAS: tl.constexpr, D: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, FULL_TILES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Online softmax over grid tiles [t_lo, t_hi) of the patch keys; with BIAS the Gaussian is the
+    tile's row factor (amplitude folded in) times the column table ``b_c``: no exp2 per logit."""
+    slot_row = tl.arange(0, BLOCK_N) // COLS
+    for t in range(t_lo, t_hi):
+        offs_n, m_n = _grid_keys(t, GH, GW, P, ROWS, COLS, BLOCK_N)
+        b_k = _load_rows(k_base, offs_n, stride_kn, m_n, D, not FULL_TILES)
+        b_v = _load_rows(v_base, offs_n, stride_vn, m_n, D, not FULL_TILES)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)
+        if BIAS:
+            _, b_f = _grid_row_terms(t, slot_row, row_q, nh_r, lo_r, log2_amp, RATE, CLAMP, ROWS)
+            b_s = tl.fma(b_s, qk_scale, b_f * b_c)
+        else:
+            b_s = b_s * qk_scale
+        if not FULL_TILES:
+            b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        b_m, b_l, b_acc = _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION)
     return b_m, b_l, b_acc
 
 
 @triton.jit
 def _forward_kernel(
-    q, k, v, var, alpha, bounds, o, lse,
+    q, k, v, var, alpha, o, lse,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, eps, cmin,
     D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
 
-    One pass over the keys (far, near, far): logits, Gaussian bias, online softmax, P @ V.
-    Stores out and lse.
+    One pass over the keys: logits, Gaussian bias, online softmax, P @ V; stores out and lse. With
+    ROWS, the prefix keys as token tiles, then the patches as grid tiles (far, near, far); else
+    token tiles (far, near, far) with the Gaussian per logit.
     """
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BLOCK_M)
@@ -282,14 +401,14 @@ def _forward_kernel(
     offs_d = tl.arange(0, D)
     m_m = offs_m < N
 
-    p_q = q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
-    b_q = tl.load(p_q) if EVEN_N else tl.load(p_q, mask=m_m[:, None], other=0.0)
+    b_q = _load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, not EVEN_N)
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = _row_coefficients(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
         offs_m, N, GW, eps, cmin, stride_varn, stride_varc, stride_an, P, RATE)
     log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
-    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
-    near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
+    GH = (N - P) // GW
+    radius = _radius(var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+                     stride_varn, stride_an, N - P, eps, GH, CLAMP)
 
     k_base = k + b * stride_kb + h * stride_kh
     v_base = v + b * stride_vb + h * stride_vh
@@ -297,18 +416,41 @@ def _forward_kernel(
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, D], tl.float32)
     # Far keys, then near keys with the Gaussian, then far keys: no branch inside a loop.
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
-        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
-        True, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
-        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    if ROWS:
+        if HAS_PREFIX:
+            b_m, b_l, b_acc = _forward_tiles(
+                b_q, k_base, v_base, stride_kn, stride_vn, 0, P, P, N, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+                False, D, HAS_PREFIX, RATE, True, CLAMP, DOT_PRECISION, BLOCK_N)
+        T = tl.cdiv(GH, ROWS)
+        t_lo, t_hi = _near_tiles(start_m, BLOCK_M, radius, N, GW, P, RATE, ROWS, T)
+        b_c = tl.exp2(_grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N))
+        b_m, b_l, b_acc = _forward_grid_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, 0, t_lo, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, log2_amp, b_c, b_m, b_l, b_acc,
+            False, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+        b_m, b_l, b_acc = _forward_grid_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, log2_amp, b_c, b_m, b_l, b_acc,
+            True, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+        b_m, b_l, b_acc = _forward_grid_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, t_hi, T, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, log2_amp, b_c, b_m, b_l, b_acc,
+            False, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+    else:
+        near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
+        b_m, b_l, b_acc = _forward_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, N, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+            False, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+        b_m, b_l, b_acc = _forward_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, N, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+            True, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+        b_m, b_l, b_acc = _forward_tiles(
+            b_q, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, N, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+            False, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
 
     b_acc = b_acc / b_l[:, None]
     p_o = o + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
@@ -327,24 +469,18 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_dq_tiles(
-    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, lo, hi, N, GW, P, qk_scale,
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, lo, hi, end, N, GW, P, qk_scale,
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
-    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    BIAS: tl.constexpr, D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, MASKED: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dq over key tiles [lo, hi); with BIAS also the row sums of dS g, dS g e_r and dS g e_c."""
-    offs_d = tl.arange(0, D)
+    """dq over token tiles [lo, hi) of the keys before ``end``; with BIAS also the row sums of
+    dS g, dS g e_r and dS g e_c, the Gaussian computed per logit."""
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        m_n = offs_n < N
-        p_k = k_base + offs_n[:, None] * stride_kn + offs_d[None, :]
-        p_v = v_base + offs_n[:, None] * stride_vn + offs_d[None, :]
-        if EVEN_N:
-            b_k = tl.load(p_k)
-            b_v = tl.load(p_v)
-        else:
-            b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
-            b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
+        m_n = offs_n < end
+        b_k = _load_rows(k_base, offs_n, stride_kn, m_n, D, MASKED)
+        b_v = _load_rows(v_base, offs_n, stride_vn, m_n, D, MASKED)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
         if BIAS:
             row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, False)
@@ -355,7 +491,7 @@ def _backward_dq_tiles(
                 b_g = tl.where(is_patch_k[None, :], b_g, 0.0)
             b_s = tl.fma(amp[:, None], b_g, b_s)
         b_p = tl.exp2(b_s)
-        if not EVEN_N:
+        if MASKED:
             b_p = tl.where(m_n[None, :], b_p, 0.0)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
@@ -369,8 +505,42 @@ def _backward_dq_tiles(
 
 
 @triton.jit
+def _backward_dq_grid_tiles(
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, GH, GW, P, qk_scale,
+    row_q, nh_r, lo_r, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    BIAS: tl.constexpr, D: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, FULL_TILES: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dq over grid tiles [t_lo, t_hi) of the patch keys; with BIAS the row sums as in
+    ``_backward_dq_tiles``, the Gaussian from the tile's row terms and the column tables
+    ``b_ec`` (e_c) and ``b_c`` (its exp2)."""
+    slot_row = tl.arange(0, BLOCK_N) // COLS
+    for t in range(t_lo, t_hi):
+        offs_n, m_n = _grid_keys(t, GH, GW, P, ROWS, COLS, BLOCK_N)
+        b_k = _load_rows(k_base, offs_n, stride_kn, m_n, D, not FULL_TILES)
+        b_v = _load_rows(v_base, offs_n, stride_vn, m_n, D, not FULL_TILES)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
+        if BIAS:
+            b_er, b_fr = _grid_row_terms(t, slot_row, row_q, nh_r, lo_r, 0.0, RATE, CLAMP, ROWS)
+            b_g = b_fr * b_c
+            b_s = tl.fma(amp[:, None], b_g, b_s)
+        b_p = tl.exp2(b_s)
+        if not FULL_TILES:
+            b_p = tl.where(m_n[None, :], b_p, 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        if BIAS:
+            b_dsg = b_ds * b_g
+            b_dalpha += tl.sum(b_dsg, 1)
+            b_sum_r += tl.sum(b_dsg * b_er, 1)
+            b_sum_c += tl.sum(b_dsg * b_ec, 1)
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
+    return b_dq, b_dalpha, b_sum_r, b_sum_c
+
+
+@triton.jit
 def _backward_dq_kernel(
-    q, k, v, var, alpha, bounds, o, do, lse, delta, dq, dvar, dalpha,
+    q, k, v, var, alpha, o, do, lse, delta, dq, dvar, dalpha,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
@@ -378,12 +548,13 @@ def _backward_dq_kernel(
     stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
 
-    Owns its query rows: writes delta, then loops over all keys (far, near, far) for dq and the row
-    reductions ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``.
+    Owns its query rows: writes delta, then loops over all keys (as the forward does) for dq and the
+    row reductions ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``.
     """
     pid = tl.program_id(0)
     num_m = tl.cdiv(N, BLOCK_M)
@@ -395,28 +566,20 @@ def _backward_dq_kernel(
     offs_d = tl.arange(0, D)
     m_m = offs_m < N
 
-    p_q = q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :]
-    p_o = o + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
-    p_do = do + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_don + offs_d[None, :]
+    b_q = _load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, not EVEN_N)
+    b_o = _load_rows(o + b * stride_ob + h * stride_oh, offs_m, stride_on, m_m, D, not EVEN_N)
+    b_do = _load_rows(do + b * stride_dob + h * stride_doh, offs_m, stride_don, m_m, D, not EVEN_N)
     p_lse = lse + bh.to(tl.int64) * N + offs_m
-    if EVEN_N:
-        b_q = tl.load(p_q)
-        b_o = tl.load(p_o)
-        b_do = tl.load(p_do)
-        b_lse = tl.load(p_lse)
-    else:
-        b_q = tl.load(p_q, mask=m_m[:, None], other=0.0)
-        b_o = tl.load(p_o, mask=m_m[:, None], other=0.0)
-        b_do = tl.load(p_do, mask=m_m[:, None], other=0.0)
-        b_lse = tl.load(p_lse, mask=m_m, other=0.0)
+    b_lse = tl.load(p_lse) if EVEN_N else tl.load(p_lse, mask=m_m, other=0.0)
     b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
     tl.store(delta + bh.to(tl.int64) * N + offs_m, b_delta, mask=m_m)
 
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, is_patch_q = _row_coefficients(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
         offs_m, N, GW, eps, cmin, stride_varn, stride_varc, stride_an, P, RATE)
-    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
-    near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
+    GH = (N - P) // GW
+    radius = _radius(var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+                     stride_varn, stride_an, N - P, eps, GH, CLAMP)
 
     k_base = k + b * stride_kb + h * stride_kh
     v_base = v + b * stride_vb + h * stride_vh
@@ -426,18 +589,42 @@ def _backward_dq_kernel(
     b_sum_c = tl.zeros([BLOCK_M], tl.float32)
     amp = a * _LOG2E
     # Far keys, then near keys with the Gaussian, then far keys: no branch inside a loop.
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
-        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
-        True, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
-        False, D, HAS_PREFIX, RATE, EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+    if ROWS:
+        if HAS_PREFIX:
+            b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, P, P, N, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+                False, D, HAS_PREFIX, RATE, True, CLAMP, DOT_PRECISION, BLOCK_N)
+        T = tl.cdiv(GH, ROWS)
+        t_lo, t_hi = _near_tiles(start_m, BLOCK_M, radius, N, GW, P, RATE, ROWS, T)
+        b_ec = _grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N)
+        b_c = tl.exp2(b_ec)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_grid_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, t_lo, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            False, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_grid_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            True, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_grid_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_hi, T, GH, GW, P, qk_scale,
+            row_q, nh_r, lo_r, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            False, D, RATE, CLAMP, FULL_TILES, DOT_PRECISION, ROWS, COLS, BLOCK_N)
+    else:
+        near_lo, near_hi = _near_range(start_m, BLOCK_M, radius, N, GW, P, RATE, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, N, N, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            False, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, N, N, GW, P,
+            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            True, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _backward_dq_tiles(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, N, N, N, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+            False, D, HAS_PREFIX, RATE, not EVEN_N, CLAMP, DOT_PRECISION, BLOCK_N)
 
     p_dq = dq + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqn + offs_d[None, :]
     tl.store(p_dq, (b_dq * scale).to(dq.dtype.element_ty), mask=m_m[:, None])
@@ -459,20 +646,15 @@ def _backward_dkdv_tiles(
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk, dv over query tiles [lo, hi), transposed (keys x queries); with BIAS the Gaussian."""
-    offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_m = offs_m < N
-        p_q = q_base + offs_m[:, None] * stride_qn + offs_d[None, :]
-        p_do = do_base + offs_m[:, None] * stride_don + offs_d[None, :]
+        b_q = _load_rows(q_base, offs_m, stride_qn, m_m, D, not EVEN_N)
+        b_do = _load_rows(do_base, offs_m, stride_don, m_m, D, not EVEN_N)
         if EVEN_N:
-            b_q = tl.load(p_q)
-            b_do = tl.load(p_do)
             b_lse = tl.load(lse_base + offs_m)
             b_delta = tl.load(delta_base + offs_m)
         else:
-            b_q = tl.load(p_q, mask=m_m[:, None], other=0.0)
-            b_do = tl.load(p_do, mask=m_m[:, None], other=0.0)
             b_lse = tl.load(lse_base + offs_m, mask=m_m, other=0.0)
             b_delta = tl.load(delta_base + offs_m, mask=m_m, other=0.0)
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
@@ -496,7 +678,7 @@ def _backward_dkdv_tiles(
 
 @triton.jit
 def _backward_dkdv_kernel(
-    q, k, v, var, alpha, bounds, do, lse, delta, dk, dv,
+    q, k, v, var, alpha, do, lse, delta, dk, dv,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
@@ -520,22 +702,16 @@ def _backward_dkdv_kernel(
     offs_d = tl.arange(0, D)
     m_n = offs_n < N
 
-    p_k = k + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    p_v = v + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-    if EVEN_N:
-        b_k = tl.load(p_k)
-        b_v = tl.load(p_v)
-    else:
-        b_k = tl.load(p_k, mask=m_n[:, None], other=0.0)
-        b_v = tl.load(p_v, mask=m_n[:, None], other=0.0)
+    b_k = _load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, not EVEN_N)
+    b_v = _load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, not EVEN_N)
     row_k, col_k, is_patch_k = _positions(offs_n, N, GW, P, RATE, not CLAMP)
-    radius = _radius(bounds, bh, eps, (N - P) // GW, CLAMP)
+    var_base = var + b * stride_varb + h * stride_varh
+    alpha_base = alpha + b * stride_ab + h * stride_ah
+    radius = _radius(var_base, alpha_base, stride_varn, stride_an, N - P, eps, (N - P) // GW, CLAMP)
     near_lo, near_hi = _near_range(start_n, BLOCK_N, radius, N, GW, P, RATE, BLOCK_M)
 
     q_base = q + b * stride_qb + h * stride_qh
     do_base = do + b * stride_dob + h * stride_doh
-    var_base = var + b * stride_varb + h * stride_varh
-    alpha_base = alpha + b * stride_ab + h * stride_ah
     row_base = bh.to(tl.int64) * N
     b_dk = tl.zeros([BLOCK_N, D], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D], tl.float32)

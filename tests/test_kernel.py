@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import NAMES, assert_matches_reference, make_inputs, rel_err, run
-from locat_kernels import gaussian_attention, gaussian_attention_reference
+from locat_kernels import configs, gaussian_attention, gaussian_attention_reference
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -23,6 +23,9 @@ SMALL = [
     ((7, 7), 0, 16, 1, (4, 4)),  # current grid larger than the build grid: the clamp bites
     ((3, 5), 0, 32, 1, (3, 5)),
     ((2, 2), 0, 16, 2, None),
+    ((5, 12), 2, 16, 1, None),  # N = 62; under the interpreter: grid tiles of one padded row
+    ((3, 16), 1, 32, 1, None),  # grid tiles of one full row
+    ((4, 10), 0, 16, 2, None),
 ]
 
 
@@ -42,6 +45,21 @@ def test_far_tiles_skip_the_gaussian_exactly(request, device, grid, P, var_range
     some skipped-or-not pairs carry small but significant biases (unit variances)."""
     inputs = make_inputs(1, 2, grid, P, 16, device=device, var_range=var_range, alpha_max=10.0)
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
+
+
+def test_grid_rows_per_key_tile():
+    """Grid tiles hold 1 to MAX_GRID_ROWS grid rows of next_pow2(gw) slots; else token tiles (0)."""
+    assert [configs.grid_rows(gw, 64) for gw in (64, 32, 14, 16, 9, 8, 65, 96, 1)] == [1, 2, 4, 4, 4, 0, 0, 0, 0]
+    assert [configs.grid_rows(gw, 16) for gw in (16, 12, 5, 3, 2)] == [1, 1, 2, 4, 0]
+
+
+@pytest.mark.parametrize("grid,P,rate", [((5, 12), 1, 1), ((6, 4), 3, 2), ((7, 7), 0, 1)])
+def test_token_tiles_match_float64_too(request, device, monkeypatch, grid, P, rate):
+    """The token-tile path (the Gaussian per logit), used where a grid row does not fit a key tile,
+    forced on grids that would otherwise take grid tiles."""
+    monkeypatch.setattr(configs, "GRID_TILES", False)
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P, rate=rate)
 
 
 def test_alpha_with_trailing_dim_and_float64_reference_dtype(device):
