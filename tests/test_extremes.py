@@ -1,12 +1,14 @@
 """Extreme but valid inputs, the opt-in value check, and a seeded fuzz against the float64 reference.
 
 CPU cases run through the Triton interpreter in CI; the large and low-precision ones need CUDA.
-``LOCAT_FUZZ_CASES=N`` sets the fuzz length (default 12; on CUDA each new variant compiles) and
-``LOCAT_FUZZ_SUMMARY=path.json`` writes the counts of cases tried and failed.
+``LOCAT_FUZZ_CASES=N`` sets the fuzz length (default 12; on CUDA each new variant compiles),
+``LOCAT_FUZZ_SECONDS=S`` stops it earlier after S seconds, and ``LOCAT_FUZZ_SUMMARY=path.json``
+writes the counts of cases tried and failed (rewritten after every case, so a killed run keeps them).
 """
 import json
 import os
 import random
+import time
 
 import pytest
 import torch
@@ -60,11 +62,16 @@ def test_value_check_is_opt_in(device):
 def test_fuzz_against_reference(device):
     """Random shapes, prefixes, rates, dtypes and values; every case against the float64 reference."""
     n = int(os.environ.get("LOCAT_FUZZ_CASES", 12))
-    rng = random.Random(int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else 1234)
+    deadline = time.monotonic() + float(os.environ.get("LOCAT_FUZZ_SECONDS", "inf"))
+    path = os.environ.get("LOCAT_FUZZ_SUMMARY")
+    seed = int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else 1234
+    rng = random.Random(seed)
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [])
     dims = [16, 32] + ([64, 128] if device == "cuda" else [])
-    failures = []
+    failures, tried = [], 0
     for i in range(n):
+        if time.monotonic() > deadline:
+            break
         rate = rng.choice([1, 1, 2])
         gh, gw = (rate * rng.randint(1, 6), rate * rng.randint(1, 6)) if device == "cpu" else \
             (rate * rng.randint(1, 20), rate * rng.randint(1, 20))
@@ -85,12 +92,13 @@ def test_fuzz_against_reference(device):
             if not err <= bound:
                 failures.append(dict(case=i, tensor=name, err=err, bound=bound, shape=[B, H, gh, gw, P, D],
                                      rate=rate, dtype=str(dtype), init=init))
-    path = os.environ.get("LOCAT_FUZZ_SUMMARY")
-    if path:
-        with open(path, "w") as f:
-            json.dump(dict(device=str(torch.cuda.get_device_name() if device == "cuda" else "cpu"),
-                           torch=torch.__version__, cases=n, failed_cases=len({f["case"] for f in failures}),
-                           failures=failures), f, indent=1)
+        tried += 1
+        if path:
+            with open(path, "w") as f:
+                json.dump(dict(device=str(torch.cuda.get_device_name() if device == "cuda" else "cpu"),
+                               torch=torch.__version__, seed=seed, cases=tried, failed_cases=len({f["case"] for f in failures}),
+                               failures=failures), f, indent=1)
+    assert tried > 0, "LOCAT_FUZZ_SECONDS left no time for a single case"
     assert not failures, failures[:5]
 
 
