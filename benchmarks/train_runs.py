@@ -3,8 +3,9 @@
     python -m benchmarks.train_runs --output benchmarks/results/train_<gpu>.json [--size tiny]
 
 Each run is its own process (a clean allocator for the peak memory) with the same data, batch and
-steps; the JSON holds every run's last epoch record (steady images/s after the first steps, peak
-memory, loss) and the ratios to the ViT. Needs CUDA: on a CPU it would measure the data pipeline.
+steps; the JSON holds every run's last epoch record (steady images/s after the first steps, images/s
+of GPU step time with data loading left out, peak memory, loss) and the ratios to the ViT. Needs
+CUDA: on a CPU it would measure the data pipeline.
 """
 from __future__ import annotations
 
@@ -46,16 +47,23 @@ def main(argv=None) -> int:
             subprocess.run(cmd, check=True)
             record = json.loads(Path(tmp, name, "log.json").read_text())["epochs"][-1]
             results[name] = dict(model=model, command=" ".join(cmd[1:]), **record)
-    vit = results["vit"]
-    ratios = {name: dict(steady_img_s_over_vit=r["steady_img_s"] / vit["steady_img_s"],
-                         peak_mem_over_vit=r["peak_mem_gib"] / vit["peak_mem_gib"]) for name, r in results.items()}
+    ratios = over_vit(results)
     for name, r in results.items():
-        print(f"  {name:<13} {r['steady_img_s']:9.1f} img/s ({ratios[name]['steady_img_s_over_vit']:.2f}x ViT)  "
-              f"peak {r['peak_mem_gib']:.2f} GiB ({ratios[name]['peak_mem_over_vit']:.2f}x)  loss {r['train_loss']:.3f}")
+        x = ratios[name]
+        print(f"  {name:<13} {r['steady_img_s']:8.1f} img/s ({x['steady_img_s']:.2f}x ViT), GPU step time "
+              f"{r['gpu_img_s']:8.1f} img/s ({x['gpu_img_s']:.2f}x), peak {r['peak_mem_gib']:.2f} GiB "
+              f"({x['peak_mem_gib']:.2f}x), loss {r['train_loss']:.3f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(dict(environment=environment("cuda"), runs=results, ratios=ratios), indent=1))
     print(f"wrote {args.output}")
     return 0
+
+
+def over_vit(results: dict) -> dict:
+    """Each run's steady images/s (end to end), images/s of GPU step time (data loading left out)
+    and peak memory, over the ViT's."""
+    keys = ("steady_img_s", "gpu_img_s", "peak_mem_gib")
+    return {name: {k: r[k] / results["vit"][k] for k in keys} for name, r in results.items()}
 
 
 if __name__ == "__main__":

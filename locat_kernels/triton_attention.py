@@ -13,20 +13,28 @@ Launchers (top of this file; shapes as in ``locat_kernels.attention.gaussian_att
   rows: it writes ``delta = rowsum(dO * O)``, dq, and the row reductions dvar and dalpha, so no
   atomics are needed and the result is deterministic. The dk/dv kernel owns key columns.
 
-Per logit the bias costs two subtractions, two squares, two FMAs and one exp2:
-``e = nh_r dr^2 + nh_c dc^2 + log2(alpha log2(e))`` with ``nh = -1/2 log2(e) / (var + eps)`` per
-query row, and ``logit += exp2(e)``. Non-patch keys sit at position +inf, so their bias is exactly
-zero without a mask. Keys whose grid rows are so far from a query tile's rows that every bias is
-below 2^-25 (a relative change of the softmax weights under 2e-8, beneath float32 resolution) skip
-the Gaussian entirely: the row radius comes from the widest row variance and the largest alpha of
-the (batch, head), and each loop over keys (or queries) runs as three ranges, far / near / far,
-with the Gaussian only in the near one (as causal flash attention splits its masked tiles). In the
-init regime and at high resolution most tiles are far.
+Key tiles come in two shapes. **Grid tiles** (forward and dq kernels, when a grid row fits a key
+tile): the prefix keys first as token tiles without a bias, then the patch keys as tiles of
+ROWS grid rows of COLS = next_pow2(gw) slots (slots past gw are padding). Every grid tile then
+has the same columns, so the Gaussian splits into a column table ``exp2(e_c)`` (BLOCK_M x BLOCK_N)
+computed once per program, and one row factor ``exp2(e_r + log2(alpha log2(e)))`` per query row
+and grid row: the bias costs a select per extra grid row, a multiply and an FMA per logit, and no
+exp2 (the softmax keeps its one). **Token tiles** (the dk/dv kernel, and grids too wide for a key
+tile): the bias is computed per logit, ``e = nh_r dr^2 + nh_c dc^2 + log2(alpha log2(e))`` with
+``nh = -1/2 log2(e) / (var + eps)`` per query row, then ``logit += exp2(e)``; non-patch keys sit at
+position +inf, so their bias is exactly zero without a mask.
+
+Keys whose grid rows are so far from a query tile's rows that every bias is below 2^-25 (a relative
+change of the softmax weights under 2e-8, beneath float32 resolution) skip the Gaussian entirely:
+the row radius comes from the widest row variance and the largest alpha of the (batch, head), read
+by each program, and each loop over keys (or queries) runs as three ranges, far / near / far, with
+the Gaussian only in the near one (as causal flash attention splits its masked tiles).
 
 Kernels say their grid in their docstrings. Variants are constexpr flags: ``HAS_PREFIX``,
 ``RATE`` (position quantization), ``EVEN_N`` (no bounds masks), ``CLAMP`` (the grid exceeds the
-build grid: clamp the exponent, no skipping), ``DOT_PRECISION``; block sizes come from
-``configs.launch_config``.
+build grid: clamp the exponent, no skipping), ``DOT_PRECISION``, and for grid tiles ``ROWS``
+(0: token tiles), ``COLS``, ``FULL_TILES`` (no padding slot); block sizes come from
+``configs.launch_config`` and ``configs.grid_rows``.
 """
 from __future__ import annotations
 
