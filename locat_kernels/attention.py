@@ -220,9 +220,10 @@ _attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 class _GaussianAttention(torch.autograd.Function):
-    """Eager mode: the same launchers without the custom-op dispatch, which costs about three times
-    the host time of a plain autograd.Function per call (~100 us more for forward and backward on a
-    desktop CPU, several times that on a GPU machine's host), a large share of a small block's time."""
+    """Eager mode: the same launchers without the custom-op dispatch. Measured host time per call:
+    forward 317 us through the custom op, 123 us this way (H100 machine, tiny shape); forward and
+    backward with the kernels stubbed out, 159 us and 71 us (desktop CPU). A large share of a small
+    block's time."""
 
     @staticmethod
     def forward(ctx, q, k, v, var, alpha, *params):

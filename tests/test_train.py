@@ -161,3 +161,11 @@ def test_non_finite_images_stop_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(locat_data.SyntheticClassification, "__getitem__", poisoned)
     with pytest.raises(FloatingPointError, match="non-finite values in the input images"):
         main(SMALL + ["--epochs", "1", "--output", str(tmp_path)])
+
+
+def test_train_runs_ratios_over_the_vit():
+    from benchmarks.train_runs import over_vit
+
+    runs = {"vit": dict(steady_img_s=100.0, gpu_img_s=400.0, peak_mem_gib=2.0),
+            "locat_triton": dict(steady_img_s=90.0, gpu_img_s=300.0, peak_mem_gib=2.5)}
+    assert over_vit(runs)["locat_triton"] == dict(steady_img_s=0.9, gpu_img_s=0.75, peak_mem_gib=1.25)
