@@ -85,14 +85,17 @@ def probe(model, train_set, val_set, num_classes, *, steps, batch_size, lr, devi
     head = torch.nn.Conv2d(model.embed_dim, num_classes, 1).to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr)
     loader = DataLoader(train_set, batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+
+    def logits(x):  # the frozen model needs no graph: only the head's parameters require grad
+        with torch.no_grad():
+            feats = dense_features(model, x).float()
+        return F.interpolate(head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
     step = 0
     while step < steps:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with torch.no_grad():
-                feats = dense_features(model, x).float()
-            logits = F.interpolate(head(feats), size=y.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
+            loss = F.cross_entropy(logits(x), y, ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,9 +108,7 @@ def probe(model, train_set, val_set, num_classes, *, steps, batch_size, lr, devi
     with torch.no_grad():
         for x, y in DataLoader(val_set, batch_size):
             x, y = x.to(device), y.to(device)
-            logits = F.interpolate(head(dense_features(model, x).float()), size=y.shape[-2:], mode="bilinear",
-                                   align_corners=False)
-            conf += confusion(logits.argmax(1), y, num_classes)
+            conf += confusion(logits(x).argmax(1), y, num_classes)
     return mean_iou(conf.cpu())
 
 

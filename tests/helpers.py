@@ -30,8 +30,9 @@ def reference64(inputs, do, **kwargs):
 
 def record(request, tensor: str, err: float) -> float:
     """Keep a test's error in its report (``user_properties``, which pytest-xdist carries too), so
-    ``LOCAT_TEST_SUMMARY`` can list the worst errors of a run."""
-    request.node.user_properties.append((f"rel_err::{tensor}", err))
+    ``LOCAT_TEST_SUMMARY`` can list the worst errors of a run. ``request`` None: not kept."""
+    if request is not None:
+        request.node.user_properties.append((f"rel_err::{tensor}", err))
     return err
 
 
@@ -48,16 +49,25 @@ def rel_err(x, ref):
 NAMES = ("out", "dq", "dk", "dv", "dvar", "dalpha")
 
 
-def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, **kwargs):
-    """The fused op's out and five gradients against the float64 reference: within ``fp32_tol`` for
-    fp32 inputs; for fp16/bf16 at most 2x the error of eager PyTorch (the reference in that dtype)."""
+def reference_errors(request, inputs, do, fp32_tol=1e-5, **kwargs) -> list[tuple[str, float, float]]:
+    """(name, error, bound) of the fused op's out and five gradients against the float64 reference:
+    the bound is ``fp32_tol`` for fp32 inputs; for fp16/bf16, 2x the error of eager PyTorch (the
+    reference in that dtype). Shapes and dtypes are asserted."""
     got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
     ref = reference64(inputs, do, **kwargs)
     low = inputs[0].dtype != torch.float32
     eager = run(gaussian_attention_reference, inputs, do, **kwargs) if low else [None] * len(NAMES)
     dtypes = [inputs[0].dtype] + [t.dtype for t in inputs]
+    errors = []
     for name, g, e, r, dtype in zip(NAMES, got, eager, ref, dtypes):
         assert g.shape == r.shape and g.dtype == dtype, f"{name}: {g.shape} {g.dtype}"
         err = record(request, name, rel_err(g, r))
         bound = 2 * record(request, f"{name}_eager", rel_err(e, r)) if low else fp32_tol
+        errors.append((name, err, bound))
+    return errors
+
+
+def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, **kwargs):
+    """Every error of ``reference_errors`` within its bound."""
+    for name, err, bound in reference_errors(request, inputs, do, fp32_tol, **kwargs):
         assert err <= bound, f"{name}: relative error {err:.2e}, bound {bound:.2e}"

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from helpers import NAMES, assert_matches_reference, make_inputs, reference64, rel_err, run
-from locat_kernels import gaussian_attention, gaussian_attention_reference
+from helpers import assert_matches_reference, make_inputs, reference_errors
+from locat_kernels import gaussian_attention
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -81,14 +81,9 @@ def test_fuzz_against_reference(device):
         init = rng.choice([None, (max(1, gh // 2), max(1, gw // 2))])
         inputs = make_inputs(B, H, (gh, gw), P, D, device=device, dtype=dtype, var_range=(lo, lo * 10 ** rng.uniform(0, 2)),
                              alpha_max=rng.choice([0.5, 2.0, 10.0]))
-        kwargs = dict(grid_size=(gh, gw), num_prefix_tokens=P, rate=rate, init_grid_size=init)
-        do = torch.randn_like(inputs[0])
-        got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-        ref = reference64(inputs, do, **kwargs)
-        eager = run(gaussian_attention_reference, inputs, do, **kwargs) if dtype != torch.float32 else None
-        for j, name in enumerate(NAMES):
-            err = rel_err(got[j], ref[j])
-            bound = 1e-5 if eager is None else 2 * rel_err(eager[j], ref[j])
+        errors = reference_errors(None, inputs, torch.randn_like(inputs[0]), grid_size=(gh, gw),
+                                  num_prefix_tokens=P, rate=rate, init_grid_size=init)
+        for name, err, bound in errors:
             if not err <= bound:
                 failures.append(dict(case=i, tensor=name, err=err, bound=bound, shape=[B, H, gh, gw, P, D],
                                      rate=rate, dtype=str(dtype), init=init))
