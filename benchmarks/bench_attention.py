@@ -8,8 +8,10 @@ Peers, all timed in the same process on the same inputs:
   as three tensors, each indexed once, so their gradients work);
 - ``sdpa``: SDPA without any bias, the floor (gradients to q, k, v only).
 
-On CUDA each peer's forward and forward+backward is captured as a CUDA graph and timed with
-``triton.testing.do_bench`` (median) over graph replays.
+On CUDA each peer's forward and forward+backward is timed with ``triton.testing.do_bench`` (median)
+over replays of a CUDA graph (``fwd_ms``, ``fwd_bwd_ms``: the kernels alone) and, for locat and the
+floor, also over plain calls (``fwd_plain_ms``, ``fwd_bwd_plain_ms``: as users call it, host time
+included).
 """
 from __future__ import annotations
 
@@ -39,13 +41,25 @@ class Shape:
     def N(self) -> int:
         return self.P + self.grid[0] * self.grid[1]
 
+    @classmethod
+    def parse(cls, spec: str) -> "Shape":
+        """A user's shape 'B,H,gh,gw,P,D' (e.g. 8,12,37,37,5,64: patch 14 at 518 px, 4 registers)."""
+        try:
+            B, H, gh, gw, P, D = (int(x) for x in spec.split(","))
+        except ValueError:
+            raise ValueError(f"a shape is a name or B,H,gh,gw,P,D, got {spec!r}") from None
+        return cls(spec, B, H, (gh, gw), P, D)
 
-# SPEC section 4.
+
+# The shapes of docs/method.md section 4, then 384 px, patch 14 at 518 px with 4 registers, head_dim 128.
 GPU_SHAPES = [
     Shape("ViT-B 224", 128, 12, (14, 14)),
     Shape("ViT-T 224", 256, 3, (14, 14)),
+    Shape("ViT-B 384", 32, 12, (24, 24)),
+    Shape("ViT-B/14 518 +4 reg", 8, 12, (37, 37), P=5),
     Shape("ViT-B 512", 16, 12, (32, 32)),
     Shape("ViT-B 1024", 4, 12, (64, 64)),
+    Shape("D128 1025", 16, 8, (32, 32), D=128),
 ]
 CPU_SHAPES = [Shape("tiny 7x7", 1, 2, (7, 7), D=32), Shape("tiny 4x6+5", 2, 2, (4, 6), P=5, D=16)]
 REGIMES = ("broad", "init")
@@ -55,7 +69,7 @@ PEERS = ("locat", "eager", "sdpa_bias", "flex", "sdpa")
 def make_inputs(shape: Shape, regime: str, dtype, device, requires_grad=True):
     """q, k, v as views of one qkv tensor (as timm makes them), var and alpha of the regime.
 
-    broad: var uniform in [0.5, gh + 0.5], alpha uniform in [0, 2] (SPEC section 4);
+    broad: var uniform in [0.5, gh + 0.5], alpha uniform in [0, 2] (docs/method.md section 4);
     init: a freshly initialized model, var about 1 and alpha about 0.69.
     """
     B, H, N, D, (gh, gw) = shape.B, shape.H, shape.N, shape.D, shape.grid
@@ -119,16 +133,16 @@ def flops(shape: Shape, backward: bool) -> float:
     return fwd * (3.5 if backward else 1.0)
 
 
-def _timer(device):
+def _timer(device, graph=True):
     if device == "cuda":
-        return lambda fn: cuda_median_ms(fn, graph=True)
+        return lambda fn: cuda_median_ms(fn, graph=graph)
     return lambda fn: cpu_median_ms(fn, reps=5)
 
 
 def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print) -> list[dict]:
     """One row per peer: fwd/fwd+bwd median ms, TFLOP/s, peak fwd+bwd memory, error vs float64."""
     fns = peer_fns(device)
-    timer = _timer(device)
+    timer, plain = _timer(device), _timer(device, graph=False)
     inputs = make_inputs(shape, regime, dtype, device)
     q, k, v, var, alpha = inputs
     do = torch.randn_like(q)
@@ -146,12 +160,16 @@ def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print
             with torch.no_grad():
                 out = fn(*args)
                 row["fwd_ms"] = timer(lambda: fn(*args))
+                if device == "cuda" and peer in ("locat", "sdpa"):
+                    row["fwd_plain_ms"] = plain(lambda: fn(*args))
             row["max_abs_err"] = None if peer == "sdpa" else float((out[:1].double() - ref).abs().max())
 
             def fwd_bwd():
                 return torch.autograd.grad(fn(*args), wrt, do)
 
             row["fwd_bwd_ms"] = timer(fwd_bwd)
+            if device == "cuda" and peer in ("locat", "sdpa"):
+                row["fwd_bwd_plain_ms"] = plain(fwd_bwd)
             row["peak_mem_gb"] = peak_memory_gb(fwd_bwd, device, above_current=True)
             row["fwd_tflops"] = flops(shape, False) / row["fwd_ms"] * 1e-9
             row["fwd_bwd_tflops"] = flops(shape, True) / row["fwd_bwd_ms"] * 1e-9
@@ -192,7 +210,9 @@ def ratios(rows: list[dict]) -> list[dict]:
             if "error" in r:
                 continue
             entry = dict(shape=shape, regime=regime, dtype=dtype, peer=peer)
-            for t in ("fwd_ms", "fwd_bwd_ms"):
+            for t in ("fwd_ms", "fwd_bwd_ms", "fwd_plain_ms", "fwd_bwd_plain_ms"):
+                if t not in r:
+                    continue
                 if floor and "error" not in floor:
                     entry[f"{t}_over_floor"] = r[t] / floor[t]
                 if ours and "error" not in ours:

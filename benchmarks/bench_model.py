@@ -1,11 +1,17 @@
-"""Whole-model throughput: LocAtViT per attention backend against timm's ViT of the same size.
+"""Whole-model throughput as users run it: LocAtViT against timm's ViT of the same size.
 
-Training: one AdamW step (forward, backward, update) under bf16 autocast; inference: a forward
-under bf16 autocast and no_grad. Images/s from the median of ``triton.testing.do_bench``, and peak
-memory of one step.
+Training: one step of forward, backward and fused AdamW under bf16 autocast; inference: a forward
+under bf16 autocast and no_grad. Each is timed with plain calls (no CUDA graph), eager and under
+``torch.compile(model)``: warm-up steps, then ``repeats`` runs of ``steps`` steps between CUDA
+events; images/s from the median run, the spread (max/min - 1) beside it. Also peak training memory
+and the CUDA kernels launched per step (torch.profiler).
+
+``layer_host_times``: host time of one attention layer on a launch-bound tiny input, LocAt (triton)
+against timm's ``Attention``, forward and forward+backward.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import timm
@@ -14,7 +20,7 @@ import torch.nn.functional as F
 
 import locat_vit  # noqa: F401  (registers the LocAtViT models)
 
-from .timing import cpu_median_ms, cuda_median_ms, peak_memory_gb
+from .timing import cpu_median_ms, peak_memory_gb
 
 
 @dataclass(frozen=True)
@@ -27,52 +33,150 @@ class ModelCase:
     def name(self) -> str:
         return f"{self.size} {self.img_size}"
 
+    @classmethod
+    def parse(cls, spec: str) -> "ModelCase":
+        """'base:384:32' -> ModelCase("base", 384, 32)."""
+        try:
+            size, img, batch = spec.split(":")
+            return cls(size, int(img), int(batch))
+        except ValueError:
+            raise ValueError(f"a model case is size:img:batch (e.g. base:384:32), got {spec!r}") from None
 
-GPU_CASES = [ModelCase("tiny", 224, 256), ModelCase("base", 224, 128), ModelCase("base", 512, 16)]
+
+GPU_CASES = [ModelCase("tiny", 224, 256), ModelCase("small", 224, 256), ModelCase("base", 224, 128),
+             ModelCase("base", 384, 32), ModelCase("base", 512, 16)]
 CPU_CASES = [ModelCase("tiny", 64, 4)]
 VARIANTS = ("vit", "locat_triton", "locat_sdpa")
+MODES = ("eager", "compiled")
 
 
-def build(case: ModelCase, variant: str, device):
+def build(case: ModelCase, variant: str, device, **kwargs):
+    """timm's ViT or LocAtViT (attn_backend from the variant name) at the case's image size; a
+    LocAtViT built at 512 px (grid 32) trains in the published rate-2 mode."""
     if variant == "vit":
-        return timm.create_model(f"vit_{case.size}_patch16_224", img_size=case.img_size).to(device)
+        return timm.create_model(f"vit_{case.size}_patch16_224", img_size=case.img_size, **kwargs).to(device)
     backend = variant.removeprefix("locat_")
-    return timm.create_model(f"locatvit_{case.size}", img_size=case.img_size, attn_backend=backend).to(device)
+    return timm.create_model(f"locatvit_{case.size}", img_size=case.img_size, attn_backend=backend,
+                             **kwargs).to(device)
 
 
-def bench_case(case: ModelCase, variant: str, device, log=print) -> dict:
-    model = build(case, variant, device)
+def bench_case(case: ModelCase, variant: str, device, mode: str = "eager", repeats: int = 5, steps: int = 10,
+               log=print, model=None) -> dict:
+    model = model if model is not None else build(case, variant, device)
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
     y = torch.randint(0, 1000, (case.batch,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    if mode == "compiled":
+        # Every timm ViT shares VisionTransformer.forward's code object: without a reset, models
+        # compiled earlier in the process use up Dynamo's recompile limit and later ones run eager.
+        torch._dynamo.reset()
+    forward = torch.compile(model) if mode == "compiled" else model
 
     def train_step():
         with autocast:
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(forward(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def infer():
         with torch.no_grad(), autocast:
-            model(x)
+            forward(x)
 
-    row = dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=variant)
-    for mode, fn in (("train", train_step), ("infer", infer)):
-        model.train(mode == "train")
-        ms = cuda_median_ms(fn, graph=False, warmup=200, rep=1000) if device == "cuda" else cpu_median_ms(fn, reps=3)
-        row[f"{mode}_img_s"] = case.batch / ms * 1e3
-        row[f"{mode}_peak_gb"] = peak_memory_gb(fn, device, above_current=False)
-    log(f"  {case.name:<9} {variant:<13} train {row['train_img_s']:8.1f} img/s  infer {row['infer_img_s']:8.1f} img/s"
-        + (f"  peak train {row['train_peak_gb']:.2f} GB" if row["train_peak_gb"] is not None else ""))
+    row = dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=variant, mode=mode)
+    for name, fn, training in (("train", train_step, True), ("infer", infer, False)):
+        model.train(training)
+        if device == "cuda":
+            runs = step_times_ms(fn, repeats=repeats, steps=steps)
+            ms = sorted(runs)[len(runs) // 2]
+            row[f"{name}_spread"] = max(runs) / min(runs) - 1
+            row[f"{name}_kernels_per_step"] = kernels_per_step(fn)
+        else:
+            ms = cpu_median_ms(fn, reps=3)
+        row[f"{name}_img_s"] = case.batch / ms * 1e3
+        row[f"{name}_peak_gb"] = peak_memory_gb(fn, device, above_current=False)
+    log(f"  {case.name:<9} {variant:<13} {mode:<8} train {row['train_img_s']:8.1f} img/s  "
+        f"infer {row['infer_img_s']:8.1f} img/s"
+        + (f"  (spread {row['train_spread']:.1%} / {row['infer_spread']:.1%}; kernels/step "
+           f"{row['train_kernels_per_step']} / {row['infer_kernels_per_step']}; peak train {row['train_peak_gb']:.2f} GB)"
+           if device == "cuda" else ""))
     return row
 
 
+def step_times_ms(fn, *, repeats: int, steps: int, warmup: int = 5) -> list[float]:
+    """Per-step ms of ``repeats`` runs of ``steps`` plain calls, timed with CUDA events."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    runs = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            fn()
+        end.record()
+        end.synchronize()
+        runs.append(start.elapsed_time(end) / steps)
+    return runs
+
+
+def kernels_per_step(fn) -> int:
+    """CUDA kernels launched by one call (torch.profiler), after a warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each LocAtViT variant's images/s over timm's ViT of the same case."""
-    vit = {r["model"]: r for r in rows if r["variant"] == "vit"}
-    return [dict(model=r["model"], variant=r["variant"],
-                 train_over_vit=r["train_img_s"] / vit[r["model"]]["train_img_s"],
-                 infer_over_vit=r["infer_img_s"] / vit[r["model"]]["infer_img_s"])
-            for r in rows if r["variant"] != "vit" and r["model"] in vit]
+    """Each LocAtViT variant's images/s over timm's ViT of the same case and mode, and its peak memory."""
+    vit = {(r["model"], r["mode"]): r for r in rows if r["variant"] == "vit"}
+    out = []
+    for r in rows:
+        base = vit.get((r["model"], r["mode"]))
+        if r["variant"] == "vit" or base is None:
+            continue
+        entry = dict(model=r["model"], variant=r["variant"], mode=r["mode"],
+                     train_over_vit=r["train_img_s"] / base["train_img_s"],
+                     infer_over_vit=r["infer_img_s"] / base["infer_img_s"])
+        if r.get("train_peak_gb") and base.get("train_peak_gb"):
+            entry["train_memory_over_vit"] = r["train_peak_gb"] / base["train_peak_gb"]
+        out.append(entry)
+    return out
+
+
+def layer_host_times(device, calls: int = 200) -> dict:
+    """Host microseconds per call of one attention layer on a tiny input (B = 1, 17 tokens, bf16
+    autocast, eager): LocAtViT-Tiny's ``blocks[0].attn`` (triton) and timm ViT-Tiny's. Calls run
+    back to back and the device keeps up, so the wall time per call is the host's."""
+    case = ModelCase("tiny", 64, 1)
+    layers = {"locat": build(case, "locat_triton", device).blocks[0].attn,
+              "timm": build(case, "vit", device).blocks[0].attn}
+    x = torch.randn(1, 17, 192, device=device, requires_grad=True)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    out = {}
+    for name, layer in layers.items():
+        def fwd():
+            with autocast:
+                return layer(x)
+
+        def fwd_bwd():
+            fwd().sum().backward()
+
+        for kind, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
+            for _ in range(20):
+                fn()
+            torch.cuda.synchronize() if device == "cuda" else None
+            t = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize() if device == "cuda" else None
+            out[f"{name}_{kind}_us"] = (time.perf_counter() - t) / calls * 1e6
+    for kind in ("forward", "forward_backward"):
+        out[f"{kind}_over_timm"] = out[f"locat_{kind}_us"] / out[f"timm_{kind}_us"]
+    return out

@@ -1,9 +1,10 @@
 """``locat-bench``: the benchmark report. The fused op against its peers: table, JSON and a plot.
 
-On CUDA: the shapes of SPEC section 4 in bf16, both regimes, every peer that imports. Without CUDA
-it still runs: tiny shapes through the Triton interpreter and the eager peers, and says what needs
-a GPU (timings of the compiled kernels, FlexAttention, peak memory). ``--model``: whole-model
-training and inference images/s, LocAtViT per backend against timm's ViT.
+On CUDA: the shapes of docs/method.md section 4, 384 px, patch 14 at 518 px and head_dim 128, in
+bf16, both regimes, every peer that imports (``--shapes B,H,gh,gw,P,D`` times your own). Without
+CUDA it still runs: tiny shapes through the Triton interpreter and the eager peers, and says what
+needs a GPU (timings of the compiled kernels, FlexAttention, peak memory). ``--model``: whole-model
+training and inference images/s, eager and compiled, LocAtViT per backend against timm's ViT.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="locat-bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="*", help="shape names to run (default: all for this device)")
+    parser.add_argument("--shapes", nargs="*", help="shape names, or your own as B,H,gh,gw,P,D (default: all for "
+                        "this device)")
     parser.add_argument("--regimes", nargs="*", default=None, help="broad and/or init")
     parser.add_argument("--peers", nargs="*", default=None, help="subset of locat eager sdpa_bias flex sdpa")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -30,6 +32,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/attention_<gpu>.json)")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--model", action="store_true", help="whole-model images/s instead of the op")
+    parser.add_argument("--cases", nargs="*", help="--model: cases as size:img:batch, e.g. base:384:32")
+    parser.add_argument("--modes", nargs="*", choices=["eager", "compiled"],
+                        help="--model: eager and/or torch.compile (default: both on CUDA, eager on CPU)")
+    parser.add_argument("--variants", nargs="*", help="--model: subset of vit locat_triton locat_sdpa")
     parser.add_argument("--plot", type=Path, metavar="JSON", help="only draw the PNG of a saved op result")
     args = parser.parse_args(argv)
     if args.plot:
@@ -47,9 +53,11 @@ def main(argv=None) -> int:
 
     shapes = ba.GPU_SHAPES if device == "cuda" else ba.CPU_SHAPES
     if args.shapes:
-        shapes = [s for s in shapes if s.name in args.shapes]
-        if not shapes:
-            parser.error(f"no shape matches {args.shapes}; known: {[s.name for s in ba.GPU_SHAPES + ba.CPU_SHAPES]}")
+        known = {s.name: s for s in ba.GPU_SHAPES + ba.CPU_SHAPES}
+        try:
+            shapes = [known[s] if s in known else ba.Shape.parse(s) for s in args.shapes]
+        except ValueError as e:
+            parser.error(f"{e}; known names: {sorted(known)}")
     regimes = args.regimes or ba.REGIMES
     peers = args.peers or ba.PEERS
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
@@ -65,7 +73,11 @@ def main(argv=None) -> int:
                   flush=True)
             rows += ba.bench_shape(shape, regime, dtype, device, peers=peers, log=lambda s: print(s, flush=True))
     ratios = ba.ratios(rows)
-    print_ratios(ratios)
+    if device == "cuda":
+        print_ratios(ratios)
+    else:
+        print("\nNo ratio table on CPU: the interpreter's times are not a speed measure (the rows above show each "
+              "peer's error against float64 and that it runs).")
 
     if not args.no_save:
         path = save(args, "attention", env, rows, ratios)
@@ -79,31 +91,43 @@ def main(argv=None) -> int:
 def run_models(args, device: str, env: dict) -> int:
     from . import bench_model as bm
 
-    cases = bm.GPU_CASES if device == "cuda" else bm.CPU_CASES
+    cases = [bm.ModelCase.parse(c) for c in args.cases] if args.cases else (
+        bm.GPU_CASES if device == "cuda" else bm.CPU_CASES)
+    modes = args.modes or (bm.MODES if device == "cuda" else ("eager",))
+    variants = args.variants or [v for v in bm.VARIANTS if device == "cuda" or v != "locat_triton"]
     print(f"locat-bench --model on {env['device']} (torch {env['torch']}, triton {env['triton']})")
     if device == "cpu":
-        print("No CUDA device: one tiny case in float32, LocAtViT's triton backend needs CUDA here "
-              "(the interpreter is a correctness tool); numbers are not a speed measure.")
-    variants = [v for v in bm.VARIANTS if device == "cuda" or v != "locat_triton"]
+        print("No CUDA device: one tiny case in float32, eager; LocAtViT's triton backend, torch.compile, "
+              "kernel counts and memory need CUDA. CPU numbers are not a speed measure: no ratios printed.")
     rows = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
-        rows += [bm.bench_case(case, v, device, log=lambda s: print(s, flush=True)) for v in variants]
-    ratios = bm.ratios(rows)
-    print("\nimages/s over timm's ViT of the same size (higher is better):")
-    for r in ratios:
-        print(f"  {r['model']:<9} {r['variant']:<13} train {r['train_over_vit']:5.2f}  infer {r['infer_over_vit']:5.2f}")
+        rows += [bm.bench_case(case, v, device, mode, log=lambda s: print(s, flush=True))
+                 for mode in modes for v in variants]
+    ratios = bm.ratios(rows) if device == "cuda" else []
+    host = bm.layer_host_times(device) if device == "cuda" else None
+    if ratios:
+        print("\nimages/s over timm's ViT of the same size and mode (higher is better), peak training memory over ViT's:")
+        for r in ratios:
+            print(f"  {r['model']:<9} {r['variant']:<13} {r['mode']:<8} train {r['train_over_vit']:5.2f}  "
+                  f"infer {r['infer_over_vit']:5.2f}  memory {r.get('train_memory_over_vit', float('nan')):5.2f}")
+    if host:
+        print("\nhost time of one attention layer (B=1, 17 tokens, eager), LocAt triton / timm Attention:")
+        for kind in ("forward", "forward_backward"):
+            print(f"  {kind:<17} {host[f'locat_{kind}_us']:7.1f} us / {host[f'timm_{kind}_us']:7.1f} us = "
+                  f"{host[f'{kind}_over_timm']:.2f}x")
     if not args.no_save:
-        save(args, "model", env, rows, ratios)
+        save(args, "model", env, rows, ratios, host_times=host)
     return 0
 
 
-def save(args, kind: str, env: dict, rows: list, ratios: list) -> Path:
-    """JSON with the environment (GPU, versions, date), every measured row and the ratios."""
+def save(args, kind: str, env: dict, rows: list, ratios: list, **extra) -> Path:
+    """JSON with the environment (GPU, versions, date, command), every measured row and the ratios."""
     tag = env["device"].replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
     path = args.output or RESULTS / f"{kind}_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios), indent=1))
+    env = dict(env, command=" ".join(["locat-bench", *sys.argv[1:]]))
+    path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios, **extra), indent=1))
     print(f"wrote {path}")
     return path
 
@@ -154,14 +178,14 @@ def environment(device: str) -> dict:
 
 
 def print_ratios(ratios: list[dict]) -> None:
-    print("\ntime over the floor (SDPA without bias; lower is better) and over locat:")
-    print(f"  {'shape':<11} {'regime':<6} {'peer':<9} {'fwd/floor':>9} {'f+b/floor':>9} {'fwd/locat':>9} "
-          f"{'f+b/locat':>9} {'mem/floor':>9}")
+    print("\ntime over the floor (SDPA without bias; lower is better): CUDA-graph replays, plain calls; and over locat:")
+    keys = ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor", "fwd_plain_ms_over_floor", "fwd_bwd_plain_ms_over_floor",
+            "fwd_ms_over_locat", "fwd_bwd_ms_over_locat", "mem_over_floor")
+    print(f"  {'shape':<20} {'regime':<6} {'peer':<9} {'fwd':>7} {'f+b':>7} {'fwd pl':>7} {'f+b pl':>7} "
+          f"{'fwd/loc':>7} {'f+b/loc':>7} {'mem':>7}")
     for r in ratios:
-        cells = [r.get(k) for k in ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor", "fwd_ms_over_locat",
-                                    "fwd_bwd_ms_over_locat", "mem_over_floor")]
-        print(f"  {r['shape']:<11} {r['regime']:<6} {r['peer']:<9} "
-              + " ".join(f"{c:9.2f}" if c is not None else f"{'-':>9}" for c in cells))
+        print(f"  {r['shape']:<20} {r['regime']:<6} {r['peer']:<9} "
+              + " ".join(f"{r[k]:7.2f}" if r.get(k) is not None else f"{'-':>7}" for k in keys))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""Block-size sweep of the three kernels at the SPEC shapes (CUDA): ``python -m benchmarks.tune``.
+"""Block-size sweep of the three kernels at the op shapes (CUDA): ``python -m benchmarks.tune``.
 
 For each shape, times the forward launcher under each forward config, then the backward launchers
 under each dq config (dk/dv at its default) and each dk/dv config (dq at its default); the forward
 and dq configs both with grid-shaped key tiles and with token tiles (``configs.GRID_TILES``). Prints
-the medians and writes them as JSON; the winners go into ``locat_kernels/configs.py`` by hand, with
-the measurement cited in benchmarks/NOTES.md.
+the medians and writes them as JSON; the winners go into ``locat_kernels/fused/configs.py`` by hand,
+with the measurement cited in benchmarks/NOTES.md.
 """
 from __future__ import annotations
 
@@ -15,16 +15,18 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from locat_kernels import configs, triton_attention
-from locat_kernels.reference import gaussian_clamp, gaussian_eps
+from locat_kernels import fused, gaussian_clamp, gaussian_eps
+from locat_kernels.fused import configs
 
-from .bench_attention import GPU_SHAPES, make_inputs
+from .bench_attention import GPU_SHAPES, Shape, make_inputs
 from .cli import environment
 
 CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
-    "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3)],
-    "backward_dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (64, 32, 4, 3)],
+    "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3),
+                    (64, 64, 8, 2), (32, 64, 4, 2)],
+    "backward_dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (64, 32, 4, 3),
+                      (32, 64, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2)],
 }
 
 
@@ -33,21 +35,22 @@ def main(argv=None) -> int:
     parser.add_argument("--regime", default="broad", choices=["broad", "init"])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
-    parser.add_argument("--shapes", nargs="*", help="shape names (default: all)")
+    parser.add_argument("--shapes", nargs="*", help="shape names or B,H,gh,gw,P,D (default: all)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
     rows, default_grid_tiles = [], configs.GRID_TILES
-    for shape in [s for s in GPU_SHAPES if not args.shapes or s.name in args.shapes]:
+    known = {s.name: s for s in GPU_SHAPES}
+    for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
         q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, args.regime, torch.bfloat16, "cuda"))
         alpha = alpha.contiguous()
         grid, P = shape.grid, shape.P
         common = (grid[1], P, gaussian_eps(grid), gaussian_clamp(grid), 1, shape.D ** -0.5)
-        out, lse = triton_attention.attention_forward(q, k, v, var, alpha, *common)
+        out, lse, radius = fused.attention_forward(q, k, v, var, alpha, None, *common)
         do = torch.randn_like(out)
         runs = {
-            "forward": lambda: triton_attention.attention_forward(q, k, v, var, alpha, *common),
-            "backward_dq": lambda: triton_attention.attention_backward(do, q, k, v, var, alpha, out, lse, *common),
+            "forward": lambda: fused.attention_forward(q, k, v, var, alpha, None, *common),
+            "backward_dq": lambda: fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common),
         }
         runs["backward_dkdv"] = runs["backward_dq"]
         for kernel in args.kernels:

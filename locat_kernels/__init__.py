@@ -1,12 +1,16 @@
-"""Fused Gaussian-biased attention (LocAtViT) for PyTorch: a Triton kernel and its eager reference."""
-from .attention import BACKENDS, gaussian_attention
-from .reference import gaussian_attention_reference, gaussian_bias, gaussian_clamp, gaussian_eps, grid_positions
+"""Fused Gaussian-biased attention (LocAtViT) for PyTorch: Triton kernels and their eager reference."""
+from .attention import BACKENDS, gaussian_attention, locat_attention, resolve_backend
+from .gaussian import gaussian_clamp, gaussian_eps, grid_positions
+from .reference import gaussian_attention_reference, gaussian_bias, gaussian_parameters
 
 __all__ = [
     "BACKENDS",
     "gaussian_attention",
+    "locat_attention",
+    "resolve_backend",
     "gaussian_attention_reference",
     "gaussian_bias",
+    "gaussian_parameters",
     "gaussian_clamp",
     "gaussian_eps",
     "grid_positions",

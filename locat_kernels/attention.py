@@ -1,24 +1,35 @@
-"""``gaussian_attention``: the public op, its argument checks, backends and the custom op.
+"""The public ops, their argument checks, the backend choice and the custom ops.
 
-Layout: the public function (the contract), then the checks, then the ``torch.library`` custom ops
-``locat::gaussian_attention`` / ``locat::gaussian_attention_backward`` with fake implementations
-(so ``torch.compile(fullgraph=True)`` traces through them) and the autograd registered on them, which
-compiled graphs use; eager calls take a plain ``autograd.Function`` around the same launchers.
+- ``gaussian_attention(q, k, v, var, alpha, grid_size, ...)``: attention with the Gaussian bias, for
+  callers that bring their own var and alpha.
+- ``locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias,
+  grid_size, ...)``: what a LocAt attention layer computes: var and alpha made from the patch
+  queries by the block's two linear layers (``reference.gaussian_parameters``), then the attention.
+  On the triton backend var and alpha are made by one small kernel and their gradients flow back in
+  one more, instead of about twenty small torch operations.
+
+Both are ``torch.library`` custom ops (``locat::gaussian_attention``, ``locat::locat_attention``,
+with fake implementations and registered autograd) while ``torch.compile`` traces; eager calls take
+a plain ``autograd.Function`` around the same launchers (less host time per call).
 """
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import configs, triton_attention
-from .reference import _pair, gaussian_attention_reference, gaussian_bias, gaussian_clamp, gaussian_eps
+from . import fused
+from .fused import configs
+from .gaussian import as_pair, gaussian_clamp, gaussian_eps, variance_scale, variance_shift
+from .reference import gaussian_attention_reference, gaussian_bias, gaussian_parameters
 
-__all__ = ["gaussian_attention", "BACKENDS"]
+__all__ = ["gaussian_attention", "locat_attention", "BACKENDS", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "reference", "sdpa")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
 
 
 def gaussian_attention(
@@ -42,11 +53,12 @@ def gaussian_attention(
     ``out = softmax(scale * q k^T + bias) v`` with, for patch tokens i, j (prefix rows and columns
     get no bias),
     ``bias[i, j] = alpha_i * exp(c_r(i,j) / (var_i,r + eps) + c_c(i,j) / (var_i,c + eps))`` and
-    ``c_r = max(-1/2 (row_i - row_j)^2, cmin)``, likewise for columns (SPEC section 2).
+    ``c_r = max(-1/2 (row_i - row_j)^2, cmin)``, likewise for columns (docs/method.md).
 
     Args:
         q, k, v: (B, H, N, D), N = num_prefix_tokens + gh * gw. Any strides; the triton backend needs
-            a unit stride on the last dimension (timm's q/k/v views of one qkv tensor have it).
+            a unit stride on the last dimension (timm's q/k/v views of one qkv tensor have it) and a
+            head_dim that is a multiple of 8 up to 256.
         var: (B, H, gh*gw, 2) row and column variances of each patch query (> 0), float32 or q's dtype.
         alpha: (B, H, gh*gw) or (B, H, gh*gw, 1) amplitudes, float32 or q's dtype.
         grid_size: (gh, gw) current patch grid, or an int for a square one; patches are row-major.
@@ -57,9 +69,8 @@ def gaussian_attention(
         rate: positions quantized to ``rate * (p // rate)`` for queries and keys (published rate-2
             training mode); must divide both grid sides.
         scale: logit scale, default ``D ** -0.5``.
-        backend: "triton" (the fused kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``), "reference"
-            (eager, materializes the bias), "sdpa" (dense bias into SDPA, the published path), or
-            "auto": triton on CUDA and under the interpreter, the reference elsewhere.
+        backend: "triton" (the fused kernels), "reference" (eager, materializes the bias), "sdpa"
+            (dense bias into SDPA, the published path) or "auto" (``resolve_backend``).
         check_values: also check that var is positive and finite and alpha finite. Off by default:
             it reads the values back to the host, a device synchronization on every call.
 
@@ -69,14 +80,14 @@ def gaussian_attention(
         products. Gradients flow to q, k, v, var and alpha. Shapes, dtypes, devices and grids are
         always checked (no device sync); values only with ``check_values=True``.
     """
-    gh, gw = _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend)
+    gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
+    _check_parameters(q, gh * gw, var=var, alpha=alpha)
     if check_values:
         _check_values(var, alpha)
-    init_grid_size = (gh, gw) if init_grid_size is None else _pair(init_grid_size)
+    init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     eps = gaussian_eps(init_grid_size) if eps is None else float(eps)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    if backend == "auto":
-        backend = "triton" if q.is_cuda or configs.INTERPRET else "reference"
+    backend = resolve_backend(backend, q)
     if backend == "reference":
         return gaussian_attention_reference(
             q, k, v, var, alpha, (gh, gw), num_prefix_tokens=num_prefix_tokens,
@@ -94,14 +105,96 @@ def gaussian_attention(
     return _GaussianAttention.apply(q, k, v, var, alpha, *params)
 
 
+def locat_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_var_weight: Tensor,
+    log_var_bias: Tensor,
+    log_alpha_weight: Tensor,
+    log_alpha_bias: Tensor,
+    grid_size,
+    *,
+    num_prefix_tokens: int = 0,
+    init_grid_size=None,
+    rate: int = 1,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """A LocAt attention layer's attention: var and alpha from the patch queries, then
+    ``gaussian_attention``.
+
+    ``var, alpha = reference.gaussian_parameters(q[:, :, P:], log_var_weight, log_var_bias,
+    log_alpha_weight, log_alpha_bias, grid_size, init_grid_size=..., rate=rate)`` (float32, the
+    published sigmoid/softplus, the variance rescale for a grid other than the build grid, and
+    with rate 2 the queries pooled over 2 x 2 patch blocks), then the attention with positions
+    quantized to ``rate``. Gradients flow to q (through the attention and through var and alpha),
+    k, v and the four layer tensors.
+
+    Args:
+        q, k, v: (B, H, N, D) as for ``gaussian_attention``.
+        log_var_weight, log_var_bias: (2, D) and (2,), the block's ``gaug.log_var`` layer.
+        log_alpha_weight, log_alpha_bias: (1, D) and (1,), the block's ``gaug.log_alpha`` layer.
+        grid_size, num_prefix_tokens, rate, scale, backend: as for ``gaussian_attention``.
+        init_grid_size: the grid the model was built for (default: grid_size): sets eps, cmin, the
+            variance's range and its rescale.
+    """
+    gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
+    D = q.shape[-1]
+    for name, t, shape in (("log_var_weight", log_var_weight, (2, D)), ("log_var_bias", log_var_bias, (2,)),
+                           ("log_alpha_weight", log_alpha_weight, (1, D)), ("log_alpha_bias", log_alpha_bias, (1,))):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} for head_dim {D}, got {tuple(t.shape)}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
+    scale = D ** -0.5 if scale is None else float(scale)
+    backend = resolve_backend(backend, q)
+    P = num_prefix_tokens
+    if backend != "triton":
+        var, alpha = gaussian_parameters(q[:, :, P:], log_var_weight, log_var_bias, log_alpha_weight,
+                                         log_alpha_bias, (gh, gw), init_grid_size=init_grid_size, rate=rate)
+        return gaussian_attention(q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P,
+                                  init_grid_size=init_grid_size, rate=rate, scale=scale, backend=backend)
+    _check_triton(q, k, v)
+    params = (gh, gw, P, *_fused_constants((gh, gw), init_grid_size), rate, scale)
+    weights = (log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias)
+    if torch.compiler.is_compiling():
+        return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
+    return _LocatAttention.apply(q, k, v, *weights, *params)
+
+
+def resolve_backend(backend: str, q: Tensor) -> str:
+    """The backend a call runs on: the one place "auto" is defined, for the ops and the models'
+    ``attn_backend="auto"`` alike.
+
+    "auto" is "triton" where the fused kernels take the input (CUDA tensors in fp16, bf16 or fp32
+    with a head_dim that is a multiple of 8 up to 256), else "sdpa" (the dense bias into SDPA, the
+    published path); on a GPU that fallback warns once per reason. The Triton interpreter (CPU,
+    ``TRITON_INTERPRET=1``) is a correctness tool: only an explicit "triton" uses it. An explicit
+    "triton" raises on inputs the kernels do not take."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if not q.is_cuda:
+        return "sdpa"
+    reason = _triton_refusal(q)
+    if reason is not None:
+        # Python's default filter shows a warning once per message and place: once per reason.
+        warnings.warn(f"backend='auto' runs the dense-bias SDPA path: {reason}", stacklevel=3)
+        return "sdpa"
+    return "triton"
+
+
 # ----------------------------------------------------------------------------------------------
 # Argument checks: shapes, dtypes and devices only, so nothing synchronizes the device.
 
 
-def _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend):
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    for name, t in (("q", q), ("k", k), ("v", v), ("var", var), ("alpha", alpha)):
+def _check(q, k, v, grid_size, num_prefix_tokens, rate):
+    for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if q.dim() != 4:
@@ -109,17 +202,12 @@ def _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend):
     for name, t in (("k", k), ("v", v)):
         if t.shape != q.shape:
             raise ValueError(f"{name} must have q's shape {tuple(q.shape)}, got {tuple(t.shape)}")
-    for name, t in (("k", k), ("v", v), ("var", var), ("alpha", alpha)):
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-    for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}")
-    for name, t in (("var", var), ("alpha", alpha)):
-        if t.dtype not in (torch.float32, q.dtype):
-            raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
     try:
-        gh, gw = _pair(grid_size)
+        gh, gw = as_pair(grid_size)
     except (TypeError, ValueError):
         raise ValueError(f"grid_size must be an int or a pair (gh, gw), got {grid_size!r}") from None
     if gh < 1 or gw < 1:
@@ -128,18 +216,28 @@ def _check(q, k, v, var, alpha, grid_size, num_prefix_tokens, rate, backend):
         raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
     if not isinstance(rate, int) or rate < 1 or gh % rate or gw % rate:
         raise ValueError(f"rate must be an int >= 1 dividing both grid sides {(gh, gw)}, got {rate!r}")
-    B, H, N, _ = q.shape
+    N = q.shape[2]
     if N != num_prefix_tokens + gh * gw:
         raise ValueError(
             f"q has N={N} tokens but num_prefix_tokens + gh*gw = {num_prefix_tokens} + {gh}*{gw} "
             f"= {num_prefix_tokens + gh * gw}")
-    np_ = gh * gw
+    return gh, gw
+
+
+def _check_parameters(q, np_, *, var, alpha):
+    B, H = q.shape[:2]
+    for name, t in (("var", var), ("alpha", alpha)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if t.dtype not in (torch.float32, q.dtype):
+            raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
     if var.shape != (B, H, np_, 2):
         raise ValueError(f"var must have shape (B, H, gh*gw, 2) = {(B, H, np_, 2)}, got {tuple(var.shape)}")
     if alpha.shape not in ((B, H, np_), (B, H, np_, 1)):
         raise ValueError(
             f"alpha must have shape (B, H, gh*gw) = {(B, H, np_)} or {(B, H, np_, 1)}, got {tuple(alpha.shape)}")
-    return gh, gw
 
 
 def _check_values(var, alpha):
@@ -150,20 +248,70 @@ def _check_values(var, alpha):
                          f"{bad_alpha} bad alpha values")
 
 
+def _triton_refusal(q) -> str | None:
+    """Why the fused kernels do not take q's dtype or head_dim (None: they do)."""
+    D = q.shape[-1]
+    if q.dtype not in TRITON_DTYPES:
+        return f"the triton kernels take dtypes {TRITON_DTYPES}, got {q.dtype}"
+    if D % 8 or not 8 <= D <= configs.MAX_HEAD_DIM:
+        return f"the triton kernels take a head_dim that is a multiple of 8 up to {configs.MAX_HEAD_DIM}, got {D}"
+    return None
+
+
 def _check_triton(q, k, v):
     if not (q.is_cuda or (configs.INTERPRET and q.device.type == "cpu")):
         raise ValueError(
             f"backend='triton' needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
-            f"import); q is on {q.device}. Use backend='reference' or 'sdpa' there.")
-    if q.dtype not in TRITON_DTYPES:
-        raise TypeError(f"backend='triton' supports dtypes {TRITON_DTYPES}, got {q.dtype}")
-    if q.shape[-1] not in TRITON_HEAD_DIMS:
-        raise ValueError(f"backend='triton' supports head_dim in {TRITON_HEAD_DIMS}, got {q.shape[-1]}")
+            f"import: slow, a correctness tool); q is on {q.device}. Use backend='reference' or 'sdpa' there.")
+    reason = _triton_refusal(q)
+    if reason is not None:
+        raise (TypeError if "dtype" in reason else ValueError)(f"backend='triton': {reason}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.stride(-1) != 1:
             raise ValueError(
                 f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}; "
                 f"call .contiguous() on it first")
+
+
+@functools.lru_cache(maxsize=256)
+def _fused_constants(grid_size, init_grid_size) -> tuple[float, float, float, float]:
+    """eps, cmin, shift and the variance scale of a (grid, build grid) pair."""
+    return (gaussian_eps(init_grid_size), gaussian_clamp(init_grid_size), variance_shift(init_grid_size),
+            variance_scale(grid_size, init_grid_size))
+
+
+def _clamps(gh, gw, cmin) -> bool:
+    """The clamp of -1/2 d^2 at cmin bites (the grid exceeds the build grid): no far-tile skipping."""
+    return 0.5 * (max(gh, gw) - 1) ** 2 > -cmin
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch sequences shared by the custom ops and the eager autograd Functions.
+
+
+def _gaussian_forward(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale):
+    return fused.attention_forward(q, k, v, var, alpha, None, gw, P, eps, cmin, rate, scale)
+
+
+def _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale):
+    dq, dk, dv, dvar, dalpha = fused.attention_backward(
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale)
+    return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype)
+
+
+def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, scale):
+    var, alpha, radius = fused.gaug_forward(q, wv, bv, wa, ba, gh, gw, P, shift, var_scale, eps,
+                                            _clamps(gh, gw, cmin), rate)
+    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
+    return out, lse, var, alpha, radius
+
+
+def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
+                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale):
+    dq, dk, dv, dvar, dalpha = fused.attention_backward(
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale)
+    dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate)
+    return dq, dk, dv, *dweights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,63 +324,124 @@ def _like_out(q: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("locat::gaussian_attention", mutates_args=())
-def _attention_op(
+def _gaussian_op(
     q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor,
     gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
-) -> tuple[Tensor, Tensor]:
-    return triton_attention.attention_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale)
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _gaussian_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale)
 
 
-@_attention_op.register_fake
+@_gaussian_op.register_fake
 def _(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale):
     B, H, N, _ = q.shape
-    return _like_out(q), q.new_empty(B, H, N, dtype=torch.float32)
+    return _like_out(q), q.new_empty(B, H, N, dtype=torch.float32), q.new_empty(B * H, dtype=torch.int32)
 
 
 @torch.library.custom_op("locat::gaussian_attention_backward", mutates_args=())
-def _attention_backward_op(
+def _gaussian_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, out: Tensor, lse: Tensor,
-    gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
+    radius: Tensor, gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return triton_attention.attention_backward(
-        do, q, k, v, var, alpha, out, lse, gw, num_prefix_tokens, eps, cmin, rate, scale)
+    return _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate,
+                              scale)
 
 
-@_attention_backward_op.register_fake
-def _(do, q, k, v, var, alpha, out, lse, gw, num_prefix_tokens, eps, cmin, rate, scale):
+@_gaussian_backward_op.register_fake
+def _(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
     return _like_out(q), _like_out(q), _like_out(q), var.new_empty(var.shape), alpha.new_empty(alpha.shape)
 
 
-def _setup_context(ctx, inputs, output):
+def _gaussian_setup_context(ctx, inputs, output):
     q, k, v, var, alpha, *ctx.params = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, var, alpha, out, lse)
+    ctx.save_for_backward(q, k, v, var, alpha, *output)
 
 
-def _backward(ctx, dout, _dlse):
-    # lse is an internal output: its gradient is ignored.
-    q, k, v, var, alpha, out, lse = ctx.saved_tensors
-    grads = _attention_backward_op(dout, q, k, v, var, alpha, out, lse, *ctx.params)
-    return (*grads, None, None, None, None, None, None)
+def _gaussian_autograd_backward(ctx, dout, *_):  # lse and radius are internal outputs: no gradient
+    grads = _gaussian_backward_op(dout, *ctx.saved_tensors, *ctx.params)
+    return (*grads,) + (None,) * len(ctx.params)
 
 
-_attention_op.register_autograd(_backward, setup_context=_setup_context)
+_gaussian_op.register_autograd(_gaussian_autograd_backward, setup_context=_gaussian_setup_context)
+
+
+@torch.library.custom_op("locat::locat_attention", mutates_args=())
+def _locat_op(
+    q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
+    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
+    rate: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate,
+                          scale)
+
+
+@_locat_op.register_fake
+def _(q, k, v, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale):
+    B, H, N, _ = q.shape
+    return (_like_out(q), q.new_empty(B, H, N, dtype=torch.float32),
+            q.new_empty(B, H, gh * gw, 2, dtype=torch.float32), q.new_empty(B, H, gh * gw, dtype=torch.float32),
+            q.new_empty(B * H, dtype=torch.int32))
+
+
+@torch.library.custom_op("locat::locat_attention_backward", mutates_args=())
+def _locat_backward_op(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
+    out: Tensor, lse: Tensor, var: Tensor, alpha: Tensor, radius: Tensor,
+    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
+    rate: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dq, dk, dv, *dweights = _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
+                                            gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale)
+    # The layer gradients are views of one reduced buffer; a custom op's outputs may not alias.
+    return dq, dk, dv, *(t.clone() for t in dweights)
+
+
+@_locat_backward_op.register_fake
+def _(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius, *params):
+    return (_like_out(q), _like_out(q), _like_out(q), torch.empty_like(wv), torch.empty_like(bv),
+            torch.empty_like(wa), torch.empty_like(ba))
+
+
+def _locat_setup_context(ctx, inputs, output):
+    q, k, v, wv, bv, wa, ba, *ctx.params = inputs
+    ctx.save_for_backward(q, k, v, wv, bv, wa, ba, *output)
+
+
+def _locat_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: internal outputs
+    grads = _locat_backward_op(dout, *ctx.saved_tensors, *ctx.params)
+    return (*grads,) + (None,) * len(ctx.params)
+
+
+_locat_op.register_autograd(_locat_autograd_backward, setup_context=_locat_setup_context)
 
 
 class _GaussianAttention(torch.autograd.Function):
-    """Eager mode: the same launchers without the custom-op dispatch. Measured host time per call:
-    forward 317 us through the custom op, 123 us this way (H100 machine, tiny shape); forward and
-    backward with the kernels stubbed out, 159 us and 71 us (desktop CPU). A large share of a small
-    block's time."""
+    """Eager ``gaussian_attention``: the launch sequence without the custom-op dispatch (host time
+    per call: forward 317 us through the custom op, 123 us this way, measured on an H100 machine)."""
 
     @staticmethod
     def forward(ctx, q, k, v, var, alpha, *params):
-        out, lse = triton_attention.attention_forward(q, k, v, var, alpha, *params)
-        ctx.save_for_backward(q, k, v, var, alpha, out, lse)
+        out, lse, radius = _gaussian_forward(q, k, v, var, alpha, *params)
+        ctx.save_for_backward(q, k, v, var, alpha, out, lse, radius)
         ctx.params = params
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = triton_attention.attention_backward(dout, *ctx.saved_tensors, *ctx.params)
+        grads = _gaussian_backward(dout, *ctx.saved_tensors, *ctx.params)
+        return (*grads,) + (None,) * len(ctx.params)
+
+
+class _LocatAttention(torch.autograd.Function):
+    """Eager ``locat_attention`` on the triton backend."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, wv, bv, wa, ba, *params):
+        out, lse, var, alpha, radius = _locat_forward(q, k, v, wv, bv, wa, ba, *params)
+        ctx.save_for_backward(q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius)
+        ctx.params = params
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        grads = _locat_backward(dout, *ctx.saved_tensors, *ctx.params)
         return (*grads,) + (None,) * len(ctx.params)

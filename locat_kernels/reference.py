@@ -2,55 +2,71 @@
 
 Everything else (the Triton kernels, the SDPA path, tests, benchmarks) is checked against these
 functions. They compute in the precision of their inputs (float64 stays float64) and are
-differentiable in every tensor argument. See SPEC section 2 for the formulas.
+differentiable in every tensor argument. The formulas are in docs/method.md; the published constants
+live in ``locat_kernels.gaussian``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "gaussian_eps",
-    "gaussian_clamp",
-    "grid_positions",
-    "gaussian_bias",
-    "gaussian_attention_reference",
-]
+from .gaussian import gaussian_clamp, gaussian_eps, grid_positions, variance_scale, variance_shift
 
-# float16's largest finite value is 65504; the published eps keeps the exponent's magnitude under it.
-_EPS_LIMIT = 32500.0
-_CLAMP_LIMIT = -6550.0
+__all__ = ["gaussian_parameters", "gaussian_bias", "gaussian_attention_reference"]
 
 
-def _pair(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        return size, size
-    gh, gw = size
-    return int(gh), int(gw)
+def gaussian_parameters(
+    q_patches: Tensor,
+    log_var_weight: Tensor,
+    log_var_bias: Tensor,
+    log_alpha_weight: Tensor,
+    log_alpha_bias: Tensor,
+    grid_size,
+    *,
+    init_grid_size=None,
+    rate: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Per-query variances and amplitudes from the patch queries, as the published model makes them.
+
+    ``var = coef * sigmoid(log_var(qp) - shift) * min(gh, gw) / min(gh0, gw0)`` (B, H, gh*gw, 2) and
+    ``alpha = softplus(log_alpha(qp))`` (B, H, gh*gw), computed in float32 or better also under
+    autocast. With ``rate`` > 1 (the published rate-2 training mode) qp is first averaged over
+    rate x rate patch blocks and every patch of a block gets its block's values.
+
+    Args:
+        q_patches: (B, H, gh*gw, D) the patch queries (after q-norm), row-major.
+        log_var_weight, log_var_bias: (2, D), (2): the block's ``gaug.log_var`` layer.
+        log_alpha_weight, log_alpha_bias: (1, D), (1): the block's ``gaug.log_alpha`` layer.
+        grid_size: (gh, gw) the current grid; init_grid_size: the build grid (default: grid_size).
+    """
+    B, H, NP, D = q_patches.shape
+    gh, gw = grid_size
+    init_grid_size = grid_size if init_grid_size is None else init_grid_size
+    dtype = torch.promote_types(q_patches.dtype, torch.float32)
+    with _no_autocast(q_patches.device):
+        qp = q_patches.to(dtype)
+        if rate > 1:
+            qp = qp.reshape(B, H, gh // rate, rate, gw // rate, rate, D).mean(dim=(3, 5))
+        log_var = F.linear(qp, log_var_weight.to(dtype), log_var_bias.to(dtype))
+        log_alpha = F.linear(qp, log_alpha_weight.to(dtype), log_alpha_bias.to(dtype))
+    var = torch.sigmoid(log_var - variance_shift(init_grid_size)) * variance_scale(grid_size, init_grid_size)
+    alpha = F.softplus(log_alpha).squeeze(-1)
+    if rate > 1:  # each block's values at its rate x rate patches
+        var, alpha = (t.reshape(B, H, gh // rate, 1, gw // rate, 1, -1).expand(-1, -1, -1, rate, -1, rate, -1)
+                      .reshape(B, H, NP, -1) for t in (var, alpha.unsqueeze(-1)))
+        alpha = alpha.squeeze(-1)
+    return var, alpha
 
 
-def gaussian_eps(init_grid_size) -> float:
-    """The eps added to the variances: 0.1, doubled while 0.5 * (max side - 1)^2 / eps^2 > 32500."""
-    m = max(_pair(init_grid_size))
-    eps = 0.1
-    while 0.5 * (m - 1) ** 2 / eps**2 > _EPS_LIMIT:
-        eps *= 2
-    return eps
-
-
-def gaussian_clamp(init_grid_size) -> float:
-    """The lower clamp ``cmin`` of ``-1/2 delta^2``: ``max(-1/2 (max side - 1)^2, -6550)``."""
-    m = max(_pair(init_grid_size))
-    return max(-0.5 * (m - 1) ** 2, _CLAMP_LIMIT)
-
-
-def grid_positions(grid_size, rate: int = 1, *, device=None, dtype=torch.float32) -> Tensor:
-    """(gh*gw, 2) row and column of each patch in row-major order, quantized to ``rate * (p // rate)``."""
-    gh, gw = _pair(grid_size)
-    p = torch.arange(gh * gw, device=device)
-    rows, cols = p // gw, p % gw
-    pos = torch.stack((rows // rate * rate, cols // rate * rate), dim=-1)
-    return pos.to(dtype)
+def _no_autocast(device: torch.device):
+    """Autocast off on ``device`` (the Gaussian layers run in float32 as published); a no-op where
+    autocast has no such device type (meta)."""
+    if device.type in ("cuda", "cpu", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def gaussian_bias(

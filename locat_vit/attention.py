@@ -1,30 +1,24 @@
 """Gaussian-augmented attention (GAug): timm's attention plus LocAtViT's per-query Gaussian bias.
 
 The published parameter names are kept (``attn.gaug.log_var``, ``attn.gaug.log_alpha``) so the
-published checkpoints load with ``strict=True``. var and alpha are computed here in torch (O(N));
-the attention itself is ``locat_kernels.gaussian_attention``.
+published checkpoints load with ``strict=True``. The attention, with var and alpha made from the
+queries by those layers, is ``locat_kernels.locat_attention``.
 """
 from __future__ import annotations
 
-import math
-
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from locat_kernels import gaussian_attention
+from locat_kernels import gaussian_parameters, locat_attention
 
 ATTN_BACKENDS = ("auto", "triton", "sdpa", "eager")
 GAUSSIAN_MODES = ("published", "exact")
 
 
 class GaussianAugmentation(nn.Module):
-    """Per-query variance and amplitude from the patch queries, shared by all heads of a block.
-
-    ``var = coef * sigmoid(log_var(q) - shift) * min(gh, gw) / min(gh0, gw0)`` (B, H, Np, 2) and
-    ``alpha = softplus(log_alpha(q))`` (B, H, Np, 1), with ``coef = max(gh0, gw0)^2`` and ``shift``
-    chosen so that var = 1 at zero input. Computed in float32 or better (the layers are tiny), also
-    under autocast.
+    """The two per-block layers of the Gaussian, shared by all heads (published names ``log_var``,
+    ``log_alpha``). ``forward(qp, grid_size)`` gives var (B, H, Np, 2) and alpha (B, H, Np) by
+    ``locat_kernels.gaussian_parameters``; the attention module hands the layers to
+    ``locat_attention`` instead, which makes them inside the fused kernels on the triton backend.
     """
 
     def __init__(self, head_dim: int, init_grid_size: tuple[int, int]):
@@ -32,8 +26,6 @@ class GaussianAugmentation(nn.Module):
         self.log_var = nn.Linear(head_dim, 2)
         self.log_alpha = nn.Linear(head_dim, 1)
         self.init_grid_size = tuple(init_grid_size)
-        self.coef = float(max(self.init_grid_size) ** 2)
-        self.shift = math.log(self.coef - 1) if self.coef > 2 else 0.0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -42,15 +34,11 @@ class GaussianAugmentation(nn.Module):
             nn.init.trunc_normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, qp: Tensor, grid_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        dtype = torch.promote_types(qp.dtype, torch.float32)
-        with torch.autocast(qp.device.type, enabled=False):
-            qp = qp.to(dtype)
-            log_var = F.linear(qp, self.log_var.weight.to(dtype), self.log_var.bias.to(dtype))
-            log_alpha = F.linear(qp, self.log_alpha.weight.to(dtype), self.log_alpha.bias.to(dtype))
-        # one scalar for coef and the grid rescale: one elementwise pass fewer, forward and backward
-        var = torch.sigmoid(log_var - self.shift) * (self.coef * min(grid_size) / min(self.init_grid_size))
-        return var, F.softplus(log_alpha)
+    def weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.log_var.weight, self.log_var.bias, self.log_alpha.weight, self.log_alpha.bias
+
+    def forward(self, qp: Tensor, grid_size: tuple[int, int], rate: int = 1) -> tuple[Tensor, Tensor]:
+        return gaussian_parameters(qp, *self.weights(), grid_size, init_grid_size=self.init_grid_size, rate=rate)
 
 
 class GaussianAugmentedAttention(nn.Module):
@@ -61,9 +49,10 @@ class GaussianAugmentedAttention(nn.Module):
         init_grid_size: the patch grid the model was built for (224 px, patch 16: (14, 14)).
         num_prefix_tokens: class and register tokens before the patches.
         backend: "triton" (fused kernel), "sdpa" (dense bias into SDPA, the published path), "eager"
-            (the reference), or "auto": triton on CUDA, sdpa elsewhere.
+            (the reference), or "auto": triton where the fused kernels take the input
+            (``locat_kernels.resolve_backend``), sdpa elsewhere.
         gaussian_mode: "published" uses the rate-2 approximation in training when the build grid's
-            first side is >= 32 (SPEC section 2); "exact" always uses the exact formula.
+            first side is >= 32 (docs/method.md section 2); "exact" always uses the exact formula.
 
     ``grid_size`` (the current grid) is set by the model before each forward when sizes vary.
     """
@@ -101,32 +90,16 @@ class GaussianAugmentedAttention(nn.Module):
         if attn_mask is not None or is_causal:
             raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
         B, N, _ = x.shape
-        P, (gh, gw) = self.num_prefix_tokens, self.grid_size
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-
         rate = self.rate()
-        qp = q[:, :, P:]
-        if rate == 1:
-            var, alpha = self.gaug(qp, (gh, gw))
-        else:
-            if gh % 2 or gw % 2:
-                raise ValueError(
-                    f"the published rate-2 training mode needs even grid sides, got {(gh, gw)}; "
-                    f"use gaussian_mode='exact'")
-            # Pool the queries over 2x2 patch blocks; each block's var/alpha is shared by its queries.
-            pooled = F.avg_pool2d(qp.reshape(B * self.num_heads, gh, gw, -1).permute(0, 3, 1, 2), 2)
-            var, alpha = self.gaug(pooled.permute(0, 2, 3, 1), (gh, gw))
-            var, alpha = (t.repeat_interleave(2, 1).repeat_interleave(2, 2).reshape(B, self.num_heads, gh * gw, -1)
-                          for t in (var, alpha))
-
-        backend = self.backend
-        if backend == "auto":
-            backend = "triton" if x.is_cuda else "sdpa"
-        x = gaussian_attention(
-            q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P, init_grid_size=self.init_grid_size,
-            rate=rate, scale=self.scale, backend="reference" if backend == "eager" else backend)
+        if rate == 2 and (self.grid_size[0] % 2 or self.grid_size[1] % 2):
+            raise ValueError(f"the published rate-2 training mode needs even grid sides, got {self.grid_size}; "
+                             f"use gaussian_mode='exact'")
+        backend = "reference" if self.backend == "eager" else self.backend
+        x = locat_attention(q, k, v, *self.gaug.weights(), self.grid_size, num_prefix_tokens=self.num_prefix_tokens,
+                            init_grid_size=self.init_grid_size, rate=rate, scale=self.scale, backend=backend)
         x = self.norm(x.transpose(1, 2).reshape(B, N, -1))
         if gate is not None:
             x = x * gate

@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from locat_kernels import triton_attention  # noqa: E402  (after TRITON_INTERPRET is set)
+from locat_kernels.fused import configs  # noqa: E402  (after TRITON_INTERPRET is set)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -24,7 +24,7 @@ def _seed_and_poison(request, monkeypatch):
     # and NaN-filled kernel outputs, so an element the kernels never write fails the comparison.
     seed = zlib.crc32(request.node.nodeid.encode())
     torch.manual_seed(int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else seed)
-    monkeypatch.setattr(triton_attention, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(configs, "POISON_OUTPUTS", True)
 
 
 def pytest_report_header(config):

@@ -1,7 +1,7 @@
 """Inputs and error measures shared by the tests (the reference itself lives in locat_kernels)."""
 import torch
 
-from locat_kernels import gaussian_attention, gaussian_attention_reference
+from locat_kernels import gaussian_attention, gaussian_attention_reference, locat_attention
 
 
 def make_inputs(B, H, grid, P, D, *, device, dtype=torch.float32, var_range=(0.01, 100.0), alpha_max=2.0):
@@ -16,16 +16,17 @@ def make_inputs(B, H, grid, P, D, *, device, dtype=torch.float32, var_range=(0.0
     return q, k, v, var.requires_grad_(), alpha.requires_grad_()
 
 
+def make_layers(D, *, device, scale=0.3):
+    """Random ``gaug`` layer tensors (log_var weight and bias, log_alpha weight and bias), large
+    enough that var and alpha vary over the grid and their gradients matter."""
+    return [(scale * torch.randn(*shape, device=device)).requires_grad_()
+            for shape in ((2, D), (2,), (1, D), (1,))]
+
+
 def run(fn, inputs, do, **kwargs):
     """out and the gradients of (out * do).sum() w.r.t. all five inputs."""
     out = fn(*inputs, **kwargs)
     return [out, *torch.autograd.grad(out, inputs, do)]
-
-
-def reference64(inputs, do, **kwargs):
-    """The float64 truth on CPU."""
-    inputs64 = [t.detach().cpu().double().requires_grad_() for t in inputs]
-    return run(gaussian_attention_reference, inputs64, do.detach().cpu().double(), **kwargs)
 
 
 def record(request, tensor: str, err: float) -> float:
@@ -47,19 +48,28 @@ def rel_err(x, ref):
 
 
 NAMES = ("out", "dq", "dk", "dv", "dvar", "dalpha")
+LOCAT_NAMES = ("out", "dq", "dk", "dv", "dw_var", "db_var", "dw_alpha", "db_alpha")
 
 
-def reference_errors(request, inputs, do, fp32_tol=1e-5, **kwargs) -> list[tuple[str, float, float]]:
-    """(name, error, bound) of the fused op's out and five gradients against the float64 reference:
+def _locat_reference(q, k, v, *layers, **kwargs):
+    return locat_attention(q, k, v, *layers, **kwargs, backend="reference")
+
+
+def reference_errors(request, inputs, do, fp32_tol=1e-5, locat=False, **kwargs) -> list[tuple[str, float, float]]:
+    """(name, error, bound) of the fused op's out and gradients against the float64 reference:
     the bound is ``fp32_tol`` for fp32 inputs; for fp16/bf16, 2x the error of eager PyTorch (the
-    reference in that dtype). Shapes and dtypes are asserted."""
-    got = run(gaussian_attention, inputs, do, backend="triton", **kwargs)
-    ref = reference64(inputs, do, **kwargs)
+    reference in that dtype). Shapes and dtypes are asserted. ``locat``: ``locat_attention`` on
+    (q, k, v, *layers), else ``gaussian_attention`` on (q, k, v, var, alpha)."""
+    fn, ref_fn, names = ((locat_attention, _locat_reference, LOCAT_NAMES) if locat
+                         else (gaussian_attention, gaussian_attention_reference, NAMES))
+    got = run(fn, inputs, do, backend="triton", **kwargs)
+    ref = run(ref_fn, [t.detach().cpu().double().requires_grad_() for t in inputs], do.detach().cpu().double(),
+              **kwargs)
     low = inputs[0].dtype != torch.float32
-    eager = run(gaussian_attention_reference, inputs, do, **kwargs) if low else [None] * len(NAMES)
+    eager = run(ref_fn, inputs, do, **kwargs) if low else [None] * len(names)
     dtypes = [inputs[0].dtype] + [t.dtype for t in inputs]
     errors = []
-    for name, g, e, r, dtype in zip(NAMES, got, eager, ref, dtypes):
+    for name, g, e, r, dtype in zip(names, got, eager, ref, dtypes):
         assert g.shape == r.shape and g.dtype == dtype, f"{name}: {g.shape} {g.dtype}"
         err = record(request, name, rel_err(g, r))
         bound = 2 * record(request, f"{name}_eager", rel_err(e, r)) if low else fp32_tol
@@ -67,7 +77,7 @@ def reference_errors(request, inputs, do, fp32_tol=1e-5, **kwargs) -> list[tuple
     return errors
 
 
-def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, **kwargs):
+def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, locat=False, **kwargs):
     """Every error of ``reference_errors`` within its bound."""
-    for name, err, bound in reference_errors(request, inputs, do, fp32_tol, **kwargs):
+    for name, err, bound in reference_errors(request, inputs, do, fp32_tol, locat, **kwargs):
         assert err <= bound, f"{name}: relative error {err:.2e}, bound {bound:.2e}"

@@ -1,10 +1,12 @@
 """Bad input gives an error that names the argument, what was expected and what came."""
+import warnings
+
 import pytest
 import timm
 import torch
 
 import locat_vit  # noqa: F401  (registers the LocAtViT models with timm)
-from locat_kernels import gaussian_attention
+from locat_kernels import gaussian_attention, locat_attention, resolve_backend
 
 
 def _ok(B=1, H=2, grid=(3, 4), P=1, D=16, dtype=torch.float32):
@@ -45,15 +47,48 @@ def test_bad_arguments_are_named(change, exc, words):
 
 def test_triton_backend_checks(device):
     var, alpha = torch.ones(1, 2, 12, 2, device=device), torch.ones(1, 2, 12, device=device)
-    x = torch.randn(1, 2, 13, 24, device=device)
-    with pytest.raises(ValueError, match="head_dim in"):
+    x = torch.randn(1, 2, 13, 20, device=device)
+    with pytest.raises(ValueError, match="head_dim that is a multiple of 8 up to 256, got 20"):
         _call(q=x, k=x, v=x, var=var, alpha=alpha)
     x = torch.randn(1, 2, 16, 13, device=device).transpose(-1, -2)
     with pytest.raises(ValueError, match="q must have a contiguous last dimension"):
         _call(q=x, k=x.contiguous(), v=x.contiguous(), var=var, alpha=alpha)
     x = torch.randn(1, 2, 13, 16, dtype=torch.float64, device=device)
-    with pytest.raises(TypeError, match="supports dtypes"):
+    with pytest.raises(TypeError, match="take dtypes"):
         _call(q=x, k=x, v=x, var=var.double(), alpha=alpha.double())
+
+
+def test_auto_falls_back_where_triton_does_not_take_the_input(device):
+    """backend='auto' on a head_dim the kernels refuse runs the dense-bias path (on a GPU with one
+    warning) and computes the same function; an explicit 'triton' raises (above)."""
+    args = _ok(D=20)
+    args = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    assert resolve_backend("auto", args["q"]) == "sdpa"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gaussian_attention(**args, backend="auto")
+    if device == "cuda":
+        assert any("head_dim that is a multiple of 8" in str(w.message) for w in caught)
+    torch.testing.assert_close(got, gaussian_attention(**args, backend="reference"), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_is_sdpa_off_cuda_and_triton_on_it(device):
+    q = torch.randn(1, 2, 13, 16, device=device)
+    assert resolve_backend("auto", q) == ("triton" if device == "cuda" else "sdpa")
+
+
+def test_locat_attention_names_bad_layer_tensors():
+    args = _ok()
+    q, k, v = args["q"], args["k"], args["v"]
+    good = [torch.zeros(2, 16), torch.zeros(2), torch.zeros(1, 16), torch.zeros(1)]
+    for i, (name, bad) in enumerate((("log_var_weight", torch.zeros(2, 8)), ("log_var_bias", torch.zeros(3)),
+                                     ("log_alpha_weight", torch.zeros(2, 16)), ("log_alpha_bias", torch.zeros(1, 1)))):
+        weights = list(good)
+        weights[i] = bad
+        with pytest.raises(ValueError, match=f"{name} must have shape"):
+            locat_attention(q, k, v, *weights, (3, 4), num_prefix_tokens=1)
+    with pytest.raises(TypeError, match="log_var_bias must be a torch.Tensor"):
+        locat_attention(q, k, v, good[0], [0.0, 0.0], *good[2:], (3, 4), num_prefix_tokens=1)
 
 
 def test_device_mismatch():

@@ -67,14 +67,14 @@ def test_fuzz_against_reference(device):
     seed = int.from_bytes(os.urandom(4), "little") if os.environ.get("LOCAT_FRESH_SEED") else 1234
     rng = random.Random(seed)
     dtypes = [torch.float32] + ([torch.bfloat16, torch.float16] if device == "cuda" else [])
-    dims = [16, 32] + ([64, 128] if device == "cuda" else [])
+    dims = [16, 24, 32] + ([40, 64, 72, 80, 96, 128, 192] if device == "cuda" else [])
     failures, tried = [], 0
     for i in range(n):
         if time.monotonic() > deadline:
             break
         rate = rng.choice([1, 1, 2])
         gh, gw = (rate * rng.randint(1, 6), rate * rng.randint(1, 6)) if device == "cpu" else \
-            (rate * rng.randint(1, 20), rate * rng.randint(1, 20))
+            (rate * rng.randint(1, 24), rate * rng.randint(1, 48))  # widths 1 to 96
         P, D, dtype = rng.randint(0, 5), rng.choice(dims), rng.choice(dtypes)
         B, H = rng.randint(1, 3), rng.randint(1, 4)
         lo = 10 ** rng.uniform(-3, 1)

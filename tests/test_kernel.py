@@ -6,8 +6,9 @@ ViT sizes need CUDA and skip cleanly without it.
 import pytest
 import torch
 
-from helpers import NAMES, assert_matches_reference, make_inputs, rel_err, run
-from locat_kernels import configs, gaussian_attention, gaussian_attention_reference
+from helpers import NAMES, assert_matches_reference, make_inputs, make_layers, rel_err, run
+from locat_kernels import gaussian_attention, gaussian_attention_reference
+from locat_kernels.fused import configs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -26,6 +27,8 @@ SMALL = [
     ((5, 12), 2, 16, 1, None),  # N = 62; under the interpreter: grid tiles of one padded row
     ((3, 16), 1, 32, 1, None),  # grid tiles of one full row
     ((4, 10), 0, 16, 2, None),
+    ((5, 6), 1, 24, 1, None),  # head_dim 24: loaded as 32 columns, the padding masked
+    ((4, 6), 2, 40, 2, None),  # head_dim 40 (as 64), rate 2
 ]
 
 
@@ -94,13 +97,16 @@ def test_compile_fullgraph_traces_the_custom_op(device):
 
 
 def test_opcheck(device):
-    """torch.library's own checks of the custom op: schema, fake tensor, autograd registration."""
-    from locat_kernels.reference import gaussian_clamp
+    """torch.library's own checks of the custom ops: schema, fake tensor, autograd registration."""
+    from locat_kernels import gaussian_clamp
 
     q, k, v, var, alpha = make_inputs(1, 2, (3, 3), 1, 16, device=device)
+    checks = ("test_schema", "test_faketensor", "test_autograd_registration")
     args = (q, k, v, var, alpha, 3, 1, 0.1, gaussian_clamp((3, 3)), 1, 0.25)
-    torch.library.opcheck(torch.ops.locat.gaussian_attention.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    torch.library.opcheck(torch.ops.locat.gaussian_attention.default, args, test_utils=checks)
+    layers = make_layers(16, device=device)
+    args = (q, k, v, *layers, 3, 3, 1, 0.1, gaussian_clamp((3, 3)), 2.0, 9.0, 1, 0.25)
+    torch.library.opcheck(torch.ops.locat.locat_attention.default, args, test_utils=checks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +119,10 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (32, 32), 1, 64),  # N = 1025
     (1, 1, (64, 64), 1, 64),  # N = 4097
     (2, 2, (13, 17), 3, 128),  # odd sizes, D = 128
+    (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (padded to 128)
+    (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
+    (1, 2, (10, 12), 1, 256),
+    (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),
     (1, 3, (6, 10), 4, 16),
 ]

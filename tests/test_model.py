@@ -15,7 +15,7 @@ SIZES = {"locatvit_tiny": (192, 3), "locatvit_small": (384, 6), "locatvit_base":
 
 
 def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None):
-    """The published LocAtViT function from a state dict, written out directly (SPEC sections 1-2)."""
+    """The published LocAtViT function from a state dict, written out directly (docs/method.md sections 1-2)."""
     ln = lambda t, n: F.layer_norm(t, t.shape[-1:], sd[n + ".weight"], sd[n + ".bias"], 1e-6)  # noqa: E731
     lin = lambda t, n: F.linear(t, sd[n + ".weight"], sd[n + ".bias"])  # noqa: E731
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
@@ -163,8 +163,9 @@ def test_published_rate2_in_training_at_large_grids_is_pooled_and_upsampled():
     B, N, H, D = 1, x.shape[1], 3, 64
     q, k, v = attn.qkv(x).reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
     pooled = F.avg_pool2d(q[:, :, 1:].reshape(H, 32, 32, D).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
-    var, alpha = attn.gaug(pooled.reshape(B, H, 16, 16, D), (32, 32))
-    up = lambda t: t.repeat_interleave(2, 2).repeat_interleave(2, 3).reshape(B, H, 32 * 32, -1)  # noqa: E731
+    var, alpha = attn.gaug(pooled.reshape(B, H, 16 * 16, D), (32, 32))  # the pooled queries, at rate 1
+    up = lambda t: (t.reshape(B, H, 16, 16, -1).repeat_interleave(2, 2).repeat_interleave(2, 3)  # noqa: E731
+                    .reshape(B, H, 32 * 32, -1))
     ref = gaussian_attention_reference(q, k, v, up(var), up(alpha), (32, 32), num_prefix_tokens=1, rate=2)
     want = attn.proj(ref.transpose(1, 2).reshape(B, N, -1))
     torch.testing.assert_close(attn(x), want, rtol=1e-10, atol=1e-10)

@@ -9,7 +9,7 @@ from locat_kernels import gaussian_attention_reference, gaussian_bias, gaussian_
 
 @pytest.mark.parametrize("side,eps", [(14, 0.1), (32, 0.2), (64, 0.4)])
 def test_eps_follows_the_published_rule(side, eps):
-    # SPEC: 14 -> 0.1, 32 -> 0.2, 64 -> 0.4.
+    # docs/method.md: 14 -> 0.1, 32 -> 0.2, 64 -> 0.4.
     assert gaussian_eps(side) == pytest.approx(eps)
     assert gaussian_eps((side // 2, side)) == pytest.approx(eps)  # the larger side decides
 
@@ -20,7 +20,7 @@ def test_clamp_value():
 
 
 def _direct_bias(var, alpha, gh, gw, P, eps, cmin, rate=1):
-    """The SPEC formula element by element, in float64 Python arithmetic."""
+    """The formula of docs/method.md element by element, in float64 Python arithmetic."""
     B, H = var.shape[:2]
     N = P + gh * gw
     out = torch.zeros(B, H, N, N, dtype=torch.float64)

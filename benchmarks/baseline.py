@@ -1,0 +1,144 @@
+"""Before and after in one process: this tree's op and models against an earlier commit's.
+
+    python -m benchmarks.baseline make REF       # in a git checkout: REF's packages into .baseline/
+    PYTHONPATH=.:.baseline python -m benchmarks.baseline run --output before_after.json   # on a GPU
+
+``make`` copies REF's ``locat_kernels`` and ``locat_vit`` as ``locat_kernels_base`` and
+``locat_vit_base`` (imports renamed, timm registration dropped), so both versions import side by
+side. ``run`` times, on the same inputs: the op (forward and forward+backward, plain calls and
+CUDA-graph replays, each over SDPA without a bias) at the op shapes, and whole-model eager training
+and inference images/s (over timm's ViT) for the model cases.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tarfile
+import io
+from pathlib import Path
+
+RENAMES = {"locat_kernels": "locat_kernels_base", "locat_vit": "locat_vit_base"}
+
+
+def make(ref: str, dest: Path) -> None:
+    archive = subprocess.run(["git", "archive", ref, *RENAMES], check=True, capture_output=True).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                continue
+            top, _, rest = member.name.partition("/")
+            text = tar.extractfile(member).read().decode()
+            for old, new in RENAMES.items():
+                text = re.sub(rf"\b{old}\b", new, text)
+            text = re.sub(r"^@register_model\n", "", text, flags=re.M)  # keep timm's registry to this tree
+            path = dest / RENAMES[top] / rest
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    (dest / "REF").write_text(subprocess.run(["git", "rev-parse", ref], check=True, capture_output=True,
+                                             text=True).stdout)
+    print(f"wrote {dest}: {', '.join(RENAMES.values())} at {ref}")
+
+
+def run(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    import locat_kernels
+    import locat_kernels_base
+    import locat_vit_base.model as base_model
+
+    from . import bench_model as bm
+    from .bench_attention import Shape, make_inputs
+    from .cli import environment
+    from .timing import cuda_median_ms
+
+    ops = {
+        "after": lambda q, k, v, var, alpha, s: locat_kernels.gaussian_attention(
+            q, k, v, var, alpha, s.grid, num_prefix_tokens=s.P, backend="triton"),
+        "before": lambda q, k, v, var, alpha, s: locat_kernels_base.gaussian_attention(
+            q, k, v, var, alpha, s.grid, num_prefix_tokens=s.P, backend="triton"),
+        "sdpa": lambda q, k, v, var, alpha, s: F.scaled_dot_product_attention(q, k, v),
+    }
+    op_rows = []
+    for spec in args.shapes:
+        s = Shape(*_parse_shape(spec))
+        try:
+            inputs = make_inputs(s, args.regime, torch.bfloat16, "cuda")
+        except torch.cuda.OutOfMemoryError:
+            continue
+        do = torch.randn_like(inputs[0])
+        row = dict(shape=spec, regime=args.regime)
+        for name, fn in ops.items():
+            if name == "before" and s.D not in (16, 32, 64, 128):
+                continue
+            wrt = inputs[:3] if name == "sdpa" else inputs
+            for graph in (False, True):
+                tag = "graph" if graph else "plain"
+                with torch.no_grad():
+                    row[f"{name}_fwd_{tag}_ms"] = cuda_median_ms(lambda: fn(*inputs, s), graph=graph)
+                row[f"{name}_fwd_bwd_{tag}_ms"] = cuda_median_ms(
+                    lambda: torch.autograd.grad(fn(*inputs, s), wrt, do), graph=graph)
+        for name in ("after", "before"):
+            for key in ("fwd_plain", "fwd_bwd_plain", "fwd_graph", "fwd_bwd_graph"):
+                if f"{name}_{key}_ms" in row:
+                    row[f"{name}_{key}_over_sdpa"] = row[f"{name}_{key}_ms"] / row[f"sdpa_{key}_ms"]
+        print(json.dumps(row), flush=True)
+        op_rows.append(row)
+
+    model_rows = []
+    for spec in args.models:
+        size, img, batch = spec.split(":")
+        case = bm.ModelCase(size, int(img), int(batch))
+        dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[size]
+        for variant in ("vit", "locat_triton", "before"):
+            model = None
+            if variant == "before":
+                model = base_model.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0], depth=12,
+                                            num_heads=dims[1], attn_backend="triton").cuda()
+            model_rows.append(bm.bench_case(case, variant, "cuda", model=model, repeats=args.repeats))
+            del model
+            torch.cuda.empty_cache()
+    env = dict(environment("cuda"), command="python -m benchmarks.baseline run " + " ".join(args.argv))
+    return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
+                model_ratios=bm.ratios(model_rows))
+
+
+def _parse_shape(spec: str):
+    """'B,H,gh,gw,P,D' -> Shape fields."""
+    B, H, gh, gw, P, D = (int(x) for x in spec.split(","))
+    return spec, B, H, (gh, gw), P, D
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("make")
+    p.add_argument("ref")
+    p.add_argument("--dest", type=Path, default=Path(".baseline"))
+    p = sub.add_parser("run")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--regime", default="broad", choices=["broad", "init"])
+    p.add_argument("--shapes", nargs="*", default=[
+        "128,12,14,14,1,64", "256,3,14,14,1,64", "32,12,24,24,1,64", "16,12,32,32,1,64", "8,12,37,37,5,64",
+        "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")
+    p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
+                   help="size:img:batch")
+    p.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    args.argv = list(argv if argv is not None else __import__("sys").argv[2:])
+    if args.cmd == "make":
+        make(args.ref, args.dest)
+        return 0
+    ref = Path(".baseline/REF")
+    args.ref = ref.read_text().strip() if ref.exists() else None
+    result = run(args)
+    args.output.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

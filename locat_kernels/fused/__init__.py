@@ -1,0 +1,14 @@
+"""The fused Triton kernels and their launchers.
+
+- ``tiles``: shared ``@triton.jit`` helpers (positions, exponents, radius, key layouts, loads).
+- ``forward``: ``attention_forward`` (logits + Gaussian + online softmax + P @ V).
+- ``backward``: ``attention_backward`` (dq with dvar/dalpha, then dk/dv).
+- ``gaug``: ``gaug_forward`` / ``gaug_backward`` (var and alpha from the queries, one launch each
+  way, and the skip radius).
+- ``configs``: block sizes and constexpr flags per launch.
+"""
+from .backward import attention_backward
+from .forward import attention_forward
+from .gaug import gaug_backward, gaug_forward
+
+__all__ = ["attention_forward", "attention_backward", "gaug_forward", "gaug_backward"]

@@ -1,0 +1,299 @@
+"""The fused backward: ``dS = P * (dP - delta)``, ``dP = dO V^T``, ``delta = rowsum(dO * O)``.
+
+``attention_backward(do, q, k, v, var, alpha, out, lse, radius, params) -> (dq, dk, dv, dvar, dalpha)``,
+two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the row reductions
+``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``
+(g the Gaussian factor), so no atomics are needed and the result is deterministic; it loops over
+keys in the forward's layouts. The dk/dv kernel owns key rows and loops over query token tiles, the
+Gaussian per logit (the query tile's coefficients change with every tile). dq, dk, dv are stored
+as (B, N, H, D) like the forward's out; dvar and dalpha in float32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .tiles import (
+    LOG2E, _LOG2E, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles,
+    near_token_tiles, positions, program_rows, row_coefficients, store_rows, tile_keys,
+)
+
+
+def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
+    """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32."""
+    B, H, N, D = q.shape
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta = configs.empty((B, H, N), q, torch.float32)
+    dq, dk, dv = (configs.empty((B, N, H, D), q).transpose(1, 2) for _ in range(3))
+    dvar = configs.empty(var.shape, q, torch.float32)
+    dalpha = configs.empty(alpha.shape, q, torch.float32)
+    common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
+    meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
+    _backward_dq_kernel[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
+        *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
+    )
+    meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
+    _backward_dkdv_kernel[(triton.cdiv(N, meta["BLOCK_N"]) * B * H,)](
+        q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,
+    )
+    return dq, dk, dv, dvar, dalpha
+
+
+# ----------------------------------------------------------------------------------------------
+# dq, delta, dvar, dalpha: programs own query rows.
+
+
+@triton.jit
+def _dq_tiles(
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dq over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS also the row sums of
+    dS g, dS g e_r and dS g e_c, the Gaussian from the column tables ``b_ec`` (e_c) and ``b_c``
+    (its exp2) on grid tiles, per logit on token tiles."""
+    for t in range(t_lo, t_hi):
+        offs_n, m_n = tile_keys(t, N, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        b_k = load_rows(k_base, offs_n, stride_kn, m_n, D, D_PAD, MASKED)  # (BLOCK_N, D_PAD)
+        b_v = load_rows(v_base, offs_n, stride_vn, m_n, D, D_PAD, MASKED)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
+        if BIAS:
+            if ROWS:
+                b_er, b_fr = grid_row_terms(t, row_q, nh_r, lo_r, 0.0, RATE, CLAMP, ROWS, COLS, BLOCK_N)
+                b_g = b_fr * b_c
+                b_ec_t = b_ec
+            else:
+                row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, False)
+                b_er, b_ec_t = exponents(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None],
+                                         lo_r[:, None], lo_c[:, None], row_k[None, :], col_k[None, :], CLAMP)
+                b_g = tl.exp2(b_er + b_ec_t)
+                if HAS_PREFIX:
+                    b_g = tl.where(is_patch_k[None, :], b_g, 0.0)
+            b_s = tl.fma(amp[:, None], b_g, b_s)
+        b_p = tl.exp2(b_s)
+        if MASKED:
+            b_p = tl.where(m_n[None, :], b_p, 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        if BIAS:
+            b_dsg = b_ds * b_g
+            b_dalpha += tl.sum(b_dsg, 1)
+            b_sum_r += tl.sum(b_dsg * b_er, 1)
+            b_sum_c += tl.sum(b_dsg * b_ec_t, 1)
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
+    return b_dq, b_dalpha, b_sum_r, b_sum_c
+
+
+@triton.jit
+def _dq_sweep(
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles, end, N, GH, GW,
+    P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
+        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P,
+        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=True,
+        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P,
+        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
+        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    return b_dq, b_dalpha, b_sum_r, b_sum_c
+
+
+@triton.jit
+def _backward_dq_kernel(
+    q, k, v, var, alpha, radius, o, do, lse, delta, dq, dvar, dalpha,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
+    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
+    H, N, GW, P, qk_scale, scale, eps, cmin,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
+
+    Owns BLOCK_M query rows: writes their delta, then loops over all keys (as the forward does) for
+    dq and the row reductions that give dvar and dalpha.
+    """
+    bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
+    GH = (N - P) // GW
+
+    b_q = load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_N)
+    b_o = load_rows(o + b * stride_ob + h * stride_oh, offs_m, stride_on, m_m, D, D_PAD, not EVEN_N)
+    b_do = load_rows(do + b * stride_dob + h * stride_doh, offs_m, stride_don, m_m, D, D_PAD, not EVEN_N)
+    p_lse = lse + bh.to(tl.int64) * N + offs_m
+    b_lse = tl.load(p_lse) if EVEN_N else tl.load(p_lse, mask=m_m, other=0.0)
+    b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+    tl.store(delta + bh.to(tl.int64) * N + offs_m, b_delta, mask=m_m)
+
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, is_patch_q = row_coefficients(
+        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+        offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+    r = tl.load(radius + bh)
+
+    k_base = k + b * stride_kb + h * stride_kh
+    v_base = v + b * stride_vb + h * stride_vh
+    b_dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    b_dalpha = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g
+    b_sum_r = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g e_r
+    b_sum_c = tl.zeros([BLOCK_M], tl.float32)
+    amp = a * _LOG2E
+    if ROWS:
+        if HAS_PREFIX:  # the prefix keys: token tiles without a bias
+            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_N), P, N, GH,
+                GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha, b_sum_r,
+                b_sum_c, BIAS=False, ROWS=0, COLS=1, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        T = tl.cdiv(GH, ROWS)
+        near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
+        b_ec = grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P,
+            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, tl.exp2(b_ec), b_dq, b_dalpha, b_sum_r,
+            b_sum_c, ROWS=ROWS, COLS=COLS, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    else:
+        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N),
+            N, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha,
+            b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+
+    store_rows(dq + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
+    # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
+    p = tl.where(is_patch_q, offs_m - P, 0)
+    p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
+    tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
+    tl.store(p_dvar + stride_dvarc, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), mask=is_patch_q)
+    tl.store(dalpha + b * stride_dab + h * stride_dah + p * stride_dan, b_dalpha, mask=is_patch_q)
+
+
+# ----------------------------------------------------------------------------------------------
+# dk, dv: programs own key rows.
+
+
+@triton.jit
+def _dkdv_tiles(
+    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+    stride_varn, stride_varc, stride_an, t_lo, t_hi, N, GW, P, qk_scale, eps, cmin,
+    row_k, col_k, is_patch_k, b_dk, b_dv,
+    BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """dk, dv over query token tiles [t_lo, t_hi), transposed (keys x queries); with BIAS the Gaussian."""
+    for t in range(t_lo, t_hi):
+        offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_m = offs_m < N
+        b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, MASKED)
+        b_do = load_rows(do_base, offs_m, stride_don, m_m, D, D_PAD, MASKED)
+        if MASKED:
+            b_lse = tl.load(lse_base + offs_m, mask=m_m, other=0.0)
+            b_delta = tl.load(delta_base + offs_m, mask=m_m, other=0.0)
+        else:
+            b_lse = tl.load(lse_base + offs_m)
+            b_delta = tl.load(delta_base + offs_m)
+        b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
+        if BIAS:
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
+                var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+            e = log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
+                          lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
+                          is_patch_k[:, None], CLAMP, HAS_PREFIX)
+            b_st += tl.exp2(e)
+        b_pt = tl.exp2(b_st)
+        if MASKED:
+            b_pt = tl.where(m_m[None, :], b_pt, 0.0)
+        b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
+        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+        b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PRECISION)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _dkdv_sweep(
+    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+    stride_varn, stride_varc, stride_an, near_lo, near_hi, num_tiles, N, GW, P, qk_scale, eps, cmin,
+    row_k, col_k, is_patch_k, b_dk, b_dv,
+    MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Far query tiles [0, near_lo), near ones with the Gaussian, far ones [near_hi, num_tiles)."""
+    b_dk, b_dv = _dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, 0, near_lo, N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k,
+        b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+    b_dk, b_dv = _dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
+        is_patch_k, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+    b_dk, b_dv = _dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        stride_varn, stride_varc, stride_an, near_hi, num_tiles, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
+        is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+    return b_dk, b_dv
+
+
+@triton.jit
+def _backward_dkdv_kernel(
+    q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    H, N, GW, P, qk_scale, scale, eps, cmin,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """grid: (cdiv(N, BLOCK_N) * B * H,), one program per (key tile, batch*head).
+
+    Owns BLOCK_N key rows and loops over all queries (far, near, far): ``dv = P^T dO``,
+    ``dk = scale * dS^T q``. Needs the delta written by the dq kernel.
+    """
+    bh, b, h, start_n, offs_n, m_n = program_rows(N, H, BLOCK_N)
+
+    b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_N)
+    b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_N)
+    row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
+    near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, RATE, BLOCK_M)
+
+    row_base = bh.to(tl.int64) * N
+    b_dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    b_dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    b_dk, b_dv = _dkdv_sweep(
+        b_k, b_v, q + b * stride_qb + h * stride_qh, do + b * stride_dob + h * stride_doh, lse + row_base,
+        delta + row_base, var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+        stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, tl.cdiv(N, BLOCK_M),
+        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, b_dk, b_dv, MASKED=not EVEN_N, D=D, D_PAD=D_PAD,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+
+    store_rows(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, m_n, D, D_PAD)
+    store_rows(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, m_n, D, D_PAD)

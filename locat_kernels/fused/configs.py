@@ -1,0 +1,122 @@
+"""Block sizes, warps and pipeline stages of the fused kernels, and each launch's constexpr flags:
+the one place they live.
+
+``launch_meta(kernel, q, gw, num_prefix_tokens, cmin, rate)`` returns every keyword of one launch
+(block sizes, warps, stages, variant flags), cached per shape class so a call costs a dict lookup.
+Configs come from a table keyed on the kernel, the padded head dim, an N bucket and the dtype,
+measured on an H100 (head_dim 64) and an H200 (head_dim 128's backward) with ``python -m
+benchmarks.tune`` (benchmarks/NOTES.md). Both are sm_90 and share the table; other GPUs (A100,
+Blackwell) use it too, untested. There is no autotuning at run time: it
+would compile every candidate for every variant. Under the Triton interpreter (``TRITON_INTERPRET=1``,
+the CPU tests) the config is a single small one.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+KERNELS = ("forward", "backward_dq", "backward_dkdv")
+MAX_HEAD_DIM = 256
+
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
+# 16-bit inputs, padded head_dim <= 64: the winners of benchmarks/tune.py on an H100, bf16, D = 64
+# (results/tune_H100.json; forward and dq with grid tiles: tune_grid_H100.json).
+_HALF = {
+    "forward": (64, 64, 4, 3),
+    "backward_dq": (64, 64, 4, 3),
+    "backward_dkdv": (32, 128, 4, 2),
+}
+_HALF_SMALL_N = {**_HALF, "forward": (128, 64, 4, 3), "backward_dq": (64, 32, 4, 3)}  # N <= 256
+_HALF_D128 = {  # padded head_dim 128 (72 to 128); backward tuned on an H200 (results/tune_d128_H200.json)
+    "forward": (128, 64, 8, 3),
+    "backward_dq": (64, 64, 4, 2),
+    "backward_dkdv": (64, 32, 4, 3),
+}
+_HALF_D256 = {k: (64, 32, 8, 2) for k in KERNELS}  # padded head_dim 256 (136 to 256): correctness first
+_FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: small tiles, many registers
+_FP32_WIDE = {k: (32, 32, 8, 1) for k in KERNELS}  # fp32, padded head_dim >= 128
+_INTERPRETER = (16, 16, 1, 1)
+
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for benchmarks/tune.py.
+OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
+
+# Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS = next_pow2(gw) slots,
+# so the Gaussian splits into a per-query row factor per tile and a column table computed once.
+# Used while a tile holds at most MAX_GRID_ROWS grid rows (each costs a select per logit); off: tune A/B.
+GRID_TILES = True
+MAX_GRID_ROWS = 4
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The power of two (>= 16, tl.dot's smallest) the kernels load a head_dim as."""
+    return max(16, 1 << (head_dim - 1).bit_length())
+
+
+def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype) -> dict:
+    """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch."""
+    d = padded_head_dim(head_dim)
+    if kernel in OVERRIDES:
+        m, b, w, s = OVERRIDES[kernel]
+    elif INTERPRET:
+        m, b, w, s = _INTERPRETER
+    elif dtype == torch.float32:
+        m, b, w, s = (_FP32 if d <= 64 else _FP32_WIDE)[kernel]
+    elif d == 256:
+        m, b, w, s = _HALF_D256[kernel]
+    elif d == 128:
+        m, b, w, s = _HALF_D128[kernel]
+    elif n <= 256:
+        m, b, w, s = _HALF_SMALL_N[kernel]
+    else:
+        m, b, w, s = _HALF[kernel]
+    return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
+
+
+def grid_rows(gw: int, block_n: int) -> int:
+    """Grid rows per key tile of ``block_n`` slots for grid width ``gw``; 0: plain token tiles."""
+    cols = 1 << (gw - 1).bit_length()
+    rows = block_n // cols
+    return rows if GRID_TILES and 1 <= rows <= MAX_GRID_ROWS else 0
+
+
+def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
+    """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
+    _, _, N, D = q.shape
+    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, GRID_TILES, tuple(OVERRIDES.items()))
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) -> dict:
+    cfg = launch_config(kernel, D, N, dtype)
+    gh = (N - P) // gw
+    meta = dict(
+        D=D, D_PAD=padded_head_dim(D), HAS_PREFIX=P > 0, RATE=rate,
+        EVEN_N=N % cfg["BLOCK_M"] == 0 and N % cfg["BLOCK_N"] == 0,  # no bounds masks
+        # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
+        CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
+        # fp32 inputs get exact products (no tf32); the flag is ignored for fp16/bf16 operands.
+        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        **cfg,
+    )
+    if kernel != "backward_dkdv":  # the kernels that loop over key tiles
+        rows = grid_rows(gw, cfg["BLOCK_N"])
+        cols = cfg["BLOCK_N"] // rows if rows else 1
+        # ROWS = 0: token tiles. FULL_TILES: no padding slot (gw = COLS) and no partial last tile.
+        meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and gw == cols and gh % rows == 0)
+    return meta
+
+
+# Tests set this: every output starts as NaN, so an element a kernel fails to write shows.
+POISON_OUTPUTS = False
+
+
+def empty(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """An output buffer on ``like``'s device (NaN-filled when POISON_OUTPUTS; integers: -1)."""
+    out = torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+    if not POISON_OUTPUTS:
+        return out
+    return out.fill_(float("nan") if out.is_floating_point() else -1)

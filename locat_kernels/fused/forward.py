@@ -1,0 +1,194 @@
+"""The fused forward: logits, Gaussian bias, online softmax and P @ V in one pass over the keys.
+
+``attention_forward(q, k, v, var, alpha, radius, params) -> (out, lse, radius)``: q, k, v
+(B, H, N, D) with a unit last stride; var (B, H, Np, 2), alpha (B, H, Np); radius (B*H,) int32
+from ``gaug_forward``, or None: then each program finds its (batch, head)'s radius from var and
+alpha and the first stores it (for the backward). out (B, H, N, D) is stored as (B, N, H, D) and
+returned transposed, so the caller's head merge is free; lse (B, H, N) float32 in log2 units.
+
+Key tiles come in two layouts (``configs.grid_rows``). **Grid tiles**: the prefix keys first as
+token tiles without a bias, then the patches as tiles of ROWS grid rows of COLS = next_pow2(gw)
+slots. Every grid tile has the same columns, so the Gaussian is a column table ``exp2(e_c)``
+computed once per program times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and
+grid row: no exp2 per logit besides the softmax's. **Token tiles** (grids too wide for a tile):
+the bias per logit, ``exp2(e_r + e_c + log2(alpha log2 e))``.
+
+Key rows farther than the (batch, head)'s radius from a query tile's rows skip the Gaussian: the
+loop runs as three ranges, far / near / far (``_forward_sweep``), as causal flash attention splits
+its masked tiles (a branch inside one loop crashed Triton 3.6's pipeliner).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .tiles import (
+    LOG2E, _LOG2E, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles, near_token_tiles,
+    positions, program_rows, radius_of, row_coefficients, tile_keys,
+)
+
+
+def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
+    """out (B, H, N, D) as a transposed (B, N, H, D) tensor, lse (B, H, N) float32, radius (B*H,)."""
+    B, H, N, D = q.shape
+    out = configs.empty((B, N, H, D), q).transpose(1, 2)
+    lse = configs.empty((B, H, N), q, torch.float32)
+    find_radius = radius is None
+    if find_radius:
+        radius = configs.empty((B * H,), q, torch.int32)
+    meta = configs.launch_meta("forward", q, gw, num_prefix_tokens, cmin, rate)
+    _forward_kernel[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+        q, k, v, var, alpha, radius, out, lse,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        *var.stride(), *alpha.stride(),
+        H, N, gw, num_prefix_tokens, scale * LOG2E, eps, cmin, FIND_RADIUS=find_radius, **meta,
+    )
+    return out, lse, radius
+
+
+@triton.jit
+def _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION: tl.constexpr):
+    """One key tile's logits ``b_s`` (log2 units) into the running max, sum and ``acc = sum_j p_j v_j``."""
+    b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
+    b_corr = tl.exp2(b_m - b_m_new)
+    b_p = tl.exp2(b_s - b_m_new[:, None])
+    b_l = b_l * b_corr + tl.sum(b_p, 1)
+    b_acc = b_acc * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
+    return b_m_new, b_l, b_acc
+
+
+@triton.jit
+def _forward_tiles(
+    b_q, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
+    BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Online softmax over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS the Gaussian,
+    on grid tiles as the row factor times the column table ``b_c``, on token tiles per logit."""
+    for t in range(t_lo, t_hi):
+        offs_n, m_n = tile_keys(t, N, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        b_k = load_rows(k_base, offs_n, stride_kn, m_n, D, D_PAD, MASKED)  # (BLOCK_N, D_PAD)
+        b_v = load_rows(v_base, offs_n, stride_vn, m_n, D, D_PAD, MASKED)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if BIAS:
+            if ROWS:
+                _, b_f = grid_row_terms(t, row_q, nh_r, lo_r, log2_amp, RATE, CLAMP, ROWS, COLS, BLOCK_N)
+                b_g = b_f * b_c
+            else:
+                row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
+                b_g = tl.exp2(log2_bias(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None],
+                                        lo_r[:, None], lo_c[:, None], log2_amp[:, None], row_k[None, :],
+                                        col_k[None, :], is_patch_k[None, :], CLAMP, HAS_PREFIX))
+            b_s = tl.fma(b_s, qk_scale, b_g)
+        else:
+            b_s = b_s * qk_scale
+        if MASKED:
+            b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        b_m, b_l, b_acc = _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION)
+    return b_m, b_l, b_acc
+
+
+@triton.jit
+def _forward_sweep(
+    b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
+    ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=True, ROWS=ROWS, COLS=COLS,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    b_m, b_l, b_acc = _forward_tiles(
+        b_q, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    return b_m, b_l, b_acc
+
+
+@triton.jit
+def _forward_kernel(
+    q, k, v, var, alpha, radius, o, lse,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    H, N, GW, P, qk_scale, eps, cmin,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    FULL_TILES: tl.constexpr, FIND_RADIUS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
+
+    A program owns BLOCK_M query rows of one (batch, head): one pass over all keys, then stores
+    their out rows and lse. With FIND_RADIUS it reads its (batch, head)'s var and alpha maxima for
+    the radius (cheaper than a launch) and the first query tile's program stores it.
+    """
+    bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
+    GH = (N - P) // GW
+
+    b_q = load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_N)
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
+        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+        offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+    log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
+    if FIND_RADIUS:
+        if CLAMP:  # the clamp keeps far biases at their floor: no skipping
+            r = GH
+        else:
+            r = radius_of(var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
+                          stride_varn, stride_an, N - P, eps, GH)
+        tl.store(radius + bh, r, mask=start_m == 0)
+    else:
+        r = tl.load(radius + bh)
+
+    k_base = k + b * stride_kb + h * stride_kh
+    v_base = v + b * stride_vb + h * stride_vh
+    b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    if ROWS:
+        if HAS_PREFIX:  # the prefix keys: token tiles without a bias
+            b_m, b_l, b_acc = _forward_tiles(
+                b_q, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_N), P, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, BIAS=False, ROWS=0, COLS=1,
+                MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+                DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        T = tl.cdiv(GH, ROWS)
+        near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
+        b_c = tl.exp2(grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N))
+        b_m, b_l, b_acc = _forward_sweep(
+            b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS,
+            MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+    else:
+        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, BLOCK_N)
+        b_m, b_l, b_acc = _forward_sweep(
+            b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N), N, N, GH, GW, P,
+            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, ROWS=0, COLS=1,
+            MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+
+    b_acc = b_acc / b_l[:, None]
+    offs_d = tl.arange(0, D_PAD)
+    p_o = o + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    p_lse = lse + bh.to(tl.int64) * N + offs_m
+    if EVEN_N and D == D_PAD:
+        tl.store(p_o, b_acc.to(o.dtype.element_ty))
+        tl.store(p_lse, b_m + tl.log2(b_l))
+    else:
+        tl.store(p_o, b_acc.to(o.dtype.element_ty), mask=m_m[:, None] & (offs_d < D)[None, :])
+        tl.store(p_lse, b_m + tl.log2(b_l), mask=m_m)

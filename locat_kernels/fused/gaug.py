@@ -1,0 +1,203 @@
+"""The Gaussian augmentation in one launch each way, and the per-(batch, head) skip radius.
+
+``gaug_forward(q, w_var, b_var, w_alpha, b_alpha, grid, params) -> (var, alpha, radius)``: from the
+patch queries ``qp = q[:, :, P:]`` (average-pooled over RATE x RATE patch blocks first),
+``var = var_scale * sigmoid(qp w_var^T + b_var - shift)`` (B, H, Np, 2) and
+``alpha = softplus(qp w_alpha^T + b_alpha)`` (B, H, Np), float32, each block's values stored at
+its RATE^2 patches; and the radius of ``radius_from_maxima`` (B*H,) int32. Replaces the float32
+copy of qp, two linear layers, sigmoid, softplus, pooling and upsampling (about ten launches).
+
+``gaug_backward(q, dq, dvar, dalpha, ...) -> (dw_var, db_var, dw_alpha, db_alpha)``: the gradient
+through var and alpha. It adds ``dz w / RATE^2`` to dq's patch rows in place (dz the gradients of
+the linear layers' outputs, from the recomputed pre-activations), and reduces the weight and bias
+gradients per (batch, head) into a (B*H, 3, D + 1) buffer that one ``sum`` finishes: no atomics,
+deterministic.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import configs
+from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
+
+_BLOCK_P = 64  # patches (or pooled blocks) per step of a program's loop
+
+
+def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate):
+    B, H, _, D = q.shape
+    var = configs.empty((B, H, gh * gw, 2), q, torch.float32)
+    alpha = configs.empty((B, H, gh * gw), q, torch.float32)
+    radius = configs.empty((B * H,), q, torch.int32)
+    _gaug_forward_kernel[(B * H,)](
+        q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, *q.stride()[:3], w_var.stride(0),
+        H, gh, gw, num_prefix_tokens, shift, var_scale, eps,
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, BLOCK_P=_block_p(), num_warps=4,
+    )
+    return var, alpha, radius
+
+
+def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
+                  rate):
+    B, H, _, D = q.shape
+    partial = configs.empty((B * H, 3, D + 1), q, torch.float32)
+    _gaug_backward_kernel[(B * H,)](
+        q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
+        w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, BLOCK_P=_block_p(), num_warps=4,
+    )
+    g = partial.sum(0)  # (3, D + 1): rows var_r, var_c, alpha; column D the bias
+    return (g[:2, :D].to(w_var.dtype), g[:2, D].to(b_var.dtype), g[2:, :D].to(w_alpha.dtype),
+            g[2:, D].to(b_alpha.dtype))
+
+
+def _block_p():
+    return 16 if configs.INTERPRET else _BLOCK_P
+
+
+@triton.jit
+def _pooled_queries(q_base, stride_qn, offs, m, GW, P, D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr):
+    """(BLOCK_P, D_PAD) float32 mean of the RATE x RATE patch queries of pooled blocks ``offs``, and
+    the top-left patch of each block."""
+    p0 = (offs // (GW // RATE)) * (RATE * GW) + (offs % (GW // RATE)) * RATE
+    b_q = load_rows(q_base, P + p0, stride_qn, m, D, D_PAD, True).to(tl.float32)
+    for i in tl.static_range(RATE):
+        for j in tl.static_range(RATE):
+            if i + j > 0:
+                b_q += load_rows(q_base, P + p0 + i * GW + j, stride_qn, m, D, D_PAD, True).to(tl.float32)
+    return b_q * (1.0 / (RATE * RATE)), p0
+
+
+@triton.jit
+def _linear3(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D: tl.constexpr, D_PAD: tl.constexpr):
+    """The pre-activations of the two layers, ``qp w^T + b``: (BLOCK_P,) each for var_r, var_c, alpha;
+    and the three weight rows (D_PAD,) in float32 (zeros past D)."""
+    offs_d = tl.arange(0, D_PAD)
+    m_d = offs_d < D
+    w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    z_r = tl.sum(b_q * w_r[None, :], 1) + tl.load(b_var).to(tl.float32)
+    z_c = tl.sum(b_q * w_c[None, :], 1) + tl.load(b_var + 1).to(tl.float32)
+    y = tl.sum(b_q * w_a[None, :], 1) + tl.load(b_alpha).to(tl.float32)
+    return z_r, z_c, y, w_r, w_c, w_a
+
+
+@triton.jit
+def _softplus(y):
+    """log(1 + exp(y)), stable: max(y, 0) + log1p(exp(-|y|)), log1p by its series where it is tiny."""
+    t = tl.exp(-tl.abs(y))
+    return tl.maximum(y, 0.0) + tl.where(t < 1e-4, t - 0.5 * t * t, tl.log(1.0 + t))
+
+
+@triton.jit
+def _gaug_forward_kernel(
+    q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, stride_qb, stride_qh, stride_qn, stride_w,
+    H, GH, GW, P, shift, var_scale, eps,
+    D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """grid: (B * H,). A program owns every patch of one (batch, head): var and alpha (contiguous
+    outputs), and the radius from their maxima."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = q + b * stride_qb + h * stride_qh
+    NP = GH * GW
+    var_base = var + bh.to(tl.int64) * NP * 2
+    alpha_base = alpha + bh.to(tl.int64) * NP
+    NPR = (GH // RATE) * (GW // RATE)
+    b_var_max = tl.zeros([BLOCK_P], tl.float32)
+    b_alpha_max = tl.zeros([BLOCK_P], tl.float32)
+    for start in range(0, NPR, BLOCK_P):
+        offs = start + tl.arange(0, BLOCK_P)
+        m = offs < NPR
+        b_q, p0 = _pooled_queries(q_base, stride_qn, offs, m, GW, P, D, D_PAD, RATE)
+        z_r, z_c, y, _, _, _ = _linear3(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+        var_r = var_scale * tl.sigmoid(z_r - shift)
+        var_c = var_scale * tl.sigmoid(z_c - shift)
+        a = _softplus(y)
+        for i in tl.static_range(RATE):
+            for j in tl.static_range(RATE):
+                p = p0 + i * GW + j
+                tl.store(var_base + 2 * p, var_r, mask=m)
+                tl.store(var_base + 2 * p + 1, var_c, mask=m)
+                tl.store(alpha_base + p, a, mask=m)
+        b_var_max = tl.maximum(b_var_max, tl.where(m, var_r, 0.0), propagate_nan=tl.PropagateNan.ALL)
+        b_alpha_max = tl.maximum(b_alpha_max, tl.where(m, a, 0.0), propagate_nan=tl.PropagateNan.ALL)
+    if CLAMP:  # the clamp keeps far biases at their floor: no skipping
+        r = GH
+    else:
+        r = radius_from_maxima(nan_max(b_var_max), nan_max(b_alpha_max), eps, GH)
+    tl.store(radius + bh, r)
+
+
+@triton.jit
+def _gaug_backward_kernel(
+    q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, stride_qb, stride_qh, stride_qn,
+    stride_dqb, stride_dqh, stride_dqn, stride_w, H, GH, GW, P, shift, var_scale,
+    D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """grid: (B * H,). A program owns every patch of one (batch, head): adds the gradient through
+    var and alpha to their dq rows and writes its share of the weight and bias gradients.
+
+    With z the pre-activations: ``dz_var = dvar var_scale s (1 - s)``, s = sigmoid(z - shift);
+    ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
+    then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``.
+    """
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = q + b * stride_qb + h * stride_qh
+    dq_base = dq + b * stride_dqb + h * stride_dqh
+    NP = GH * GW
+    dvar_base = dvar + bh.to(tl.int64) * NP * 2
+    dalpha_base = dalpha + bh.to(tl.int64) * NP
+    NPR = (GH // RATE) * (GW // RATE)
+    b_dw_r = tl.zeros([D_PAD], tl.float32)
+    b_dw_c = tl.zeros([D_PAD], tl.float32)
+    b_dw_a = tl.zeros([D_PAD], tl.float32)
+    b_db_r = tl.zeros([BLOCK_P], tl.float32)  # per-lane sums of dz: var_r, var_c, alpha
+    b_db_c = tl.zeros([BLOCK_P], tl.float32)
+    b_db_a = tl.zeros([BLOCK_P], tl.float32)
+    for start in range(0, NPR, BLOCK_P):
+        offs = start + tl.arange(0, BLOCK_P)
+        m = offs < NPR
+        b_q, p0 = _pooled_queries(q_base, stride_qn, offs, m, GW, P, D, D_PAD, RATE)
+        z_r, z_c, y, w_r, w_c, w_a = _linear3(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+        g_r = tl.zeros([BLOCK_P], tl.float32)
+        g_c = tl.zeros([BLOCK_P], tl.float32)
+        g_a = tl.zeros([BLOCK_P], tl.float32)
+        for i in tl.static_range(RATE):
+            for j in tl.static_range(RATE):
+                p = p0 + i * GW + j
+                g_r += tl.load(dvar_base + 2 * p, mask=m, other=0.0)
+                g_c += tl.load(dvar_base + 2 * p + 1, mask=m, other=0.0)
+                g_a += tl.load(dalpha_base + p, mask=m, other=0.0)
+        s_r = tl.sigmoid(z_r - shift)
+        s_c = tl.sigmoid(z_c - shift)
+        dz_r = g_r * var_scale * s_r * (1.0 - s_r)
+        dz_c = g_c * var_scale * s_c * (1.0 - s_c)
+        dz_a = g_a * tl.sigmoid(y)
+        b_dqp = (dz_r[:, None] * w_r[None, :] + dz_c[:, None] * w_c[None, :] + dz_a[:, None] * w_a[None, :]) * (
+            1.0 / (RATE * RATE))  # (BLOCK_P, D_PAD)
+        for i in tl.static_range(RATE):
+            for j in tl.static_range(RATE):
+                rows = P + p0 + i * GW + j
+                b_dq = load_rows(dq_base, rows, stride_dqn, m, D, D_PAD, True).to(tl.float32)
+                store_rows(dq_base, rows, stride_dqn, b_dq + b_dqp, m, D, D_PAD)
+        b_dw_r += tl.sum(dz_r[:, None] * b_q, 0)
+        b_dw_c += tl.sum(dz_c[:, None] * b_q, 0)
+        b_dw_a += tl.sum(dz_a[:, None] * b_q, 0)
+        b_db_r += dz_r
+        b_db_c += dz_c
+        b_db_a += dz_a
+    offs_d = tl.arange(0, D_PAD)
+    p_out = partial + bh.to(tl.int64) * 3 * (D + 1) + offs_d
+    tl.store(p_out, b_dw_r, mask=offs_d < D)
+    tl.store(p_out + (D + 1), b_dw_c, mask=offs_d < D)
+    tl.store(p_out + 2 * (D + 1), b_dw_a, mask=offs_d < D)
+    p_bias = partial + bh.to(tl.int64) * 3 * (D + 1) + D
+    tl.store(p_bias, tl.sum(b_db_r, 0))
+    tl.store(p_bias + (D + 1), tl.sum(b_db_c, 0))
+    tl.store(p_bias + 2 * (D + 1), tl.sum(b_db_a, 0))

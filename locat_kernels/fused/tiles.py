@@ -1,0 +1,243 @@
+"""Shared ``@triton.jit`` pieces of the fused kernels: positions, the Gaussian's exponents in log2
+units, the skip radius, near/far ranges, key layouts and loads. Inlined into each kernel.
+
+Everything runs in log2 units (``exp2``, with log2(e) folded into the scale, the coefficients and
+the amplitude). Per query row, ``nh = -1/2 log2(e) / (var + eps)`` and ``lo = cmin log2(e) / (var + eps)``
+per axis, so an axis's exponent is ``max(nh d^2, lo)`` (the max only with CLAMP).
+
+Head dims that are not a power of two are loaded as D_PAD = next_pow2(D) columns, the padding
+read as zeros (masked loads, no copies): products and row sums are then exact.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
+# A tile pair whose every bias (and Gaussian factor) is below 2^SKIP_LOG2 skips the Gaussian: a
+# relative change of the softmax weights under 2e-8, beneath float32 resolution.
+SKIP_LOG2 = -25.0
+_SKIP_LOG2 = tl.constexpr(SKIP_LOG2)
+_RADIUS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (batch, head)'s maxima
+
+
+@triton.jit
+def program_rows(N, H, BLOCK: tl.constexpr):
+    """This program's (batch*head) ``bh``, its batch and head (int64), and the BLOCK rows of N it
+    owns: first row, offsets, in-bounds mask. Programs run row tiles fastest, so the tiles of one
+    (batch, head) run together and share its K/V (or Q/dO) in L2."""
+    pid = tl.program_id(0)
+    num = tl.cdiv(N, BLOCK)
+    bh = pid // num
+    start = (pid % num) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), start, offs, offs < N
+
+
+@triton.jit
+def positions(offs, N, GW, P, RATE: tl.constexpr, FAR: tl.constexpr):
+    """Row and column (float32) of tokens ``offs``, quantized to RATE, and whether each is a patch.
+
+    With FAR, non-patch tokens (prefix, or beyond N) sit at +inf: their Gaussian factor is exactly 0.
+    """
+    p = offs - P
+    is_patch = (p >= 0) & (offs < N)
+    p = tl.where(is_patch, p, 0)
+    row = ((p // GW) // RATE * RATE).to(tl.float32)
+    col = ((p % GW) // RATE * RATE).to(tl.float32)
+    if FAR:
+        row = tl.where(is_patch, row, float("inf"))
+        col = tl.where(is_patch, col, float("inf"))
+    return row, col, is_patch
+
+
+@triton.jit
+def row_coefficients(var, alpha, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an,
+                     RATE: tl.constexpr):
+    """Per query row: position, ``nh`` and ``lo`` per axis, alpha (0 off patches), is-patch.
+    ``var`` and ``alpha`` point at this program's (batch, head)."""
+    row, col, is_patch = positions(offs_m, N, GW, P, RATE, False)
+    p = tl.where(is_patch, offs_m - P, 0)
+    p_var = var + p * stride_varn
+    inv_r = _LOG2E / (tl.load(p_var, mask=is_patch, other=1.0).to(tl.float32) + eps)
+    inv_c = _LOG2E / (tl.load(p_var + stride_varc, mask=is_patch, other=1.0).to(tl.float32) + eps)
+    a = tl.load(alpha + p * stride_an, mask=is_patch, other=0.0).to(tl.float32)
+    return row, col, -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c, a, is_patch
+
+
+@triton.jit
+def exponents(row_q, col_q, nh_r, nh_c, lo_r, lo_c, row_k, col_k, CLAMP: tl.constexpr):
+    """``e = max(nh d^2, lo)`` per axis (the max only with CLAMP); inputs broadcast to one tile."""
+    dr = row_q - row_k
+    dc = col_q - col_k
+    e_r = nh_r * (dr * dr)
+    e_c = nh_c * (dc * dc)
+    if CLAMP:
+        e_r = tl.maximum(e_r, lo_r)
+        e_c = tl.maximum(e_c, lo_c)
+    return e_r, e_c
+
+
+@triton.jit
+def log2_bias(row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, row_k, col_k, is_patch_k,
+              CLAMP: tl.constexpr, HAS_PREFIX: tl.constexpr):
+    """log2 of the bias in log2 units, ``e_r + e_c + log2(alpha log2(e))``; -inf where there is none.
+    Without CLAMP the key positions must be FAR (non-patch keys at +inf give -inf, no mask)."""
+    if CLAMP:
+        e_r, e_c = exponents(row_q, col_q, nh_r, nh_c, lo_r, lo_c, row_k, col_k, True)
+        e = e_r + e_c + log2_amp
+        if HAS_PREFIX:
+            e = tl.where(is_patch_k, e, float("-inf"))
+    else:
+        dr = row_q - row_k
+        dc = col_q - col_k
+        e = tl.fma(nh_r, dr * dr, tl.fma(nh_c, dc * dc, log2_amp))
+    return e
+
+
+@triton.jit
+def radius_from_maxima(var_max, alpha_max, eps, GH):
+    """Grid-row distance beyond which every bias (and Gaussian factor) of a (batch, head) is below
+    2^SKIP_LOG2: ``nh_max d^2 + max(log2(alpha_max log2(e)), 0) < SKIP_LOG2``, from the widest row
+    variance and the largest alpha. GH (nothing skipped) when a maximum is NaN or inf."""
+    amp_bound = tl.maximum(tl.log2(alpha_max * _LOG2E), 0.0)
+    r2 = (amp_bound - _SKIP_LOG2) * (var_max + eps) / (0.5 * _LOG2E)
+    r = tl.sqrt(tl.minimum(r2, GH * GH * 1.0))  # GH may arrive as a Python int (Triton specializes 1)
+    return tl.where(r == r, r, GH).to(tl.int32)  # floor; a NaN keeps every row near
+
+
+@triton.jit
+def radius_of(var, alpha, stride_varn, stride_an, NP, eps, GH):
+    """``radius_from_maxima`` of the NP row variances and alphas at ``var``, ``alpha`` (one
+    (batch, head))."""
+    b_var = tl.zeros([_RADIUS_BLOCK], tl.float32)
+    b_alpha = tl.zeros([_RADIUS_BLOCK], tl.float32)
+    for start in range(0, NP, _RADIUS_BLOCK):
+        offs = start + tl.arange(0, _RADIUS_BLOCK)
+        m = offs < NP
+        b_var = tl.maximum(b_var, tl.load(var + offs * stride_varn, mask=m, other=0.0).to(tl.float32),
+                           propagate_nan=tl.PropagateNan.ALL)
+        b_alpha = tl.maximum(b_alpha, tl.load(alpha + offs * stride_an, mask=m, other=0.0).to(tl.float32),
+                             propagate_nan=tl.PropagateNan.ALL)
+    return radius_from_maxima(nan_max(b_var), nan_max(b_alpha), eps, GH)
+
+
+@triton.jit
+def nan_max(x):
+    """``max(x)`` that keeps NaNs (tl.max drops them; adding ``sum(x * 0)`` brings them back, and
+    turns an inf into NaN: then nothing is skipped)."""
+    return tl.max(x, 0) + tl.sum(x * 0.0, 0)
+
+
+@triton.jit
+def near_rows(start, size, radius, N, GW, P, RATE: tl.constexpr):
+    """Grid rows [lo, hi) (not clipped to the grid) holding every patch within ``radius`` grid rows
+    of the patches among tokens [start, start + size); the rest are far. Rows quantized to RATE."""
+    p_lo = tl.maximum(start - P, 0)
+    p_hi = tl.maximum(tl.minimum(start + size, N) - 1 - P, 0)
+    row_lo = (p_lo // GW) // RATE * RATE - radius
+    row_hi = (p_hi // GW) // RATE * RATE + radius + RATE  # a quantized row is <= RATE - 1 below its row
+    return row_lo, row_hi
+
+
+@triton.jit
+def near_token_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.constexpr):
+    """The near rows as token tiles [lo, hi) of BLOCK tokens (tile indices)."""
+    row_lo, row_hi = near_rows(start, size, radius, N, GW, P, RATE)
+    lo = (P + tl.maximum(row_lo, 0) * GW) // BLOCK
+    hi = tl.minimum(tl.cdiv(P + tl.maximum(row_hi, 0) * GW, BLOCK), tl.cdiv(N, BLOCK))
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def near_grid_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.constexpr, T):
+    """The near rows as grid tiles [lo, hi) of ROWS rows each, out of T."""
+    row_lo, row_hi = near_rows(start, size, radius, N, GW, P, RATE)
+    lo = tl.maximum(row_lo, 0) // ROWS
+    hi = tl.minimum(tl.cdiv(tl.maximum(row_hi, 0), ROWS), T)
+    return lo, tl.maximum(hi, lo)
+
+
+@triton.jit
+def load_rows(base, offs, stride, mask, D: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr):
+    """Rows ``offs`` of a (rows, D) matrix with row stride ``stride`` as (len(offs), D_PAD); rows
+    outside ``mask`` (with MASKED) and columns >= D read as 0."""
+    offs_d = tl.arange(0, D_PAD)
+    ptrs = base + offs[:, None] * stride + offs_d[None, :]
+    if MASKED:
+        if D_PAD != D:
+            x = tl.load(ptrs, mask=mask[:, None] & (offs_d < D)[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=mask[:, None], other=0.0)
+    elif D_PAD != D:
+        x = tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
+    else:
+        x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr):
+    """Store (len(offs), D_PAD) ``x`` into rows ``offs`` (where ``mask``), columns < D."""
+    offs_d = tl.arange(0, D_PAD)
+    ptrs = base + offs[:, None] * stride + offs_d[None, :]
+    tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask[:, None] & (offs_d < D)[None, :])
+
+
+@triton.jit
+def tile_keys(t, N, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Token offsets of key tile ``t`` and which slots hold a key. ROWS = 0: token tile ``t`` of
+    BLOCK_N consecutive tokens before ``end``. Else grid tile ``t`` of the patches: slot s holds the
+    patch at grid row ``t ROWS + s // COLS``, column ``s % COLS`` (columns >= GW, rows >= GH: padding)."""
+    s = tl.arange(0, BLOCK_N)
+    if ROWS:
+        row = t * ROWS + s // COLS
+        col = s % COLS
+        offs = P + row * GW + col
+        valid = (col < GW) & (row < GH)
+    else:
+        offs = t * BLOCK_N + s
+        valid = offs < end
+    return offs, valid
+
+
+@triton.jit
+def grid_col_exponents(col_q, nh_c, lo_c, RATE: tl.constexpr, CLAMP: tl.constexpr, COLS: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) column exponents ``e_c`` of each query row against each slot of a grid
+    tile: the same in every grid tile, so a program computes them (and their exp2) once."""
+    col = ((tl.arange(0, BLOCK_N) % COLS) // RATE * RATE).to(tl.float32)
+    dc = col_q[:, None] - col[None, :]
+    e = nh_c[:, None] * (dc * dc)
+    if CLAMP:
+        e = tl.maximum(e, lo_c[:, None])
+    return e
+
+
+@triton.jit
+def _grid_row_exponent(row_q, nh_r, lo_r, row, RATE: tl.constexpr, CLAMP: tl.constexpr):
+    """(BLOCK_M,) row exponents ``e_r`` of each query row against grid row ``row``."""
+    dr = row_q - (row // RATE * RATE)  # row: an int or int32 scalar (the loop index), promoted
+    e = nh_r * (dr * dr)
+    if CLAMP:
+        e = tl.maximum(e, lo_r)
+    return e
+
+
+@triton.jit
+def grid_row_terms(t, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.constexpr,
+                   ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row exponent ``e_r`` and factor ``exp2(e_r + shift)`` of every slot of grid tile ``t``: one
+    exp2 per query row and grid row, not per logit. (BLOCK_M, 1) when a tile is one grid row, else
+    (BLOCK_M, BLOCK_N) by a select per extra row."""
+    e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS, RATE, CLAMP)
+    b_e = e[:, None]
+    b_f = tl.exp2(e + shift)[:, None]
+    slot_row = tl.arange(0, BLOCK_N) // COLS
+    for j in tl.static_range(1, ROWS):
+        e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS + j, RATE, CLAMP)
+        in_row = (slot_row == j)[None, :]
+        b_e = tl.where(in_row, e[:, None], b_e)
+        b_f = tl.where(in_row, tl.exp2(e + shift)[:, None], b_f)
+    return b_e, b_f
