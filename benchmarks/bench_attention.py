@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from locat_kernels import gaussian_attention, gaussian_attention_reference
-from locat_kernels.reference import gaussian_clamp, gaussian_eps
+from locat_kernels import gaussian_attention, gaussian_attention_reference, gaussian_clamp, gaussian_eps
 
 from .timing import cpu_median_ms, cuda_median_ms, peak_memory_gb
 
