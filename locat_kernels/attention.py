@@ -87,7 +87,7 @@ def gaussian_attention(
     init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     eps = gaussian_eps(init_grid_size) if eps is None else float(eps)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    backend = resolve_backend(backend, q)
+    backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
     if backend == "reference":
         return gaussian_attention_reference(
             q, k, v, var, alpha, (gh, gw), num_prefix_tokens=num_prefix_tokens,
@@ -151,7 +151,7 @@ def locat_attention(
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     scale = D ** -0.5 if scale is None else float(scale)
-    backend = resolve_backend(backend, q)
+    backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
     P = num_prefix_tokens
     if backend != "triton":
         var, alpha = gaussian_parameters(q[:, :, P:], log_var_weight, log_var_bias, log_alpha_weight,
@@ -159,7 +159,10 @@ def locat_attention(
         return gaussian_attention(q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P,
                                   init_grid_size=init_grid_size, rate=rate, scale=scale, backend=backend)
     _check_triton(q, k, v)
-    params = (gh, gw, P, *_fused_constants((gh, gw), init_grid_size), rate, scale)
+    # Dynamo traces the computation itself (it warns about a cache in the traced path); eager calls hit the cache.
+    constants = (_fused_constants.__wrapped__ if torch.compiler.is_compiling() else _fused_constants)(
+        (gh, gw), init_grid_size)
+    params = (gh, gw, P, *constants, rate, scale)
     weights = (log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias)
     if torch.compiler.is_compiling():
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]

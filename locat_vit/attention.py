@@ -100,7 +100,7 @@ class GaussianAugmentedAttention(nn.Module):
         backend = "reference" if self.backend == "eager" else self.backend
         x = locat_attention(q, k, v, *self.gaug.weights(), self.grid_size, num_prefix_tokens=self.num_prefix_tokens,
                             init_grid_size=self.init_grid_size, rate=rate, scale=self.scale, backend=backend)
-        x = self.norm(x.transpose(1, 2).reshape(B, N, -1))
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         if gate is not None:
             x = x * gate
         x = self.proj(x)

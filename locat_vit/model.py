@@ -45,6 +45,12 @@ class LocAtViT(VisionTransformer):
 
     def __init__(self, *, attn_backend: str = "auto", gaussian_mode: str = "published", **kwargs):
         kwargs.setdefault("fc_norm", False)  # the final norm stays before PRR, as published
+        img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
+        img, patch = (img, img) if isinstance(img, int) else tuple(img), (patch, patch) if isinstance(patch, int) else tuple(patch)
+        if not kwargs.get("dynamic_img_pad") and any(i % p for i, p in zip(img, patch)):
+            raise ValueError(
+                f"img_size {img} is not a multiple of patch_size {patch}: the patch grid would drop the last "
+                f"pixels of each side. Use a multiple of the patch size, or dynamic_img_pad=True to pad.")
         super().__init__(**kwargs)
         add_gaussian_attention(self, attn_backend, gaussian_mode)
 
@@ -89,12 +95,17 @@ def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, empty, or not a tensors-only checkpoint
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({reason}); only state dicts of tensors are "
+                         f"loaded, and nothing else in the file is unpickled") from None
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     state = filter_fn(state, model) if filter_fn is not None else state
@@ -103,8 +114,8 @@ def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -
     unexpected = sorted(state.keys() - own.keys())
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
                  for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:
-        parts = [f"{name} ({len(keys)}): {', '.join(keys)}"
+    if missing or unexpected or misshaped:  # one line: counts and the first few of each
+        parts = [f"{name} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
                  for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
         raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)

@@ -105,3 +105,19 @@ def test_model_rejects_attention_dropout_and_unknown_backend():
         timm.create_model("locatvit_tiny", img_size=32, attn_backend="cuda")
     with pytest.raises(ValueError, match="gaussian_mode must be one of"):
         timm.create_model("locatvit_tiny", img_size=32, gaussian_mode="fast")
+
+
+def test_img_size_not_a_multiple_of_the_patch_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"img_size \(70, 70\) is not a multiple of patch_size \(16, 16\)"):
+        timm.create_model("locatvit_tiny", img_size=70)
+    model = timm.create_model("locatvit_tiny", img_size=70, dynamic_img_size=True, dynamic_img_pad=True,
+                              num_classes=3)  # padded to whole patches: allowed
+    assert model(torch.randn(1, 3, 70, 70)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "triton"])
+def test_an_empty_batch_gives_an_empty_output_like_timm_vit(device, backend):
+    model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend=backend).to(device)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=3).to(device)
+    x = torch.empty(0, 3, 32, 32, device=device)
+    assert model(x).shape == vit(x).shape == (0, 3)

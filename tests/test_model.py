@@ -124,8 +124,33 @@ def test_checkpoint_that_does_not_fit_names_keys_and_changes_nothing(tmp_path):
     msg = str(e.value)
     assert "blocks.0.attn.gaug.log_var.bias" in msg and "blocks.1.attn.extra" in msg and "head.weight" in msg
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
         load_checkpoint(model, tmp_path / "missing.pth")
+
+
+def test_a_checkpoint_of_another_size_is_summarized_in_one_line(tmp_path):
+    small = timm.create_model("locatvit_small", img_size=32)
+    torch.save(small.state_dict(), tmp_path / "small.pth")
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(timm.create_model("locatvit_tiny", img_size=32), tmp_path / "small.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and "mis-shaped (" in msg and msg.count("checkpoint (") <= 3 and len(msg) < 600, msg
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None], ids=["empty", "garbage", "truncated"])
+def test_an_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, content):
+    model = timm.create_model("locatvit_tiny", img_size=32)
+    path = tmp_path / "ckpt.pth"
+    if content is None:  # a real checkpoint cut in half
+        torch.save(model.state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(model, path)
+    msg = str(e.value)
+    assert str(path) in msg and "not a readable checkpoint" in msg and "\n" not in msg
+    assert "weights_only=False" not in msg  # never advise unpickling untrusted data
 
 
 def test_dynamic_size_uses_current_grid_and_build_constants():

@@ -2,6 +2,7 @@
 gives the single-process update, and bad arguments fail before training with a clear message."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -147,7 +148,8 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run"), "--pretrained-file", str(tmp_path / "small.pth")])
     err = capsys.readouterr().err
-    assert "does not fit" in err and "mis-shaped" in err and "blocks.0.attn.qkv.weight" in err
+    # one summary: how many keys are mis-shaped, the first few named with both shapes
+    assert "does not fit" in err and re.search(r"mis-shaped \(\d+\): blocks\.0\.attn\.\S+: checkpoint \(", err)
 
 
 def test_non_finite_images_stop_with_a_clear_error(tmp_path, monkeypatch):
