@@ -44,7 +44,6 @@ class LocAtViT(VisionTransformer):
     """
 
     def __init__(self, *, attn_backend: str = "auto", gaussian_mode: str = "published", **kwargs):
-        kwargs.setdefault("fc_norm", False)  # the final norm stays before PRR, as published
         img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
         img, patch = (img, img) if isinstance(img, int) else tuple(img), (patch, patch) if isinstance(patch, int) else tuple(patch)
         if not kwargs.get("dynamic_img_pad") and any(i % p for i, p in zip(img, patch)):

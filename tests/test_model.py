@@ -14,8 +14,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SIZES = {"locatvit_tiny": (192, 3), "locatvit_small": (384, 6), "locatvit_base": (768, 12)}
 
 
-def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None):
-    """The published LocAtViT function from a state dict, written out directly (docs/method.md sections 1-2)."""
+def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None, pool="token"):
+    """The published LocAtViT function from a state dict, written out directly (docs/method.md sections 1-2).
+
+    ``pool="avg"``: timm's default structure for average pooling, which the published model keeps:
+    no final norm before PRR, the mean of the patch tokens, then ``fc_norm``, then the head."""
     ln = lambda t, n: F.layer_norm(t, t.shape[-1:], sd[n + ".weight"], sd[n + ".bias"], 1e-6)  # noqa: E731
     lin = lambda t, n: F.linear(t, sd[n + ".weight"], sd[n + ".bias"])  # noqa: E731
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
@@ -43,9 +46,12 @@ def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None):
         t = t + lin(a.transpose(1, 2).reshape(B, -1, C), b + "attn.proj")
         t = t + lin(F.gelu(lin(ln(t, b + "norm2"), b + "mlp.fc1")), b + "mlp.fc2")
         i += 1
-    t = ln(t, "norm")
+    if pool == "token":
+        t = ln(t, "norm")
     h = t.reshape(B, -1, heads, D).transpose(1, 2)  # PRR
     t = (torch.softmax(h @ h.transpose(-1, -2) / math.sqrt(D), -1) @ h).transpose(1, 2).reshape(B, -1, C)
+    if pool == "avg":
+        return lin(ln(t[:, P:].mean(1), "fc_norm"), "head"), t
     return lin(t[:, 0], "head"), t
 
 
@@ -109,6 +115,20 @@ def test_published_checkpoint_loads_strictly_and_computes_the_published_function
     again = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(path), num_classes=7), attn_backend="eager").double().eval()
     torch.testing.assert_close(again(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_average_pooling_follows_the_published_structure():
+    """global_pool="avg" without an explicit fc_norm: as published (timm's default), fc_norm after
+    pooling and no final norm before PRR; such a checkpoint loads strictly and computes its function."""
+    model = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, global_pool="avg",
+                              attn_backend="eager").double().eval()
+    keys = model.state_dict().keys()
+    assert "fc_norm.weight" in keys and "norm.weight" not in keys
+    sd = _random_published_state(model)
+    model.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    want, _ = published_forward(sd, x, heads=3, init_grid=(4, 4), pool="avg")
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
 
 
 def test_checkpoint_that_does_not_fit_names_keys_and_changes_nothing(tmp_path):
