@@ -128,9 +128,12 @@ def _cfg(**kwargs):
     }
 
 
-# Untrained by default: pass a local published checkpoint with
-# timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) or load_checkpoint().
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ("locatvit_tiny", "locatvit_small", "locatvit_base")})
+# The published weights are on the Hugging Face hub (tiny and base): pretrained=True fetches them where
+# there is a network. A local file instead: pretrained_cfg_overlay=dict(file=PATH), or load_checkpoint().
+PUBLISHED_HUB_IDS = {"locatvit_tiny": "sinahmr/locatvit_tiny", "locatvit_base": "sinahmr/locatvit_base"}
+default_cfgs = generate_default_cfgs({
+    name: _cfg(hf_hub_id=PUBLISHED_HUB_IDS[name]) if name in PUBLISHED_HUB_IDS else _cfg()
+    for name in ("locatvit_tiny", "locatvit_small", "locatvit_base")})
 
 
 def _create(variant: str, pretrained: bool, model_args: dict, **kwargs) -> LocAtViT:

@@ -89,6 +89,10 @@ def _validate(parser, args) -> None:
     if args.model and not args.baseline and args.model not in timm.list_models("locatvit_*"):
         parser.error(f"unknown model {args.model!r}; registered LocAtViTs: {timm.list_models('locatvit_*')}, "
                      f"or a timm ViT (vit_*) as the baseline")
+    if args.attn_backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        parser.error("--attn-backend triton needs a CUDA GPU and none is visible; on a CPU use --attn-backend auto "
+                     "(the SDPA path), or set TRITON_INTERPRET=1 to run the kernels through Triton's interpreter "
+                     "(a correctness tool, very slow)")
     if args.baseline and args.attn_backend != "auto":
         parser.error(f"--attn-backend is for LocAtViT; {args.model} is a timm ViT with its own attention")
     if args.from_vit and not timm.is_model(args.from_vit):

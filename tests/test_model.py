@@ -1,5 +1,8 @@
 """LocAtViT on timm: registry, published keys, checkpoints, the published function, backends, locatify."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -302,3 +305,36 @@ def test_cuda_triton_matches_sdpa_in_bf16_autocast():
         model.set_attn_backend("triton")
         got = model(x).float()
     assert (got - want).norm() / want.norm() < 3e-2
+
+
+def test_published_weights_are_the_hub_pretrained_cfgs():
+    cfgs = {name: timm.models.get_pretrained_cfg(name) for name in SIZES}
+    assert cfgs["locatvit_tiny"].hf_hub_id == "sinahmr/locatvit_tiny"
+    assert cfgs["locatvit_base"].hf_hub_id == "sinahmr/locatvit_base"
+    assert not cfgs["locatvit_small"].hf_hub_id  # nothing published for small
+
+
+def test_pretrained_true_loads_from_the_hub_cache_offline(tmp_path):
+    """timm's own loader, offline, from a local Hugging Face cache in the hub's layout holding a
+    random published-layout model.safetensors: create_model(pretrained=True) gets exactly those weights."""
+    from safetensors.torch import save_file
+
+    model = timm.create_model("locatvit_tiny", img_size=32)
+    sd = {k: v.contiguous() for k, v in _random_published_state(model).items()}
+    repo = tmp_path / "hub" / "models--sinahmr--locatvit_tiny"
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snapshot.name)
+    save_file(sd, str(snapshot / "model.safetensors"))
+    torch.save(sd, tmp_path / "want.pth")
+    script = (
+        "import torch, timm, locat_vit\n"
+        "m = timm.create_model('locatvit_tiny', img_size=32, pretrained=True)\n"
+        f"want = torch.load({str(tmp_path / 'want.pth')!r})\n"
+        "got = m.state_dict()\n"
+        "assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)\n"
+        "print('loaded', len(want))\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]

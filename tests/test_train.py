@@ -171,3 +171,13 @@ def test_train_runs_ratios_over_the_vit():
     runs = {"vit": dict(steady_img_s=100.0, gpu_img_s=400.0, peak_mem_gib=2.0),
             "locat_triton": dict(steady_img_s=90.0, gpu_img_s=300.0, peak_mem_gib=2.5)}
     assert over_vit(runs)["locat_triton"] == dict(steady_img_s=0.9, gpu_img_s=0.75, peak_mem_gib=1.25)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_triton_backend_without_cuda_fails_before_any_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(SystemExit) as e:
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run"), "--attn-backend", "triton"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "needs a CUDA GPU" in err and "TRITON_INTERPRET=1" in err
+    assert not (tmp_path / "run").exists()
