@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="*", default=None, help="subset of locat eager sdpa_bias flex sdpa")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--output", type=Path, default=None, help="JSON path (default: results/attention_<gpu>.json)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default: benchmarks/results/<kind>_<gpu>.json; on CPU the temp folder)")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--model", action="store_true", help="whole-model images/s instead of the op")
     parser.add_argument("--cases", nargs="*", help="--model: cases as size:img:batch, e.g. base:384:32")
@@ -46,6 +48,11 @@ def main(argv=None) -> int:
     if device == "cpu":
         # Kernels run through the interpreter on CPU; this must be set before triton kernels are defined.
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        # The interpreter evaluates the kernels in numpy, where log2(0) = -inf (alpha off the patches) is
+        # intended: no RuntimeWarning for it.
+        import numpy as np
+
+        np.seterr(divide="ignore", invalid="ignore")
     env = environment(device)
     if args.model:
         return run_models(args, device, env)
@@ -124,7 +131,9 @@ def run_models(args, device: str, env: dict) -> int:
 def save(args, kind: str, env: dict, rows: list, ratios: list, **extra) -> Path:
     """JSON with the environment (GPU, versions, date, command), every measured row and the ratios."""
     tag = env["device"].replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
-    path = args.output or RESULTS / f"{kind}_{tag}.json"
+    # CPU runs are a smoke test, not results: they go to the temp folder, not into the source tree.
+    folder = RESULTS if env["device"] != f"cpu ({platform.machine()})" else Path(tempfile.gettempdir()) / "locat-bench"
+    path = args.output or folder / f"{kind}_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(env, command=" ".join(["locat-bench", *sys.argv[1:]]))
     path.write_text(json.dumps(dict(environment=env, rows=rows, ratios=ratios, **extra), indent=1))
