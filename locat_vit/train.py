@@ -39,30 +39,41 @@ __all__ = ["main", "build_parser"]
 STEADY_AFTER = 5  # steps of an epoch left out of its steady images/s (compilation, allocator warm-up)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default (where it has one) in --help."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="locat-train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     p.add_argument("--model", help="a registered LocAtViT (default: locatvit_tiny), or a timm ViT trained unchanged "
                                    "(the baseline, e.g. vit_tiny_patch16_224)")
     p.add_argument("--from-vit", help="a timm ViT (e.g. vit_small_patch16_224) turned into LocAtViT with locatify")
     p.add_argument("--pretrained-file", type=Path, help="local checkpoint (.pth or .safetensors) to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder with train/ and val/ class folders")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=224, help="training and validation image side")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training data")
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in this invocation")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate (cosine decay)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
     p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--output", type=Path, required=True, help="folder for checkpoints and the JSON log")
     p.add_argument("--resume", type=Path, help="a last.pth/best.pth of an earlier run to continue")
-    p.add_argument("--attn-backend", choices=ATTN_BACKENDS, default="auto")
+    p.add_argument("--attn-backend", choices=ATTN_BACKENDS, default="auto",
+                   help="auto: the fused triton kernels on CUDA, the SDPA path elsewhere")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--num-classes", type=int, help="default: the dataset's")
     p.add_argument("--synthetic-size", type=int, default=512, help="training images of the synthetic data")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model init, data order and augmentation")
     p.add_argument("--log-every", type=int, default=10, help="optimizer steps between progress lines")
     return p
 

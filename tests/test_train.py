@@ -181,3 +181,10 @@ def test_triton_backend_without_cuda_fails_before_any_output(tmp_path, capsys, m
     err = capsys.readouterr().err
     assert e.value.code == 2 and "needs a CUDA GPU" in err and "TRITON_INTERPRET=1" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "(default: 224)" in out and "(default: synthetic)" in out and "default: None" not in out
