@@ -137,6 +137,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, model_args: dict, **kwargs) -> LocAtViT:
+    file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
+    if pretrained and file and not Path(file).is_file():  # timm raises an empty FileNotFoundError here
+        raise FileNotFoundError(f"pretrained file {file} does not exist (pretrained_cfg_overlay['file'])")
     return build_model_with_cfg(
         LocAtViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(model_args, **kwargs))
 

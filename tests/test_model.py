@@ -338,3 +338,9 @@ def test_pretrained_true_loads_from_the_hub_cache_offline(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "home"))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-2000:]
+
+
+def test_a_missing_pretrained_file_is_named():
+    with pytest.raises(FileNotFoundError, match="/nonexistent/w.pth does not exist"):
+        timm.create_model("locatvit_tiny", img_size=32, pretrained=True,
+                          pretrained_cfg_overlay=dict(file="/nonexistent/w.pth"))
