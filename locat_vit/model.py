@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .attention import GaussianAugmentedAttention
 
-__all__ = ["LocAtViT", "patch_refinement", "load_checkpoint", "add_gaussian_attention"]
+__all__ = ["LocAtViT", "patch_refinement", "load_checkpoint", "state_dict_misfit", "add_gaussian_attention"]
 
 
 def patch_refinement(x: Tensor, num_heads: int) -> Tensor:
@@ -108,16 +108,23 @@ def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     state = filter_fn(state, model) if filter_fn is not None else state
+    misfit = state_dict_misfit(model, state)
+    if misfit:
+        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}; {misfit}")
+    model.load_state_dict(state, strict=True)
+
+
+def state_dict_misfit(model: nn.Module, state: dict) -> str | None:
+    """None if ``state`` loads into ``model`` strictly; else one line: how many keys are missing,
+    unexpected and mis-shaped, and the first few of each."""
     own = model.state_dict()
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     misshaped = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
                  for k in sorted(own.keys() & state.keys()) if state[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:  # one line: counts and the first few of each
-        parts = [f"{name} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
-        raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}; " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    parts = [f"{name} ({len(keys)}): {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+             for name, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)) if keys]
+    return "; ".join(parts) or None
 
 
 def _cfg(**kwargs):

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .attention import ATTN_BACKENDS
 from .convert import locatify
 from .data import SyntheticClassification
-from .model import load_checkpoint
+from .model import load_checkpoint, state_dict_misfit
 
 __all__ = ["main", "build_parser"]
 
@@ -210,14 +210,19 @@ def _train(parser, args, rank, world, device) -> int:
 
     start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, 0.0, []
     if args.resume:
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - state.keys()
+        try:
+            state = torch.load(args.resume, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt, truncated, empty: nothing else in the file is unpickled
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            parser.error(f"--resume {args.resume} is not a readable checkpoint ({reason})")
+        missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - (
+            state.keys() if isinstance(state, dict) else set())
         if missing:
             parser.error(f"--resume {args.resume} is not a locat-train checkpoint (no {sorted(missing)})")
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            parser.error(f"--resume {args.resume} does not fit the model: {e}")
+        misfit = state_dict_misfit(model, state["model"])
+        if misfit:
+            parser.error(f"--resume {args.resume} does not fit the model: {misfit}")
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]

@@ -188,3 +188,12 @@ def test_help_shows_the_defaults(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "(default: 224)" in out and "(default: synthetic)" in out and "default: None" not in out
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage"], ids=["empty", "garbage"])
+def test_resume_from_an_unreadable_file_is_one_line(tmp_path, capsys, content):
+    (tmp_path / "last.pth").write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run"), "--resume", str(tmp_path / "last.pth")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "is not a readable checkpoint" in err and "weights_only=False" not in err
