@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from .attention import GaussianAugmentedAttention
 
-__all__ = ["LocAtViT", "patch_refinement", "load_checkpoint", "state_dict_misfit", "add_gaussian_attention"]
+__all__ = ["LocAtViT", "patch_refinement", "load_checkpoint", "read_checkpoint", "state_dict_misfit",
+           "add_gaussian_attention"]
 
 
 def patch_refinement(x: Tensor, num_heads: int) -> Tensor:
@@ -92,19 +93,7 @@ def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -
     mis-shaped) raise a ValueError naming them, and the model is left unchanged.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, empty, or not a tensors-only checkpoint
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{path} is not a readable checkpoint ({reason}); only state dicts of tensors are "
-                         f"loaded, and nothing else in the file is unpickled") from None
+    state = read_checkpoint(path)
     if isinstance(state, dict):
         state = state.get("model", state.get("state_dict", state))
     state = filter_fn(state, model) if filter_fn is not None else state
@@ -112,6 +101,25 @@ def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -
     if misfit:
         raise ValueError(f"checkpoint {path} does not fit {type(model).__name__}; {misfit}")
     model.load_state_dict(state, strict=True)
+
+
+def read_checkpoint(path) -> dict:
+    """What a local ``.pth``/``.pt`` (tensors and plain containers only: nothing else is unpickled) or
+    ``.safetensors`` file holds. A missing file raises FileNotFoundError, an unreadable one (corrupt,
+    truncated, empty) a one-line ValueError; both name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({reason}); only state dicts of tensors are "
+                         f"loaded, and nothing else in the file is unpickled") from None
 
 
 def state_dict_misfit(model: nn.Module, state: dict) -> str | None:

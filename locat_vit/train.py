@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .attention import ATTN_BACKENDS
 from .convert import locatify
 from .data import SyntheticClassification
-from .model import load_checkpoint, state_dict_misfit
+from .model import load_checkpoint, read_checkpoint, state_dict_misfit
 
 __all__ = ["main", "build_parser"]
 
@@ -211,10 +211,9 @@ def _train(parser, args, rank, world, device) -> int:
     start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, 0.0, []
     if args.resume:
         try:
-            state = torch.load(args.resume, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt, truncated, empty: nothing else in the file is unpickled
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            parser.error(f"--resume {args.resume} is not a readable checkpoint ({reason})")
+            state = read_checkpoint(args.resume)
+        except ValueError as e:
+            parser.error(f"--resume: {e}")
         missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - (
             state.keys() if isinstance(state, dict) else set())
         if missing:
