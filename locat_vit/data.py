@@ -12,6 +12,10 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+# Each image draws from its own generator, seeded with seed * _SEED_STRIDE + index: datasets of up to a
+# million images with different seeds never share an image's generator.
+_SEED_STRIDE = 1_000_003
+
 __all__ = ["SyntheticClassification", "SyntheticScenes"]
 
 
@@ -39,7 +43,7 @@ class SyntheticClassification(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(index)
         label = index % self.num_classes
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
         angle = math.pi * label / self.num_classes
         freq = 2.0 + 3.0 * (label % 3)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, self.img_size), torch.linspace(-1, 1, self.img_size), indexing="ij")
@@ -60,7 +64,7 @@ class SyntheticScenes(Dataset):
         return self.length
 
     def __getitem__(self, index: int):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        g = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + index)
         s = self.img_size
         ys, xs = torch.meshgrid(torch.arange(s, dtype=torch.float32), torch.arange(s, dtype=torch.float32), indexing="ij")
         label = torch.zeros(s, s, dtype=torch.long)

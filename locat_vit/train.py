@@ -37,6 +37,7 @@ from .model import load_checkpoint, read_checkpoint, state_dict_misfit
 __all__ = ["main", "build_parser"]
 
 STEADY_AFTER = 5  # steps of an epoch left out of its steady images/s (compilation, allocator warm-up)
+WARMUP_START = 1e-3  # the linear warmup starts at --lr / 1000
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -205,7 +206,7 @@ def _train(parser, args, rank, world, device) -> int:
                      f"x {world} processes")
     optimizer = create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay)
     scheduler, _ = create_scheduler_v2(
-        optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * 1e-3,
+        optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * WARMUP_START,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
 
     start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, 0.0, []
@@ -278,7 +279,7 @@ def _train(parser, args, rank, world, device) -> int:
             scheduler.step_update(global_step)
             if step_in_epoch - first_step == STEADY_AFTER:
                 steady = (_synced_time(cuda), images_seen)
-            if step_in_epoch % args.log_every == 0 or step_in_epoch == updates_per_epoch:
+            if step_in_epoch % args.log_every == 0 or step_in_epoch in (first_step + 1, updates_per_epoch):
                 elapsed = time.perf_counter() - t0
                 eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
                 log.step(epoch, step_in_epoch, torch.stack(losses[-args.accum_steps:]).mean().item(),

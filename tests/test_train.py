@@ -197,3 +197,10 @@ def test_resume_from_an_unreadable_file_is_one_line(tmp_path, capsys, content):
         main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run"), "--resume", str(tmp_path / "last.pth")])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert e.value.code == 2 and "is not a readable checkpoint" in err and "weights_only=False" not in err
+
+
+def test_a_progress_line_from_the_first_step(tmp_path, capsys):
+    """--log-every 100 on an 8-step epoch: the first step and the last still print a progress line."""
+    main(SMALL + ["--epochs", "1", "--output", str(tmp_path)])
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1 [")]
+    assert [line.split(" step ")[1].split()[0] for line in steps] == ["1/8", "8/8"]
