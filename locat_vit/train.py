@@ -112,8 +112,6 @@ def _validate(parser, args) -> None:
     for name in ("img_size", "batch_size", "epochs", "accum_steps", "synthetic_size", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.img_size % 16:
-        parser.error(f"--img-size must be a multiple of the patch size 16, got {args.img_size}")
     if args.max_steps is not None and args.max_steps < 1:
         parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.data != "synthetic":
@@ -163,9 +161,12 @@ def _model(parser, args, num_classes):
             model = timm.create_model(args.model, attn_backend=args.attn_backend, **kwargs)
         else:
             model = timm.create_model(args.from_vit, **kwargs)
+        name = args.model or args.from_vit
         if not isinstance(model, VisionTransformer):
-            name = args.model or args.from_vit
             parser.error(f"{name} is a {type(model).__name__}, not a timm VisionTransformer")
+        patch = model.patch_embed.patch_size
+        if any(args.img_size % p for p in patch):
+            parser.error(f"--img-size must be a multiple of {name}'s patch size {patch[0]}, got {args.img_size}")
         if args.pretrained_file:
             load_checkpoint(model, args.pretrained_file, filter_fn=_keep_new_head)
         if args.from_vit:

@@ -131,7 +131,8 @@ def test_from_vit_with_a_pretrained_file_and_a_new_head(tmp_path, capsys):
     (["--model", "vit_tiny_patch16_224", "--attn-backend", "sdpa"], "--attn-backend is for LocAtViT"),
     (["--from-vit", "vit_tiny_patch16_224"], "give --model or --from-vit, not both"),
     (["--resume", "x.pth", "--pretrained-file", "y.pth"], "--resume carries its own weights"),
-    (["--img-size", "40"], "multiple of the patch size 16"),
+    (["--img-size", "40"], "is not a multiple of patch_size (16, 16)"),  # LocAtViT's own check
+    (["--model", "vit_tiny_patch16_224", "--img-size", "40"], "multiple of vit_tiny_patch16_224's patch size 16"),
     (["--accum-steps", "0"], "--accum-steps must be >= 1"),
     (["--resume", "/nonexistent/last.pth"], "does not exist"),
 ])
@@ -204,3 +205,14 @@ def test_a_progress_line_from_the_first_step(tmp_path, capsys):
     main(SMALL + ["--epochs", "1", "--output", str(tmp_path)])
     steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1 [")]
     assert [line.split(" step ")[1].split()[0] for line in steps] == ["1/8", "8/8"]
+
+
+def test_from_vit_takes_the_patch_size_from_the_model(tmp_path, capsys):
+    """A patch-14 ViT: 28 px is two patches a side (trains), 32 px is refused naming the patch size."""
+    base = ["--from-vit", "vit_small_patch14_dinov2", "--data", "synthetic", "--batch-size", "4", "--synthetic-size", "8",
+            "--epochs", "1", "--max-steps", "1", "--log-every", "100"]
+    with pytest.raises(SystemExit):
+        main(base + ["--img-size", "32", "--output", str(tmp_path / "bad")])
+    assert "multiple of vit_small_patch14_dinov2's patch size 14" in capsys.readouterr().err
+    assert main(base + ["--img-size", "28", "--output", str(tmp_path / "ok")]) == 0
+    assert (tmp_path / "ok" / "last.pth").exists()
