@@ -299,7 +299,11 @@ def _train(parser, args, rank, world, device) -> int:
                       img_s=images_seen / (t1 - t0), steady_img_s=steady_img_s, gpu_img_s=gpu_img_s,
                       peak_mem_gib=peak_mem_gib,
                       lr=optimizer.param_groups[0]["lr"])
-        history.append(record)
+        if history and history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
+            record["resumed_at_step"] = first_step
+            history[-1] = record
+        else:
+            history.append(record)
         best = acc > best_acc
         best_acc = max(best_acc, acc)
         if rank == 0:

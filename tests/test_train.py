@@ -54,6 +54,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     sa, sb = (torch.load(p / "last.pth", weights_only=True) for p in (a, b))
     assert sa["global_step"] == sb["global_step"] == 6 and sa["step_in_epoch"] == sb["step_in_epoch"]
+    # log.json: one record per epoch, also where an epoch was resumed mid-way
+    la, lb = (json.loads((p / "log.json").read_text())["epochs"] for p in (a, b))
+    assert [r["epoch"] for r in la] == [r["epoch"] for r in lb] == [0, 1]
+    assert lb[0]["steps"] == 4 and lb[0]["resumed_at_step"] == 3 and "resumed_at_step" not in la[0]
 
 
 def _free_port() -> int:
