@@ -12,11 +12,12 @@ and inference images/s (over timm's ViT) for the model cases.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import subprocess
+import sys
 import tarfile
-import io
 from pathlib import Path
 
 RENAMES = {"locat_kernels": "locat_kernels_base", "locat_vit": "locat_vit_base"}
@@ -64,7 +65,7 @@ def run(args) -> dict:
     }
     op_rows = []
     for spec in args.shapes:
-        s = Shape(*_parse_shape(spec))
+        s = Shape.parse(spec)
         try:
             inputs = make_inputs(s, args.regime, torch.bfloat16, "cuda")
         except torch.cuda.OutOfMemoryError:
@@ -90,9 +91,8 @@ def run(args) -> dict:
 
     model_rows = []
     for spec in args.models:
-        size, img, batch = spec.split(":")
-        case = bm.ModelCase(size, int(img), int(batch))
-        dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[size]
+        case = bm.ModelCase.parse(spec)
+        dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[case.size]
         for variant in ("vit", "locat_triton", "before"):
             model = None
             if variant == "before":
@@ -104,12 +104,6 @@ def run(args) -> dict:
     env = dict(environment("cuda"), command="python -m benchmarks.baseline run " + " ".join(args.argv))
     return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
                 model_ratios=bm.ratios(model_rows))
-
-
-def _parse_shape(spec: str):
-    """'B,H,gh,gw,P,D' -> Shape fields."""
-    B, H, gh, gw, P, D = (int(x) for x in spec.split(","))
-    return spec, B, H, (gh, gw), P, D
 
 
 def main(argv=None) -> int:
@@ -128,7 +122,7 @@ def main(argv=None) -> int:
                    help="size:img:batch")
     p.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    args.argv = list(argv if argv is not None else __import__("sys").argv[2:])
+    args.argv = list(argv if argv is not None else sys.argv[2:])
     if args.cmd == "make":
         make(args.ref, args.dest)
         return 0

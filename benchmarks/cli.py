@@ -132,7 +132,7 @@ def save(args, kind: str, env: dict, rows: list, ratios: list, **extra) -> Path:
     """JSON with the environment (GPU, versions, date, command), every measured row and the ratios."""
     tag = env["device"].replace(" ", "_").replace("/", "_").replace("(", "").replace(")", "")
     # CPU runs are a smoke test, not results: they go to the temp folder, not into the source tree.
-    folder = RESULTS if env["device"] != f"cpu ({platform.machine()})" else Path(tempfile.gettempdir()) / "locat-bench"
+    folder = RESULTS if torch.cuda.is_available() else Path(tempfile.gettempdir()) / "locat-bench"
     path = args.output or folder / f"{kind}_{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(env, command=" ".join(["locat-bench", *sys.argv[1:]]))
