@@ -7,7 +7,8 @@
 ``locat_vit_base`` (imports renamed, timm registration dropped), so both versions import side by
 side. ``run`` times, on the same inputs: the op (forward and forward+backward, plain calls and
 CUDA-graph replays, each over SDPA without a bias) at the op shapes, and whole-model eager training
-and inference images/s (over timm's ViT) for the model cases.
+and inference images/s (over timm's ViT) for the model cases, eager (and with ``--modes eager
+compiled`` under torch.compile).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def make(ref: str, dest: Path) -> None:
             for old, new in RENAMES.items():
                 text = re.sub(rf"\b{old}\b", new, text)
             text = re.sub(r"^@register_model\n", "", text, flags=re.M)  # keep timm's registry to this tree
+            text = text.replace("locat::", "locat_base::").replace("ops.locat.", "ops.locat_base.")  # op names too
             path = dest / RENAMES[top] / rest
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
@@ -93,14 +95,15 @@ def run(args) -> dict:
     for spec in args.models:
         case = bm.ModelCase.parse(spec)
         dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[case.size]
-        for variant in ("vit", "locat_triton", "before"):
-            model = None
-            if variant == "before":
-                model = base_model.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0], depth=12,
-                                            num_heads=dims[1], attn_backend="triton").cuda()
-            model_rows.append(bm.bench_case(case, variant, "cuda", model=model, repeats=args.repeats))
-            del model
-            torch.cuda.empty_cache()
+        for mode in args.modes:
+            for variant in ("vit", "locat_triton", "before"):
+                model = None
+                if variant == "before":
+                    model = base_model.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0], depth=12,
+                                                num_heads=dims[1], attn_backend="triton").cuda()
+                model_rows.append(bm.bench_case(case, variant, "cuda", mode=mode, model=model, repeats=args.repeats))
+                del model
+                torch.cuda.empty_cache()
     env = dict(environment("cuda"), command="python -m benchmarks.baseline run " + " ".join(args.argv))
     return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
                 model_ratios=bm.ratios(model_rows))
@@ -120,6 +123,7 @@ def main(argv=None) -> int:
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")
     p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
                    help="size:img:batch")
+    p.add_argument("--modes", nargs="*", default=["eager"], choices=list(("eager", "compiled")))
     p.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[2:])

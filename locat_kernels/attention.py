@@ -1,4 +1,4 @@
-"""The public ops, their argument checks, the backend choice and the custom ops.
+"""The public ops, their argument checks, the backend choice and the triton ops.
 
 - ``gaussian_attention(q, k, v, var, alpha, grid_size, ...)``: attention with the Gaussian bias, for
   callers that bring their own var and alpha.
@@ -8,9 +8,10 @@
   On the triton backend var and alpha are made by one small kernel and their gradients flow back in
   one more, instead of about twenty small torch operations.
 
-Both are ``torch.library`` custom ops (``locat::gaussian_attention``, ``locat::locat_attention``,
-with fake implementations and registered autograd) while ``torch.compile`` traces; eager calls take
-a plain ``autograd.Function`` around the same launchers (less host time per call).
+Under ``torch.compile`` both are ``torch.library.triton_op`` s (``locat::gaussian_attention``,
+``locat::locat_attention`` and their backwards, autograd registered): the compiler traces into them
+and launches the kernels from its own generated code, without a Python call per op. Eager calls
+take a plain ``autograd.Function`` around the same launchers (less host time than the op dispatch).
 """
 from __future__ import annotations
 
@@ -289,69 +290,57 @@ def _clamps(gh, gw, cmin) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Launch sequences shared by the custom ops and the eager autograd Functions.
+# Launch sequences shared by the triton ops and the eager autograd Functions.
 
 
-def _gaussian_forward(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale):
-    return fused.attention_forward(q, k, v, var, alpha, None, gw, P, eps, cmin, rate, scale)
+# ``traced``: inside a triton_op, where the launches go through ``torch.library.wrap_triton``.
 
 
-def _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale):
+def _gaussian_forward(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, traced=False):
+    return fused.attention_forward(q, k, v, var, alpha, None, gw, P, eps, cmin, rate, scale, traced)
+
+
+def _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced=False):
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced)
     return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype)
 
 
-def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, scale):
+def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
     var, alpha, radius = fused.gaug_forward(q, wv, bv, wa, ba, gh, gw, P, shift, var_scale, eps,
-                                            _clamps(gh, gw, cmin), rate)
-    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
+                                            _clamps(gh, gw, cmin), rate, traced)
+    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale, traced)
     return out, lse, var, alpha, radius
 
 
 def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
-                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale):
+                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale)
-    dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced)
+    dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced)
     return dq, dk, dv, *dweights
 
 
 # ----------------------------------------------------------------------------------------------
-# Custom ops: opaque to torch.compile, described to it by the fake implementations.
+# Triton ops: torch.compile traces their launch sequences (the same functions, run on fake tensors,
+# are their fake implementations).
 
 
-def _like_out(q: Tensor) -> Tensor:
-    B, H, N, D = q.shape
-    return q.new_empty(B, N, H, D).transpose(1, 2)
-
-
-@torch.library.custom_op("locat::gaussian_attention", mutates_args=())
+@torch.library.triton_op("locat::gaussian_attention", mutates_args=())
 def _gaussian_op(
     q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor,
     gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _gaussian_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale)
+    return _gaussian_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale, traced=True)
 
 
-@_gaussian_op.register_fake
-def _(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale):
-    B, H, N, _ = q.shape
-    return _like_out(q), q.new_empty(B, H, N, dtype=torch.float32), q.new_empty(B * H, dtype=torch.int32)
-
-
-@torch.library.custom_op("locat::gaussian_attention_backward", mutates_args=())
+@torch.library.triton_op("locat::gaussian_attention_backward", mutates_args=())
 def _gaussian_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, out: Tensor, lse: Tensor,
     radius: Tensor, gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate,
-                              scale)
-
-
-@_gaussian_backward_op.register_fake
-def _(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
-    return _like_out(q), _like_out(q), _like_out(q), var.new_empty(var.shape), alpha.new_empty(alpha.shape)
+                              scale, traced=True)
 
 
 def _gaussian_setup_context(ctx, inputs, output):
@@ -367,25 +356,17 @@ def _gaussian_autograd_backward(ctx, dout, *_):  # lse and radius are internal o
 _gaussian_op.register_autograd(_gaussian_autograd_backward, setup_context=_gaussian_setup_context)
 
 
-@torch.library.custom_op("locat::locat_attention", mutates_args=())
+@torch.library.triton_op("locat::locat_attention", mutates_args=())
 def _locat_op(
     q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
     gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
     rate: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate,
-                          scale)
+                          scale, traced=True)
 
 
-@_locat_op.register_fake
-def _(q, k, v, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale):
-    B, H, N, _ = q.shape
-    return (_like_out(q), q.new_empty(B, H, N, dtype=torch.float32),
-            q.new_empty(B, H, gh * gw, 2, dtype=torch.float32), q.new_empty(B, H, gh * gw, dtype=torch.float32),
-            q.new_empty(B * H, dtype=torch.int32))
-
-
-@torch.library.custom_op("locat::locat_attention_backward", mutates_args=())
+@torch.library.triton_op("locat::locat_attention_backward", mutates_args=())
 def _locat_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
     out: Tensor, lse: Tensor, var: Tensor, alpha: Tensor, radius: Tensor,
@@ -393,15 +374,10 @@ def _locat_backward_op(
     rate: int, scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     dq, dk, dv, *dweights = _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
-                                            gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale)
-    # The layer gradients are views of one reduced buffer; a custom op's outputs may not alias.
+                                            gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale,
+                                            traced=True)
+    # The layer gradients are views of one reduced buffer; an op's outputs may not alias.
     return dq, dk, dv, *(t.clone() for t in dweights)
-
-
-@_locat_backward_op.register_fake
-def _(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius, *params):
-    return (_like_out(q), _like_out(q), _like_out(q), torch.empty_like(wv), torch.empty_like(bv),
-            torch.empty_like(wa), torch.empty_like(ba))
 
 
 def _locat_setup_context(ctx, inputs, output):

@@ -84,7 +84,7 @@ def test_output_layout_makes_head_merge_free(device):
     assert merged.reshape(2, 10, 48).data_ptr() == out.data_ptr()
 
 
-def test_compile_fullgraph_traces_the_custom_op(device):
+def test_compile_fullgraph_traces_the_op(device):
     inputs = make_inputs(1, 2, (3, 3), 1, 16, device=device)
     kwargs = dict(grid_size=(3, 3), num_prefix_tokens=1, backend="triton")
     do = torch.randn_like(inputs[0])
@@ -97,7 +97,7 @@ def test_compile_fullgraph_traces_the_custom_op(device):
 
 
 def test_opcheck(device):
-    """torch.library's own checks of the custom ops: schema, fake tensor, autograd registration."""
+    """torch.library's own checks of the ops: schema, fake tensor, autograd registration."""
     from locat_kernels import gaussian_clamp
 
     q, k, v, var, alpha = make_inputs(1, 2, (3, 3), 1, 16, device=device)

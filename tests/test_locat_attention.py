@@ -51,7 +51,7 @@ def test_gradient_through_var_and_alpha_is_not_dropped(device):
 
 
 def test_compile_fullgraph_equals_eager(device):
-    """Under torch.compile the custom ops (locat::locat_attention and its backward) give eager's
+    """Under torch.compile the triton ops (locat::locat_attention and its backward) give eager's
     out and gradients exactly."""
     from helpers import LOCAT_NAMES, run
 

@@ -21,7 +21,8 @@ from .tiles import (
 )
 
 
-def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
+def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale,
+                       traced=False):
     """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32."""
     B, H, N, D = q.shape
     if do.stride(-1) != 1:
@@ -32,13 +33,13 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
-    _backward_dq_kernel[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+    configs.launcher(_backward_dq_kernel, traced)[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
         q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
     )
     meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    _backward_dkdv_kernel[(triton.cdiv(N, meta["BLOCK_N"]) * B * H,)](
+    configs.launcher(_backward_dkdv_kernel, traced)[(triton.cdiv(N, meta["BLOCK_N"]) * B * H,)](
         q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,
@@ -131,13 +132,15 @@ def _backward_dq_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
 
     Owns BLOCK_M query rows: writes their delta, then loops over all keys (as the forward does) for
     dq and the row reductions that give dvar and dalpha.
     """
+    qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
+    eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
     GH = (N - P) // GW
 
@@ -149,7 +152,7 @@ def _backward_dq_kernel(
     b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
     tl.store(delta + bh.to(tl.int64) * N + offs_m, b_delta, mask=m_m)
 
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, is_patch_q = row_coefficients(
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
         offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
     r = tl.load(radius + bh)
@@ -162,12 +165,12 @@ def _backward_dq_kernel(
     b_sum_c = tl.zeros([BLOCK_M], tl.float32)
     amp = a * _LOG2E
     if ROWS:
-        if HAS_PREFIX:  # the prefix keys: token tiles without a bias
+        if HAS_PREFIX:  # the prefix keys: token tiles of BLOCK_P, no bias
             b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
-                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_N), P, N, GH,
+                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH,
                 GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha, b_sum_r,
                 b_sum_c, BIAS=False, ROWS=0, COLS=1, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
         T = tl.cdiv(GH, ROWS)
         near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
         b_ec = grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N)
@@ -177,7 +180,7 @@ def _backward_dq_kernel(
             b_sum_c, ROWS=ROWS, COLS=COLS, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
             RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     else:
-        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, BLOCK_N)
+        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
             b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N),
             N, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha,
@@ -186,6 +189,8 @@ def _backward_dq_kernel(
 
     store_rows(dq + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
     # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
+    # The patch rows from index math (see gaug._block_corners), not from row_coefficients' loads.
+    is_patch_q = (offs_m >= P) & m_m
     p = tl.where(is_patch_q, offs_m - P, 0)
     p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
     tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
@@ -200,15 +205,16 @@ def _backward_dq_kernel(
 @triton.jit
 def _dkdv_tiles(
     b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
-    stride_varn, stride_varc, stride_an, t_lo, t_hi, N, GW, P, qk_scale, eps, cmin,
+    stride_varn, stride_varc, stride_an, q0, t_lo, t_hi, end, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, b_dk, b_dv,
     BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
     RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """dk, dv over query token tiles [t_lo, t_hi), transposed (keys x queries); with BIAS the Gaussian."""
+    """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
+    transposed (keys x queries); with BIAS the Gaussian."""
     for t in range(t_lo, t_hi):
-        offs_m = t * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_m = offs_m < N
+        offs_m = q0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_m = offs_m < end
         b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, MASKED)
         b_do = load_rows(do_base, offs_m, stride_don, m_m, D, D_PAD, MASKED)
         if MASKED:
@@ -238,27 +244,28 @@ def _dkdv_tiles(
 @triton.jit
 def _dkdv_sweep(
     b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
-    stride_varn, stride_varc, stride_an, near_lo, near_hi, num_tiles, N, GW, P, qk_scale, eps, cmin,
+    stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, b_dk, b_dv,
     MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Far query tiles [0, near_lo), near ones with the Gaussian, far ones [near_hi, num_tiles)."""
+    """The patch query tiles (from token P): far [0, near_lo), near ones with the Gaussian, far
+    [near_hi, cdiv(N - P, BLOCK_M))."""
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
-        stride_varn, stride_varc, stride_an, 0, near_lo, N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k,
-        b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
+        is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
-        stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
+        stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
         is_patch_k, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
         CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
-        stride_varn, stride_varc, stride_an, near_hi, num_tiles, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
-        is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale, eps, cmin,
+        row_k, col_k, is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+        RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
     return b_dk, b_dv
 
 
@@ -271,29 +278,43 @@ def _backward_dkdv_kernel(
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_N) * B * H,), one program per (key tile, batch*head).
 
-    Owns BLOCK_N key rows and loops over all queries (far, near, far): ``dv = P^T dO``,
-    ``dk = scale * dS^T q``. Needs the delta written by the dq kernel.
+    Owns BLOCK_N key rows and loops over all queries: the prefix queries as tiles of BLOCK_P (no
+    bias), then the patch queries in tiles of BLOCK_M aligned at token P (far, near, far; no bounds
+    masks when BLOCK_M divides the patch count): ``dv = P^T dO``, ``dk = scale * dS^T q``. Needs the
+    delta written by the dq kernel.
     """
+    qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
+    eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     bh, b, h, start_n, offs_n, m_n = program_rows(N, H, BLOCK_N)
 
     b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_N)
     b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_N)
     row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
-    near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, RATE, BLOCK_M)
 
     row_base = bh.to(tl.int64) * N
+    q_base = q + b * stride_qb + h * stride_qh
+    do_base = do + b * stride_dob + h * stride_doh
+    var_base = var + b * stride_varb + h * stride_varh
+    alpha_base = alpha + b * stride_ab + h * stride_ah
     b_dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    if HAS_PREFIX:
+        b_dk, b_dv = _dkdv_tiles(
+            b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
+            stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P, qk_scale, eps, cmin, row_k,
+            col_k, is_patch_k, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_P)
+    near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
     b_dk, b_dv = _dkdv_sweep(
-        b_k, b_v, q + b * stride_qb + h * stride_qh, do + b * stride_dob + h * stride_doh, lse + row_base,
-        delta + row_base, var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-        stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, tl.cdiv(N, BLOCK_M),
-        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, b_dk, b_dv, MASKED=not EVEN_N, D=D, D_PAD=D_PAD,
-        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base,
+        stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
+        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, b_dk, b_dv, MASKED=not EVEN_PATCHES, D=D,
+        D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
 
     store_rows(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, m_n, D, D_PAD)
     store_rows(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, m_n, D, D_PAD)

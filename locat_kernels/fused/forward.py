@@ -30,8 +30,9 @@ from .tiles import (
 )
 
 
-def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, cmin, rate, scale):
-    """out (B, H, N, D) as a transposed (B, N, H, D) tensor, lse (B, H, N) float32, radius (B*H,)."""
+def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, cmin, rate, scale, traced=False):
+    """out (B, H, N, D) as a transposed (B, N, H, D) tensor, lse (B, H, N) float32, radius (B*H,).
+    ``traced``: launch through ``torch.library.wrap_triton`` (inside a ``triton_op``)."""
     B, H, N, D = q.shape
     out = configs.empty((B, N, H, D), q).transpose(1, 2)
     lse = configs.empty((B, H, N), q, torch.float32)
@@ -39,7 +40,7 @@ def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, c
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
     meta = configs.launch_meta("forward", q, gw, num_prefix_tokens, cmin, rate)
-    _forward_kernel[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+    configs.launcher(_forward_kernel, traced)[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
         q, k, v, var, alpha, radius, out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *var.stride(), *alpha.stride(),
@@ -129,6 +130,7 @@ def _forward_kernel(
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
     FULL_TILES: tl.constexpr, FIND_RADIUS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
 
@@ -136,6 +138,7 @@ def _forward_kernel(
     their out rows and lse. With FIND_RADIUS it reads its (batch, head)'s var and alpha maxima for
     the radius (cheaper than a launch) and the first query tile's program stores it.
     """
+    qk_scale, eps, cmin = tl.cast(qk_scale, tl.float32), tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
     bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
     GH = (N - P) // GW
 
@@ -160,12 +163,12 @@ def _forward_kernel(
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     if ROWS:
-        if HAS_PREFIX:  # the prefix keys: token tiles without a bias
+        if HAS_PREFIX:  # the prefix keys: token tiles of BLOCK_P (a few tokens: not a whole BLOCK_N), no bias
             b_m, b_l, b_acc = _forward_tiles(
-                b_q, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_N), P, N, GH, GW, P, qk_scale,
+                b_q, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH, GW, P, qk_scale,
                 row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, BIAS=False, ROWS=0, COLS=1,
                 MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-                DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+                DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
         T = tl.cdiv(GH, ROWS)
         near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
         b_c = tl.exp2(grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N))
@@ -175,7 +178,7 @@ def _forward_kernel(
             MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
     else:
-        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, BLOCK_N)
+        near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_m, b_l, b_acc = _forward_sweep(
             b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N), N, N, GH, GW, P,
             qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, ROWS=0, COLS=1,

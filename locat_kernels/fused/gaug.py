@@ -25,12 +25,13 @@ from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
 _BLOCK_P = 64  # patches (or pooled blocks) per step of a program's loop
 
 
-def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate):
+def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate,
+                 traced=False):
     B, H, _, D = q.shape
     var = configs.empty((B, H, gh * gw, 2), q, torch.float32)
     alpha = configs.empty((B, H, gh * gw), q, torch.float32)
     radius = configs.empty((B * H,), q, torch.int32)
-    _gaug_forward_kernel[(B * H,)](
+    configs.launcher(_gaug_forward_kernel, traced)[(B * H,)](
         q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, *q.stride()[:3], w_var.stride(0),
         H, gh, gw, num_prefix_tokens, shift, var_scale, eps,
         D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, BLOCK_P=_block_p(), num_warps=4,
@@ -39,10 +40,10 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
 
 
 def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
-                  rate):
+                  rate, traced=False):
     B, H, _, D = q.shape
     partial = configs.empty((B * H, 3, D + 1), q, torch.float32)
-    _gaug_backward_kernel[(B * H,)](
+    configs.launcher(_gaug_backward_kernel, traced)[(B * H,)](
         q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
         w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
         D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, BLOCK_P=_block_p(), num_warps=4,
@@ -57,16 +58,23 @@ def _block_p():
 
 
 @triton.jit
-def _pooled_queries(q_base, stride_qn, offs, m, GW, P, D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr):
-    """(BLOCK_P, D_PAD) float32 mean of the RATE x RATE patch queries of pooled blocks ``offs``, and
-    the top-left patch of each block."""
-    p0 = (offs // (GW // RATE)) * (RATE * GW) + (offs % (GW // RATE)) * RATE
+def _block_corners(offs, GW, RATE: tl.constexpr):
+    """The top-left patch of each pooled block ``offs``. Index math only, kept out of the helpers
+    that load: torch.compile's analysis of what a kernel writes follows every value a store address
+    is made from, and would count a tensor read on the way as written."""
+    return (offs // (GW // RATE)) * (RATE * GW) + (offs % (GW // RATE)) * RATE
+
+
+@triton.jit
+def _pooled_queries(q_base, stride_qn, p0, m, GW, P, D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr):
+    """(BLOCK_P, D_PAD) float32 mean of the RATE x RATE patch queries of the blocks with top-left
+    patches ``p0``."""
     b_q = load_rows(q_base, P + p0, stride_qn, m, D, D_PAD, True).to(tl.float32)
     for i in tl.static_range(RATE):
         for j in tl.static_range(RATE):
             if i + j > 0:
                 b_q += load_rows(q_base, P + p0 + i * GW + j, stride_qn, m, D, D_PAD, True).to(tl.float32)
-    return b_q * (1.0 / (RATE * RATE)), p0
+    return b_q * (1.0 / (RATE * RATE))
 
 
 @triton.jit
@@ -99,6 +107,7 @@ def _gaug_forward_kernel(
 ):
     """grid: (B * H,). A program owns every patch of one (batch, head): var and alpha (contiguous
     outputs), and the radius from their maxima."""
+    shift, var_scale, eps = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32), tl.cast(eps, tl.float32)  # see configs.launcher
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -112,7 +121,8 @@ def _gaug_forward_kernel(
     for start in range(0, NPR, BLOCK_P):
         offs = start + tl.arange(0, BLOCK_P)
         m = offs < NPR
-        b_q, p0 = _pooled_queries(q_base, stride_qn, offs, m, GW, P, D, D_PAD, RATE)
+        p0 = _block_corners(offs, GW, RATE)
+        b_q = _pooled_queries(q_base, stride_qn, p0, m, GW, P, D, D_PAD, RATE)
         z_r, z_c, y, _, _, _ = _linear3(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
         var_r = var_scale * tl.sigmoid(z_r - shift)
         var_c = var_scale * tl.sigmoid(z_c - shift)
@@ -145,6 +155,7 @@ def _gaug_backward_kernel(
     ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
     then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``.
     """
+    shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
@@ -163,7 +174,8 @@ def _gaug_backward_kernel(
     for start in range(0, NPR, BLOCK_P):
         offs = start + tl.arange(0, BLOCK_P)
         m = offs < NPR
-        b_q, p0 = _pooled_queries(q_base, stride_qn, offs, m, GW, P, D, D_PAD, RATE)
+        p0 = _block_corners(offs, GW, RATE)
+        b_q = _pooled_queries(q_base, stride_qn, p0, m, GW, P, D, D_PAD, RATE)
         z_r, z_c, y, w_r, w_c, w_a = _linear3(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
         g_r = tl.zeros([BLOCK_P], tl.float32)
         g_c = tl.zeros([BLOCK_P], tl.float32)

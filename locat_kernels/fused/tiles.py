@@ -142,11 +142,12 @@ def near_rows(start, size, radius, N, GW, P, RATE: tl.constexpr):
 
 
 @triton.jit
-def near_token_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, BLOCK: tl.constexpr):
-    """The near rows as token tiles [lo, hi) of BLOCK tokens (tile indices)."""
+def near_token_tiles(start, size, radius, N, GW, P, first, RATE: tl.constexpr, BLOCK: tl.constexpr):
+    """The near rows as tiles [lo, hi) of BLOCK tokens counted from token ``first`` (0: token
+    tiles; P: patch tiles)."""
     row_lo, row_hi = near_rows(start, size, radius, N, GW, P, RATE)
-    lo = (P + tl.maximum(row_lo, 0) * GW) // BLOCK
-    hi = tl.minimum(tl.cdiv(P + tl.maximum(row_hi, 0) * GW, BLOCK), tl.cdiv(N, BLOCK))
+    lo = (P - first + tl.maximum(row_lo, 0) * GW) // BLOCK
+    hi = tl.minimum(tl.cdiv(P - first + tl.maximum(row_hi, 0) * GW, BLOCK), tl.cdiv(N - first, BLOCK))
     return lo, tl.maximum(hi, lo)
 
 
