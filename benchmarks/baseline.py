@@ -51,7 +51,7 @@ def run(args) -> dict:
 
     import locat_kernels
     import locat_kernels_base
-    import locat_vit_base.model as base_model
+    import locat_vit_base
 
     from . import bench_model as bm
     from .bench_attention import Shape, make_inputs
@@ -99,8 +99,8 @@ def run(args) -> dict:
             for variant in ("vit", "locat_triton", "before"):
                 model = None
                 if variant == "before":
-                    model = base_model.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0], depth=12,
-                                                num_heads=dims[1], attn_backend="triton").cuda()
+                    model = locat_vit_base.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0],
+                                                    depth=12, num_heads=dims[1], attn_backend="triton").cuda()
                 model_rows.append(bm.bench_case(case, variant, "cuda", mode=mode, model=model, repeats=args.repeats))
                 del model
                 torch.cuda.empty_cache()

@@ -1,7 +1,7 @@
 """LocAtViT on timm: ``import locat_vit`` registers locatvit_tiny / _small / _base with timm."""
 from .attention import GaussianAugmentation, GaussianAugmentedAttention
 from .convert import locatify
-from .model import LocAtViT, load_checkpoint, patch_refinement
+from .locatvit import LocAtViT, load_checkpoint, patch_refinement
 
 __all__ = [
     "GaussianAugmentation",

@@ -81,6 +81,10 @@ class GaussianAugmentedAttention(nn.Module):
             raise ValueError(f"attn_backend must be one of {ATTN_BACKENDS}, got {backend!r}")
         self.backend = backend
 
+    def set_build_grid(self, grid_size) -> None:
+        """As if built for ``grid_size`` (``LocAtViT.set_input_size``): the build grid and the current one."""
+        self.init_grid_size = self.grid_size = self.gaug.init_grid_size = tuple(grid_size)
+
     def rate(self) -> int:
         """2 in the published training approximation at large build grids, else 1."""
         published = self.gaussian_mode == "published" and self.training and self.init_grid_size[0] >= 32

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from timm.models.vision_transformer import VisionTransformer
 
-from .model import LocAtViT, add_gaussian_attention
+from .locatvit import LocAtViT, add_gaussian_attention
 
 __all__ = ["locatify"]
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from .data import SyntheticScenes
-from .model import LocAtViT, load_checkpoint
+from .locatvit import LocAtViT, load_checkpoint
 
 __all__ = ["ADE20K", "confusion", "mean_iou", "main"]
 

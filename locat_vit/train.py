@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .attention import ATTN_BACKENDS
 from .convert import locatify
 from .data import SyntheticClassification
-from .model import load_checkpoint, read_checkpoint, state_dict_misfit
+from .locatvit import load_checkpoint, read_checkpoint, state_dict_misfit
 
 __all__ = ["main", "build_parser"]
 

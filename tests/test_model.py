@@ -276,6 +276,50 @@ def test_forward_intermediates_still_works():
     assert len(inter) == 2 and inter[0].shape == (1, 192, 2, 2) and final.shape == (1, 5, 192)
 
 
+def test_features_only_gives_the_block_outputs_as_maps():
+    """timm's feature getter, as for its ViT: the outputs of the chosen blocks (before the final
+    norm and PRR) as (B, C, gh, gw) maps."""
+    features = timm.create_model("locatvit_tiny", img_size=48, features_only=True, out_indices=(1, 3),
+                                 attn_backend="eager").double()
+    model = timm.create_model("locatvit_tiny", img_size=48, attn_backend="eager").double()
+    missing, _ = features.model.load_state_dict(model.state_dict(), strict=False)  # blocks after 3: pruned
+    assert not missing
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    t, want = model.norm_pre(model._pos_embed(model.patch_embed(x))), []
+    for i, blk in enumerate(model.blocks):
+        t = blk(t)
+        if i in (1, 3):
+            want.append(t[:, 1:].transpose(1, 2).reshape(2, 192, 3, 3))
+    got = features(x)
+    assert features.feature_info.reduction() == [16, 16] and len(got) == 2
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_set_input_size_rebuilds_every_layer_for_the_new_grid():
+    """As the published code fine-tunes at a new resolution (the model built at that size): the
+    position embedding resampled, the Gaussians' build grid and current grid the new one."""
+    model = timm.create_model("locatvit_tiny", img_size=64, attn_backend="eager", num_classes=4).double().eval()
+    model.load_state_dict(_random_published_state(model))
+    model.set_input_size(img_size=96)
+    assert model.grid_size == (6, 6) and all(b.attn.init_grid_size == (6, 6) for b in model.blocks)
+    x = torch.randn(2, 3, 96, 96, dtype=torch.float64)
+    want, _ = published_forward(model.state_dict(), x, heads=3, init_grid=(6, 6))
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
+    model.set_input_size(img_size=512)  # a build grid of 32: the published rate-2 mode in training
+    assert model.train().blocks[0].attn.rate() == 2
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        model.set_input_size(img_size=100)
+
+
+def test_registered_under_a_module_that_names_it_and_runs_on_meta():
+    """timm lists models by module; its cfg tests and FLOP counters run the forward on the meta device."""
+    assert set(timm.list_models(module="locatvit")) >= set(SIZES)
+    with torch.device("meta"):
+        model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3)
+        assert model(torch.empty(2, 3, 32, 32)).shape == (2, 3)
+
+
 def test_trains_one_step_at_default_size():
     model = timm.create_model("locatvit_tiny", num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -3,7 +3,8 @@
 ``import locat_vit`` registers ``locatvit_tiny``, ``locatvit_small`` and ``locatvit_base`` with timm.
 Extra keywords: ``attn_backend`` ("auto", "triton", "sdpa", "eager") and ``gaussian_mode``
 ("published", "exact"); everything else is timm's (``img_size``, ``dynamic_img_size``,
-``reg_tokens``, ``class_token``, ``num_classes``, ...).
+``reg_tokens``, ``class_token``, ``num_classes``, ``features_only``, ...), and
+``model.set_input_size(img_size=...)`` rebuilds every layer's grids for a new resolution.
 """
 from __future__ import annotations
 
@@ -45,14 +46,21 @@ class LocAtViT(VisionTransformer):
     """
 
     def __init__(self, *, attn_backend: str = "auto", gaussian_mode: str = "published", **kwargs):
-        img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
-        img, patch = (img, img) if isinstance(img, int) else tuple(img), (patch, patch) if isinstance(patch, int) else tuple(patch)
-        if not kwargs.get("dynamic_img_pad") and any(i % p for i, p in zip(img, patch)):
-            raise ValueError(
-                f"img_size {img} is not a multiple of patch_size {patch}: the patch grid would drop the last "
-                f"pixels of each side. Use a multiple of the patch size, or dynamic_img_pad=True to pad.")
+        _check_patch_multiple(kwargs.get("img_size", 224), kwargs.get("patch_size", 16), kwargs.get("dynamic_img_pad"))
         super().__init__(**kwargs)
         add_gaussian_attention(self, attn_backend, gaussian_mode)
+
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        """timm's resize (patch embedding, resampled position embedding), then every attention layer
+        as if the model had been built at the new size: its build grid and current grid are the new
+        patch grid, as in the published code, which builds the model at the fine-tuning resolution
+        (eps, the clamp, the variance's range and the rate-2 mode follow the build grid)."""
+        _check_patch_multiple(img_size if img_size is not None else self.patch_embed.img_size,
+                              patch_size if patch_size is not None else self.patch_embed.patch_size,
+                              self.patch_embed.dynamic_img_pad)
+        super().set_input_size(img_size=img_size, patch_size=patch_size)
+        for blk in self.blocks:
+            blk.attn.set_build_grid(self.patch_embed.grid_size)
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -83,6 +91,15 @@ class LocAtViT(VisionTransformer):
         x = self.refine(self.forward_features(x))[:, self.num_prefix_tokens:]
         gh, gw = self.grid_size
         return x.transpose(1, 2).reshape(x.shape[0], -1, gh, gw)
+
+
+def _check_patch_multiple(img_size, patch_size, dynamic_img_pad) -> None:
+    img = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    patch = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    if not dynamic_img_pad and any(i % p for i, p in zip(img, patch)):
+        raise ValueError(
+            f"img_size {img} is not a multiple of patch_size {patch}: the patch grid would drop the last "
+            f"pixels of each side. Use a multiple of the patch size, or dynamic_img_pad=True to pad.")
 
 
 def load_checkpoint(model: nn.Module, path, *, filter_fn=checkpoint_filter_fn) -> None:
@@ -155,8 +172,11 @@ def _create(variant: str, pretrained: bool, model_args: dict, **kwargs) -> LocAt
     file = (kwargs.get("pretrained_cfg_overlay") or {}).get("file")
     if pretrained and file and not Path(file).is_file():  # timm raises an empty FileNotFoundError here
         raise FileNotFoundError(f"pretrained file {file} does not exist (pretrained_cfg_overlay['file'])")
-    return build_model_with_cfg(
-        LocAtViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **dict(model_args, **kwargs))
+    # features_only=True: timm's ViT feature getter, the outputs of the blocks ``out_indices`` (default:
+    # the last 3) as (B, C, gh, gw) maps, before the final norm and PRR.
+    feature_cfg = dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+    return build_model_with_cfg(LocAtViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=feature_cfg, **dict(model_args, **kwargs))
 
 
 @register_model
