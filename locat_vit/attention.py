@@ -6,6 +6,7 @@ queries by those layers, is ``locat_kernels.locat_attention``.
 """
 from __future__ import annotations
 
+from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
 from locat_kernels import gaussian_parameters, locat_attention
@@ -41,6 +42,7 @@ class GaussianAugmentation(nn.Module):
         return gaussian_parameters(qp, *self.weights(), grid_size, init_grid_size=self.init_grid_size, rate=rate)
 
 
+@register_notrace_module  # a leaf for timm's FX tracer (create_feature_extractor, feature_cls="fx")
 class GaussianAugmentedAttention(nn.Module):
     """A timm ``Attention`` with the Gaussian bias: adopts its layers (same state-dict keys) and adds ``gaug``.
 
