@@ -6,6 +6,7 @@ queries by those layers, is ``locat_kernels.locat_attention``.
 """
 from __future__ import annotations
 
+import torch.fx
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
@@ -13,6 +14,16 @@ from locat_kernels import gaussian_parameters, locat_attention
 
 ATTN_BACKENDS = ("auto", "triton", "sdpa", "eager")
 GAUSSIAN_MODES = ("published", "exact")
+
+
+def _refuse_masks(attn_mask, is_causal) -> None:
+    if attn_mask is not None or is_causal:
+        raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
+
+
+# torch.fx.symbolic_trace records these as calls instead of running them on its proxies.
+torch.fx.wrap("_refuse_masks")
+torch.fx.wrap("locat_attention")
 
 
 class GaussianAugmentation(nn.Module):
@@ -93,8 +104,7 @@ class GaussianAugmentedAttention(nn.Module):
         return 2 if published else 1
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
+        _refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

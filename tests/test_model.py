@@ -321,14 +321,15 @@ def test_registered_under_a_module_that_names_it_and_runs_on_meta():
 
 
 def test_fx_feature_extraction_and_export_give_the_eager_outputs(device):
-    """timm's FX tracer (the attention layer is a leaf) and torch.export (the ops exported as
-    ``locat::`` ops, not their kernels) reproduce the eager model."""
+    """timm's FX tracer (the attention layer is a leaf), torch.fx (the op a recorded call) and
+    torch.export (the ops exported as ``locat::`` ops, not their kernels) reproduce the eager model."""
     from timm.models import create_feature_extractor
 
     model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend="eager").double().eval()
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     want = model(x)
     assert torch.equal(create_feature_extractor(model, return_nodes={"head": "out"})(x)["out"], want)
+    assert torch.equal(torch.fx.symbolic_trace(model)(x), want)
     torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), want, rtol=1e-12, atol=1e-12)
     model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend="triton").to(device).eval()
     x = x.float().to(device)
