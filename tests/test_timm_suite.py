@@ -49,8 +49,9 @@ def timm_test_models(dest: Path) -> Path:
 def test_timms_model_tests_pass_on_every_registered_model(tmp_path):
     path = timm_test_models(tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-m", "pytest", str(path), "-k", "locatvit and not pretrained", "-q", "-p", "no:cacheprovider",
-                           "-p", "no:randomly", "-rf"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    args = ["-k", "locatvit and not pretrained", "-q", "-rf", "-p", "no:cacheprovider"]
+    done = subprocess.run([sys.executable, "-m", "pytest", str(path), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=1500)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-500:]
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", summary).group(1))

@@ -4,8 +4,9 @@
 two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the row reductions
 ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``
 (g the Gaussian factor), so no atomics are needed and the result is deterministic; it loops over
-keys in the forward's layouts. The dk/dv kernel owns key rows and loops over query token tiles, the
-Gaussian per logit (the query tile's coefficients change with every tile). dq, dk, dv are stored
+keys in the forward's layouts. The dk/dv kernel owns key rows and loops over the prefix queries, then
+over query tiles aligned at the first patch (no bounds masks where the tile divides the patch
+count), the Gaussian per logit (the query tile's coefficients change with every tile). dq, dk, dv are stored
 as (B, N, H, D) like the forward's out; dvar and dalpha in float32.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ MAX_HEAD_DIM = 256
 _HALF = {
     "forward": (64, 64, 4, 3),
     "backward_dq": (64, 64, 4, 3),
-    "backward_dkdv": (32, 128, 4, 3),  # 3 stages: 3-9% faster backward at 224-512 px (tune_dkdv_H100.json)
+    "backward_dkdv": (32, 128, 4, 3),  # 3 stages: backward 2-8% faster at 224-512 px (tune_dkdv_H100.json)
 }
 _HALF_SMALL_N = {**_HALF, "forward": (128, 64, 4, 3), "backward_dq": (64, 32, 4, 3)}  # N <= 256
 _HALF_D128 = {  # padded head_dim 128 (72 to 128); backward tuned on an H200 (results/tune_d128_H200.json)
@@ -93,8 +93,8 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) -> dict:
     cfg = launch_config(kernel, D, N, dtype)
     if kernel == "backward_dkdv" and (N - P) % cfg["BLOCK_M"] and not OVERRIDES and cfg["num_stages"] == 3:
-        # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: 9-10% faster
-        # backward) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json).
+        # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
+        # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json).
         cfg["num_stages"] = 2
     gh = (N - P) // gw
     meta = dict(
@@ -114,7 +114,8 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) 
     else:  # the query loop runs over patch tiles aligned at token P
         meta.update(EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0)
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
-    meta.update(BLOCK_P=min(cfg["BLOCK_N" if kernel != "backward_dkdv" else "BLOCK_M"], max(16, 1 << (P - 1).bit_length())))
+    loop_block = cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"]
+    meta.update(BLOCK_P=min(loop_block, max(16, 1 << (P - 1).bit_length())))
     return meta
 
 

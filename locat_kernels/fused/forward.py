@@ -7,8 +7,8 @@ alpha and the first stores it (for the backward). out (B, H, N, D) is stored as 
 returned transposed, so the caller's head merge is free; lse (B, H, N) float32 in log2 units.
 
 Key tiles come in two layouts (``configs.grid_rows``). **Grid tiles**: the prefix keys first as
-token tiles without a bias, then the patches as tiles of ROWS grid rows of COLS = next_pow2(gw)
-slots. Every grid tile has the same columns, so the Gaussian is a column table ``exp2(e_c)``
+token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
+ROWS grid rows of COLS = next_pow2(gw) slots. Every grid tile has the same columns, so the Gaussian is a column table ``exp2(e_c)``
 computed once per program times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and
 grid row: no exp2 per logit besides the softmax's. **Token tiles** (grids too wide for a tile):
 the bias per logit, ``exp2(e_r + e_c + log2(alpha log2 e))``.
@@ -138,7 +138,8 @@ def _forward_kernel(
     their out rows and lse. With FIND_RADIUS it reads its (batch, head)'s var and alpha maxima for
     the radius (cheaper than a launch) and the first query tile's program stores it.
     """
-    qk_scale, eps, cmin = tl.cast(qk_scale, tl.float32), tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
+    qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
+    eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
     GH = (N - P) // GW
 
@@ -163,7 +164,7 @@ def _forward_kernel(
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     if ROWS:
-        if HAS_PREFIX:  # the prefix keys: token tiles of BLOCK_P (a few tokens: not a whole BLOCK_N), no bias
+        if HAS_PREFIX:  # the prefix keys: tiles of BLOCK_P (a few tokens, not a whole BLOCK_N), no bias
             b_m, b_l, b_acc = _forward_tiles(
                 b_q, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH, GW, P, qk_scale,
                 row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, BIAS=False, ROWS=0, COLS=1,

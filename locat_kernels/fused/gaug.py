@@ -107,7 +107,8 @@ def _gaug_forward_kernel(
 ):
     """grid: (B * H,). A program owns every patch of one (batch, head): var and alpha (contiguous
     outputs), and the radius from their maxima."""
-    shift, var_scale, eps = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32), tl.cast(eps, tl.float32)  # see configs.launcher
+    shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
+    eps = tl.cast(eps, tl.float32)
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
