@@ -338,6 +338,20 @@ def test_fx_feature_extraction_and_export_give_the_eager_outputs(device):
     torch.testing.assert_close(exported.module()(x), model(x), rtol=0, atol=0)
 
 
+def test_onnx_export_with_the_eager_backend(tmp_path):
+    """ONNX (torch.onnx.export, dynamo) with attn_backend="eager", run by onnxruntime. Needs the
+    ``onnx`` extra (pip install -e ".[onnx]"); the triton backend cannot be exported to ONNX, and the
+    sdpa backend fails in the exporter's decomposition step (README)."""
+    pytest.importorskip("onnxscript", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
+    ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install -e '.[onnx]'")
+    model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend="eager").eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.onnx.export(model, (x,), tmp_path / "locatvit.onnx", dynamo=True)
+    session = ort.InferenceSession(str(tmp_path / "locatvit.onnx"))
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_trains_one_step_at_default_size():
     model = timm.create_model("locatvit_tiny", num_classes=10)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
