@@ -7,15 +7,21 @@
 bf16 autocast and the triton backend on CUDA (sdpa on CPU); AdamW with warmup and cosine decay from
 timm's factories; a progress line with loss, images/s and ETA; validation accuracy per epoch; a JSON
 log; checkpoints ``last.pth`` and ``best.pth`` written atomically; ``--resume`` continues the same run
-(model, optimizer, scheduler, epoch, step and RNG states). ``--max-steps`` counts the optimizer steps
-of this invocation. Every argument, path and checkpoint is checked before training starts.
+(model, optimizer, scheduler, epoch, step and RNG states). ``--max-steps`` is the run's total of
+optimizer steps, so a resumed command with the same flags ends where the uninterrupted one would.
+``--save-every N`` also writes ``last.pth`` every N steps, and SIGTERM (a scheduler's preemption) or
+SIGINT (Ctrl-C) writes it at the end of the current step and exits with 143 or 130, ready for
+``--resume``. Every argument, path and checkpoint is checked, and the output folder written to,
+before training starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -61,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, default=224, help="training and validation image side")
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training data")
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps in this invocation")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps of the whole run (a resumed "
+                                                 "run counts the steps before it)")
+    p.add_argument("--save-every", type=int, help="also write last.pth every this many optimizer steps")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate (cosine decay)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warmup length")
@@ -112,8 +120,9 @@ def _validate(parser, args) -> None:
     for name in ("img_size", "batch_size", "epochs", "accum_steps", "synthetic_size", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
+    for name in ("max_steps", "save_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.data != "synthetic":
         root = Path(args.data)
         missing = [d for d in ("train", "val") if not (root / d).is_dir()]
@@ -124,6 +133,13 @@ def _validate(parser, args) -> None:
         path = getattr(args, name)
         if path is not None and not path.is_file():
             parser.error(f"--{name.replace('_', '-')} {path} does not exist")
+    try:  # the output folder, written to now rather than at the first checkpoint
+        args.output.mkdir(parents=True, exist_ok=True)
+        probe = args.output / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        parser.error(f"--output {args.output} cannot be written: {e.strerror or e}")
 
 
 def _init_distributed():
@@ -210,7 +226,7 @@ def _train(parser, args, rank, world, device) -> int:
         optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * WARMUP_START,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
 
-    start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, 0.0, []
+    start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, float("-inf"), []
     if args.resume:
         try:
             state = read_checkpoint(args.resume)
@@ -233,92 +249,106 @@ def _train(parser, args, rank, world, device) -> int:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         if rank == 0:
             print(f"resumed {args.resume}: epoch {start_epoch}, step {global_step}")
+        if args.max_steps and global_step >= args.max_steps:
+            if rank == 0:
+                print(f"nothing to do: the run is at step {global_step}, --max-steps is {args.max_steps}")
+            return 0
 
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
         if world > 1 else model
     net = torch.compile(net) if args.compile else net
-    args.output.mkdir(parents=True, exist_ok=True)
     log = _Progress(rank, updates_per_epoch, args.epochs)
 
-    steps_done = 0
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        net.train()
-        losses, images_seen, t0, first_step = [], 0, time.perf_counter(), step_in_epoch
-        steady = None  # (time, images) after the epoch's first STEADY_AFTER steps (compilation, caches)
-        spans = []  # CUDA events around each later micro-batch's forward, backward and update
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        for i, (images, labels) in enumerate(loader):
-            if i < step_in_epoch * args.accum_steps:  # resuming inside an epoch: the same order, skip what was done
-                continue
-            if not torch.isfinite(images).all():  # checked on the host: no device sync
-                raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            timed = cuda and steady is not None  # GPU time of the step itself, data loading left out
-            if timed:
-                spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
-                spans[-1][0].record()
-            last_micro = (i + 1) % args.accum_steps == 0
-            sync = net.no_sync() if world > 1 and not last_micro else nullcontext()
-            with sync:
-                with autocast:
-                    loss = F.cross_entropy(net(images), labels)
-                (loss / args.accum_steps).backward()
-            losses.append(loss.detach())
-            images_seen += images.shape[0] * world
-            if last_micro:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            if timed:
-                spans[-1][1].record()
-            if not last_micro:
-                continue
-            global_step += 1
-            step_in_epoch += 1
-            steps_done += 1
-            scheduler.step_update(global_step)
-            if step_in_epoch - first_step == STEADY_AFTER:
-                steady = (_synced_time(cuda), images_seen)
-            if step_in_epoch % args.log_every == 0 or step_in_epoch in (first_step + 1, updates_per_epoch):
-                elapsed = time.perf_counter() - t0
-                eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
-                log.step(epoch, step_in_epoch, torch.stack(losses[-args.accum_steps:]).mean().item(),
-                         images_seen / elapsed, eta)
-            if args.max_steps and steps_done >= args.max_steps:
+    def checkpoint(next_epoch: int, next_step: int) -> dict:
+        return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    epoch=next_epoch, step_in_epoch=next_step, global_step=global_step, best_acc=best_acc,
+                    history=history, args=_plain(vars(args)),
+                    rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if cuda else None))
+
+    with _StopSignals() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            sampler.set_epoch(epoch)
+            net.train()
+            losses, images_seen, t0, first_step = [], 0, time.perf_counter(), step_in_epoch
+            steady = None  # (time, images) after the epoch's first STEADY_AFTER steps (compilation, caches)
+            spans = []  # CUDA events around each later micro-batch's forward, backward and update
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            for i, (images, labels) in enumerate(loader):
+                if i < step_in_epoch * args.accum_steps:  # resumed inside an epoch: same order, skip what was done
+                    continue
+                if not torch.isfinite(images).all():  # checked on the host: no device sync
+                    raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                timed = cuda and steady is not None  # GPU time of the step itself, data loading left out
+                if timed:
+                    spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+                    spans[-1][0].record()
+                last_micro = (i + 1) % args.accum_steps == 0
+                sync = net.no_sync() if world > 1 and not last_micro else nullcontext()
+                with sync:
+                    with autocast:
+                        loss = F.cross_entropy(net(images), labels)
+                    (loss / args.accum_steps).backward()
+                losses.append(loss.detach())
+                images_seen += images.shape[0] * world
+                if last_micro:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if timed:
+                    spans[-1][1].record()
+                if not last_micro:
+                    continue
+                global_step += 1
+                step_in_epoch += 1
+                scheduler.step_update(global_step)
+                if step_in_epoch - first_step == STEADY_AFTER:
+                    steady = (_synced_time(cuda), images_seen)
+                if step_in_epoch % args.log_every == 0 or step_in_epoch in (first_step + 1, updates_per_epoch):
+                    elapsed = time.perf_counter() - t0
+                    eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
+                    log.step(epoch, step_in_epoch, torch.stack(losses[-args.accum_steps:]).mean().item(),
+                             images_seen / elapsed, eta)
+                if stop.signum or (args.save_every and global_step % args.save_every == 0):
+                    if rank == 0:
+                        _atomic_save(checkpoint(epoch, step_in_epoch), args.output / "last.pth")
+                    if stop.signum:
+                        if rank == 0:
+                            print(f"{signal.Signals(stop.signum).name}: saved {args.output / 'last.pth'} at step "
+                                  f"{global_step}; continue with --resume {args.output / 'last.pth'}", flush=True)
+                        return 128 + stop.signum
+                if args.max_steps and global_step >= args.max_steps:
+                    break
+            finished = step_in_epoch >= updates_per_epoch
+            t1 = _synced_time(cuda)
+            steady_img_s = (images_seen - steady[1]) / (t1 - steady[0]) if steady and images_seen > steady[1] else None
+            peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+            gpu_s = sum(a.elapsed_time(b) for a, b in spans) / 1e3
+            gpu_img_s = len(spans) * args.batch_size * world / gpu_s if spans else None
+            acc = _evaluate(net, val_loader, device, autocast, world)
+            record = dict(epoch=epoch, steps=step_in_epoch, global_step=global_step, val_acc=acc,
+                          train_loss=torch.stack(losses).mean().item() if losses else None,
+                          img_s=images_seen / (t1 - t0), steady_img_s=steady_img_s, gpu_img_s=gpu_img_s,
+                          peak_mem_gib=peak_mem_gib,
+                          lr=optimizer.param_groups[0]["lr"])
+            if history and history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
+                record["resumed_at_step"] = first_step
+                history[-1] = record
+            else:
+                history.append(record)
+            best = acc > best_acc  # from the first epoch on (best_acc starts at -inf)
+            best_acc = max(best_acc, acc)
+            if rank == 0:
+                log.epoch(record)
+                state = checkpoint(epoch + 1 if finished else epoch, 0 if finished else step_in_epoch)
+                _atomic_save(state, args.output / "last.pth")
+                if best:
+                    _atomic_save(state, args.output / "best.pth")
+                _atomic_write(args.output / "log.json",
+                              json.dumps(dict(args=_plain(vars(args)), epochs=history), indent=1))
+            step_in_epoch = 0
+            if args.max_steps and global_step >= args.max_steps:
                 break
-        finished = step_in_epoch >= updates_per_epoch
-        t1 = _synced_time(cuda)
-        steady_img_s = (images_seen - steady[1]) / (t1 - steady[0]) if steady and images_seen > steady[1] else None
-        peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-        gpu_s = sum(a.elapsed_time(b) for a, b in spans) / 1e3
-        gpu_img_s = len(spans) * args.batch_size * world / gpu_s if spans else None
-        acc = _evaluate(net, val_loader, device, autocast, world)
-        record = dict(epoch=epoch, steps=step_in_epoch, global_step=global_step, val_acc=acc,
-                      train_loss=torch.stack(losses).mean().item() if losses else None,
-                      img_s=images_seen / (t1 - t0), steady_img_s=steady_img_s, gpu_img_s=gpu_img_s,
-                      peak_mem_gib=peak_mem_gib,
-                      lr=optimizer.param_groups[0]["lr"])
-        if history and history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
-            record["resumed_at_step"] = first_step
-            history[-1] = record
-        else:
-            history.append(record)
-        best = acc > best_acc
-        best_acc = max(best_acc, acc)
-        if rank == 0:
-            log.epoch(record)
-            state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                         epoch=epoch + 1 if finished else epoch, step_in_epoch=0 if finished else step_in_epoch,
-                         global_step=global_step, best_acc=best_acc, history=history, args=_plain(vars(args)),
-                         rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if cuda else None))
-            _atomic_save(state, args.output / "last.pth")
-            if best:
-                _atomic_save(state, args.output / "best.pth")
-            _atomic_write(args.output / "log.json", json.dumps(dict(args=_plain(vars(args)), epochs=history), indent=1))
-        step_in_epoch = 0
-        if args.max_steps and steps_done >= args.max_steps:
-            break
     if rank == 0:
         print(f"done: {global_step} steps, best val acc {best_acc:.4f}; checkpoints in {args.output}")
     return 0
@@ -373,16 +403,43 @@ def _plain(d: dict) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT set ``signum`` instead of ending the process while the context is open (in
+    the main thread: handlers can only be set there), so the loop checkpoints before it exits."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temp file named for this process (two runs never share one), removed on failure."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     run = SMALL + ["--epochs", "2", "--synthetic-size", "32"]  # 4 steps an epoch: 6 steps cross into the second
     main(run + ["--max-steps", "6", "--output", str(a)])
     main(run + ["--max-steps", "3", "--output", str(b)])  # stops inside the first epoch
-    main(run + ["--max-steps", "3", "--output", str(b), "--resume", str(b / "last.pth")])
+    # --max-steps is the run's total: the same command resumed ends where the uninterrupted one did
+    main(run + ["--max-steps", "6", "--output", str(b), "--resume", str(b / "last.pth")])
     wa, wb = _weights(a / "last.pth"), _weights(b / "last.pth")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     sa, sb = (torch.load(p / "last.pth", weights_only=True) for p in (a, b))
@@ -220,3 +221,51 @@ def test_from_vit_takes_the_patch_size_from_the_model(tmp_path, capsys):
     assert "multiple of vit_small_patch14_dinov2's patch size 14" in capsys.readouterr().err
     assert main(base + ["--img-size", "28", "--output", str(tmp_path / "ok")]) == 0
     assert (tmp_path / "ok" / "last.pth").exists()
+
+
+def test_sigterm_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path):
+    """A scheduler's preemption: SIGTERM mid-epoch writes last.pth at the end of the current step and
+    exits with 143; resuming with the same command equals the uninterrupted run bit for bit."""
+    import signal
+
+    run = SMALL + ["--epochs", "1", "--synthetic-size", "400", "--log-every", "1", "--max-steps", "40"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "locat_vit.train", *run, "--output", str(b)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    for line in proc.stdout:  # the second progress line: training is under way
+        if re.search(r"step\s+2/", line):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = proc.stdout.read()
+    assert proc.wait(timeout=300) == 143, out
+    assert "SIGTERM: saved" in out and "Traceback" not in out, out
+    stopped = torch.load(b / "last.pth", weights_only=True)["global_step"]
+    assert 2 <= stopped < 40, stopped
+    assert main(run + ["--output", str(b), "--resume", str(b / "last.pth")]) == 0
+    assert main(run + ["--output", str(a)]) == 0
+    wa, wb = _weights(a / "last.pth"), _weights(b / "last.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not list(b.glob("*.tmp"))
+
+
+def test_save_every_writes_last_pth_between_epochs(tmp_path, capsys):
+    run = SMALL + ["--epochs", "1", "--synthetic-size", "64", "--save-every", "3", "--max-steps", "4"]
+    saves = []
+    import locat_vit.train as train
+
+    real = train._atomic_save
+    train._atomic_save = lambda obj, path: (saves.append((path.name, obj["global_step"])), real(obj, path))[1]
+    try:
+        assert main(run + ["--output", str(tmp_path)]) == 0
+    finally:
+        train._atomic_save = real
+    assert ("last.pth", 3) in saves and saves[-2:] == [("last.pth", 4), ("best.pth", 4)], saves
+
+
+def test_an_output_that_cannot_be_written_fails_before_training(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        main(SMALL + ["--output", str(tmp_path / "file" / "run")])
+    err = capsys.readouterr().err
+    assert "--output" in err and "cannot be written" in err and "Traceback" not in err
