@@ -11,8 +11,8 @@ log; checkpoints ``last.pth`` and ``best.pth`` written atomically; ``--resume`` 
 optimizer steps, so a resumed command with the same flags ends where the uninterrupted one would.
 ``--save-every N`` also writes ``last.pth`` every N steps, and SIGTERM (a scheduler's preemption) or
 SIGINT (Ctrl-C) writes it at the end of the current step and exits with 143 or 130, ready for
-``--resume``. Every argument, path and checkpoint is checked, and the output folder written to,
-before training starts.
+``--resume``. Every argument, path, checkpoint and image-folder class list is checked, the output
+folder written to and locked (``run.lock``: one live run per folder), before training starts.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -92,9 +93,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     _validate(parser, args)
     rank, world, device = _init_distributed()
+    lock = _lock(parser, args.output) if rank == 0 else None
     try:
         return _train(parser, args, rank, world, device)
     finally:
+        if lock is not None:
+            lock.unlink(missing_ok=True)
         if world > 1:
             dist.destroy_process_group()
 
@@ -129,6 +133,7 @@ def _validate(parser, args) -> None:
         if missing:
             parser.error(f"--data {root}: no {' or '.join(d + '/' for d in missing)} folder "
                          f"(expected an ImageFolder tree with train/ and val/)")
+        _check_classes(parser, root)
     for name in ("pretrained_file", "resume"):
         path = getattr(args, name)
         if path is not None and not path.is_file():
@@ -140,6 +145,52 @@ def _validate(parser, args) -> None:
         probe.unlink()
     except OSError as e:
         parser.error(f"--output {args.output} cannot be written: {e.strerror or e}")
+
+
+def _check_classes(parser, root: Path) -> None:
+    """train/ and val/ hold the same class folders, each with at least one image: a class missing
+    from one split would shift the label indices of the other, silently."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    extensions = set(get_img_extensions())
+    classes = {}
+    for split in ("train", "val"):
+        folders = sorted(d for d in (root / split).iterdir() if d.is_dir())
+        empty = [d.name for d in folders if not any(p.suffix.lower() in extensions for p in d.rglob("*"))]
+        if empty:
+            parser.error(f"--data {root / split}: class folders with no images: {', '.join(empty[:5])}"
+                         f"{', ...' if len(empty) > 5 else ''}")
+        classes[split] = [d.name for d in folders]
+    if classes["train"] != classes["val"]:
+        only = {split: sorted(set(classes[split]) - set(classes[other]))
+                for split, other in (("train", "val"), ("val", "train"))}
+        parser.error(f"--data {root}: train/ and val/ must hold the same classes; only in train/: "
+                     f"{', '.join(only['train'][:5]) or '-'}; only in val/: {', '.join(only['val'][:5]) or '-'}")
+
+
+def _lock(parser, output: Path) -> Path:
+    """``output/run.lock`` naming this process and host, or an error naming the live run that holds
+    it. A lock left by a process that is gone (on this host) is taken over."""
+    lock, host = output / "run.lock", socket.gethostname()
+    try:
+        pid, lock_host = lock.read_text().split()[:2]
+        pid = int(pid)
+    except (OSError, ValueError):
+        pid = lock_host = None
+    if pid is not None and (pid, lock_host) != (os.getpid(), host):
+        alive = True  # another host's process cannot be checked from here
+        if lock_host == host:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive = False
+            except PermissionError:  # another user's live process
+                pass
+        if alive:
+            parser.error(f"--output {output} is in use by a live run (pid {pid} on {lock_host}, {lock}); use another "
+                         f"folder, or delete the lock if that run is gone")
+    lock.write_text(f"{os.getpid()} {host}\n")
+    return lock
 
 
 def _init_distributed():

@@ -269,3 +269,37 @@ def test_an_output_that_cannot_be_written_fails_before_training(tmp_path, capsys
         main(SMALL + ["--output", str(tmp_path / "file" / "run")])
     err = capsys.readouterr().err
     assert "--output" in err and "cannot be written" in err and "Traceback" not in err
+
+
+def test_a_second_live_run_into_one_output_is_refused(tmp_path, capsys):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run.lock").write_text(f"{sleeper.pid} {socket.gethostname()}\n")
+        with pytest.raises(SystemExit):
+            main(SMALL + ["--epochs", "1", "--max-steps", "1", "--output", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert f"in use by a live run (pid {sleeper.pid}" in err and "Traceback" not in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the holder is gone: its stale lock is taken over, and removed when the run ends
+    assert main(SMALL + ["--epochs", "1", "--max-steps", "1", "--output", str(tmp_path)]) == 0
+    assert not (tmp_path / "run.lock").exists()
+
+
+@pytest.mark.parametrize("layout, words", [
+    ({"train": ["a", "b"], "val": ["a"]}, "only in train/: b"),
+    ({"train": ["a", "b"], "val": ["a", "b"], "empty": "train/b"}, "class folders with no images: b"),
+])
+def test_image_folder_classes_are_checked_before_training(tmp_path, capsys, layout, words):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in layout[split]:
+            (tmp_path / split / c).mkdir(parents=True)
+            if f"{split}/{c}" != layout.get("empty"):
+                Image.new("RGB", (8, 8)).save(tmp_path / split / c / "x.png")
+    with pytest.raises(SystemExit):
+        main(SMALL + ["--data", str(tmp_path), "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err, err
