@@ -331,6 +331,8 @@ def test_fx_feature_extraction_and_export_give_the_eager_outputs(device):
     assert torch.equal(create_feature_extractor(model, return_nodes={"head": "out"})(x)["out"], want)
     assert torch.equal(torch.fx.symbolic_trace(model)(x), want)
     torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), want, rtol=1e-12, atol=1e-12)
+    model.set_attn_backend("sdpa")
+    torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x), rtol=1e-12, atol=1e-12)
     model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, attn_backend="triton").to(device).eval()
     x = x.float().to(device)
     exported = torch.export.export(model, (x,))
