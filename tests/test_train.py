@@ -249,17 +249,14 @@ def test_sigterm_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path):
     assert not list(b.glob("*.tmp"))
 
 
-def test_save_every_writes_last_pth_between_epochs(tmp_path, capsys):
-    run = SMALL + ["--epochs", "1", "--synthetic-size", "64", "--save-every", "3", "--max-steps", "4"]
-    saves = []
+def test_save_every_writes_last_pth_between_epochs(tmp_path, monkeypatch):
     import locat_vit.train as train
 
-    real = train._atomic_save
-    train._atomic_save = lambda obj, path: (saves.append((path.name, obj["global_step"])), real(obj, path))[1]
-    try:
-        assert main(run + ["--output", str(tmp_path)]) == 0
-    finally:
-        train._atomic_save = real
+    run = SMALL + ["--epochs", "1", "--synthetic-size", "64", "--save-every", "3", "--max-steps", "4"]
+    saves, real = [], train._atomic_save
+    monkeypatch.setattr(train, "_atomic_save", lambda obj, path: (saves.append((path.name, obj["global_step"])),
+                                                                  real(obj, path)))
+    assert main(run + ["--output", str(tmp_path)]) == 0
     assert ("last.pth", 3) in saves and saves[-2:] == [("last.pth", 4), ("best.pth", 4)], saves
 
 

@@ -92,7 +92,7 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
 @functools.lru_cache(maxsize=1024)
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) -> dict:
     cfg = launch_config(kernel, D, N, dtype)
-    if kernel == "backward_dkdv" and (N - P) % cfg["BLOCK_M"] and not OVERRIDES and cfg["num_stages"] == 3:
+    if kernel == "backward_dkdv" and (N - P) % cfg["BLOCK_M"] and not overrides and cfg["num_stages"] == 3:
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
         # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json).
         cfg["num_stages"] = 2
