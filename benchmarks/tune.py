@@ -2,9 +2,10 @@
 
 For each shape, times the forward launcher under each forward config, then the backward launchers
 under each dq config (dk/dv at its default) and each dk/dv config (dq at its default); the forward
-and dq configs both with grid-shaped key tiles and with token tiles (``configs.GRID_TILES``). Prints
-the medians and writes them as JSON; the winners go into ``locat_kernels/fused/configs.py`` by hand,
-with the measurement cited in benchmarks/NOTES.md.
+and dq configs both with grid-shaped key tiles and with token tiles (``configs.GRID_TILES``), the
+dk/dv configs with and without the factored Gaussian (``configs.FACTORED_DKDV``). Prints the medians
+and writes them as JSON; the winners go into ``locat_kernels/fused/configs.py`` by hand, with the
+measurement cited in benchmarks/NOTES.md.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
                       (32, 64, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2),
                       (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 4, 2), (16, 128, 4, 2), (16, 64, 4, 3)],
 }
+# kernel -> the configs switch it is timed under, and its values
+SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILES", (True, False)),
+            "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
 
 
 def main(argv=None) -> int:
@@ -37,10 +41,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--shapes", nargs="*", help="shape names or B,H,gh,gw,P,D (default: all)")
+    parser.add_argument("--configs", nargs="*", help="only these candidates, as BLOCK_M,BLOCK_N,warps,stages")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
-    rows, default_grid_tiles = [], configs.GRID_TILES
+    only = {tuple(int(x) for x in c.split(",")) for c in args.configs} if args.configs else None
+    rows = []
     known = {s.name: s for s in GPU_SHAPES}
     for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
         q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, args.regime, torch.bfloat16, "cuda"))
@@ -55,9 +61,14 @@ def main(argv=None) -> int:
         }
         runs["backward_dkdv"] = runs["backward_dq"]
         for kernel in args.kernels:
-            for grid_tiles in ((True, False) if kernel != "backward_dkdv" else (configs.GRID_TILES,)):
+            switch, values = SWITCHES[kernel]
+            default = getattr(configs, switch)
+            for value in values:
                 for cand in CANDIDATES[kernel]:
-                    configs.OVERRIDES[kernel], configs.GRID_TILES = cand, grid_tiles
+                    if only and cand not in only:
+                        continue
+                    configs.OVERRIDES[kernel] = cand
+                    setattr(configs, switch, value)
                     try:
                         ms = triton.testing.do_bench(runs[kernel], warmup=25, rep=100, return_mode="median")
                     except Exception as e:  # a config that does not compile or fit: note it, go on
@@ -65,10 +76,10 @@ def main(argv=None) -> int:
                     else:
                         note = ""
                     del configs.OVERRIDES[kernel]
-                    configs.GRID_TILES = default_grid_tiles
-                    rows.append(dict(shape=shape.name, kernel=kernel, config=list(cand), grid_tiles=grid_tiles,
+                    setattr(configs, switch, default)
+                    rows.append(dict(shape=shape.name, kernel=kernel, config=list(cand), switch=switch, value=value,
                                      ms=ms, note=note))
-                    print(f"{shape.name:<11} {kernel:<14} {'grid' if grid_tiles else 'token'} {str(cand):<20} "
+                    print(f"{shape.name:<11} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
                           + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
     args.output.write_text(json.dumps(dict(environment=environment("cuda"), regime=args.regime, rows=rows), indent=1))
     return 0

@@ -39,8 +39,10 @@ q, k, v = (torch.randn(2, 3, 21, 64) for _ in range(3))
 layers = [torch.randn(2, 64), torch.randn(2), torch.randn(1, 64), torch.randn(1)]
 var, alpha = torch.rand(2, 3, 16, 2) + 0.5, torch.rand(2, 3, 16)
 consts = (0.1, -2.0, 1.0, 1.0)
-out = A._gaussian_forward(q, k, v, var, alpha, 4, 5, 0.1, -2.0, 1, 0.125)
-A._gaussian_backward(torch.randn_like(q), q, k, v, var, alpha, *out, 4, 5, 0.1, -2.0, 1, 0.125)
+for factored in (False, True):  # the dk/dv kernel's per-logit and factored Gaussian
+    configs.FACTORED_DKDV = factored
+    out = A._gaussian_forward(q, k, v, var, alpha, 4, 5, 0.1, -2.0, 1, 0.125)
+    A._gaussian_backward(torch.randn_like(q), q, k, v, var, alpha, *out, 4, 5, 0.1, -2.0, 1, 0.125)
 for rate in (1, 2):
     out = A._locat_forward(q, k, v, *layers, 4, 4, 5, *consts, rate, 0.125)
     A._locat_backward(torch.randn_like(q), q, k, v, *layers, *out, 4, 4, 5, *consts, rate, 0.125)
@@ -71,7 +73,7 @@ def test_compile_sees_exactly_each_kernels_outputs():
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     if rows is None:
         pytest.skip("this torch has no identify_accessed_tensors (inductor's write analysis)")
-    assert len(rows) == 3 * 5 - 2  # the public op's two launches plus gaug's, at rates 1 and 2
+    assert len(rows) == 4 * 5 - 4  # the public op's launches twice, plus gaug's at rates 1 and 2
     for name, find_radius, written in rows:
         want = WRITES[name] + (["radius"] if find_radius else [])
         assert written == sorted(want), (name, written)

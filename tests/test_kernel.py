@@ -65,6 +65,39 @@ def test_token_tiles_match_float64_too(request, device, monkeypatch, grid, P, ra
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P, rate=rate)
 
 
+@pytest.mark.parametrize("grid,P,rate,init", [((7, 7), 1, 1, None), ((4, 6), 5, 2, None), ((7, 7), 0, 1, (4, 4)),
+                                             ((20, 1), 1, 1, None), ((16, 3), 2, 1, None), ((8, 8), 0, 2, None)])
+def test_factored_dkdv_gaussian_matches_float64(request, device, monkeypatch, grid, P, rate, init):
+    """The dk/dv kernel's factored Gaussian (one-hot matmuls of fp16 row and column factors; on by
+    default for 16-bit inputs) forced for fp32: exact but for the factors' fp16 rounding (2^-11), so
+    a misplaced row, column, prefix key or rate would show as an O(1) error. Grids of one column
+    and of three make a 16-key tile span up to 18 rows (KEY_ROWS 32)."""
+    monkeypatch.setattr(configs, "FACTORED_DKDV", True)
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), fp32_tol=2e-3, grid_size=grid,
+                             num_prefix_tokens=P, rate=rate, init_grid_size=init)
+
+
+def test_factored_key_rows_hold_every_key_tile():
+    """KEY_ROWS covers the quantized rows of every key tile's patches (counted from the first
+    patch's), at every tile start, grid width, rate and prefix, brute force."""
+    q = torch.empty(1, 1, 1, 16, device="meta")
+    for block_n in (16, 32, 64, 128):
+        configs.OVERRIDES["backward_dkdv"] = (32, block_n, 4, 2)
+        try:
+            for gw in range(1, 40):
+                for rate in (1, 2):
+                    for P in (0, 1, 5):
+                        N = P + 3 * gw * rate * (block_n // gw + 2)
+                        meta = configs.launch_meta("backward_dkdv", q.expand(1, 1, N, 16), gw * rate, P, -8.0, rate)
+                        for start in range(0, N, block_n):
+                            rows = [(p // (gw * rate)) // rate * rate for p in range(max(start - P, 0), min(start + block_n, N) - P)]
+                            if rows:
+                                assert max(rows) - rows[0] < meta["KEY_ROWS"], (block_n, gw, rate, P, start)
+        finally:
+            del configs.OVERRIDES["backward_dkdv"]
+
+
 def test_alpha_with_trailing_dim_and_float64_reference_dtype(device):
     q, k, v, var, alpha = make_inputs(1, 3, (4, 4), 1, 16, device=device)
     alpha4 = alpha.detach().unsqueeze(-1).requires_grad_()

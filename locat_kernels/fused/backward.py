@@ -207,12 +207,15 @@ def _backward_dq_kernel(
 def _dkdv_tiles(
     b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
     stride_varn, stride_varc, stride_an, q0, t_lo, t_hi, end, N, GW, P, qk_scale, eps, cmin,
-    row_k, col_k, is_patch_k, b_dk, b_dv,
+    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
+    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
-    transposed (keys x queries); with BIAS the Gaussian."""
+    transposed (keys x queries); with BIAS the Gaussian: per logit, or with FACTORED as
+    ``(sel_r @ f_r) * (sel_c @ f_c)``, the row and column factors of each query against the key
+    tile's KEY_ROWS rows (from ``row0``) and KEY_COLS columns spread to the keys by one-hot matmuls."""
     for t in range(t_lo, t_hi):
         offs_m = q0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
         m_m = offs_m < end
@@ -228,10 +231,19 @@ def _dkdv_tiles(
         if BIAS:
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
                 var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
-            e = log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
-                          lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
-                          is_patch_k[:, None], CLAMP, HAS_PREFIX)
-            b_st += tl.exp2(e)
+            if FACTORED:
+                rows = row0 + tl.arange(0, KEY_ROWS).to(tl.float32)
+                cols = tl.arange(0, KEY_COLS).to(tl.float32)
+                e_r, e_c = exponents(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
+                                     lo_c[None, :], rows[:, None], cols[:, None], CLAMP)  # (KEY_ROWS|COLS, BLOCK_M)
+                b_r = tl.dot(b_sel_r, tl.exp2(e_r).to(tl.float16))  # (BLOCK_N, BLOCK_M), 0 off patch keys
+                b_c = tl.dot(b_sel_c, tl.exp2(e_c).to(tl.float16))
+                b_st = tl.fma(b_r * (a * _LOG2E)[None, :], b_c, b_st)
+            else:
+                e = log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
+                              lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
+                              is_patch_k[:, None], CLAMP, HAS_PREFIX)
+                b_st += tl.exp2(e)
         b_pt = tl.exp2(b_st)
         if MASKED:
             b_pt = tl.where(m_m[None, :], b_pt, 0.0)
@@ -246,27 +258,31 @@ def _dkdv_tiles(
 def _dkdv_sweep(
     b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
     stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
-    row_k, col_k, is_patch_k, b_dk, b_dv,
+    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr, KEY_ROWS: tl.constexpr,
+    KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """The patch query tiles (from token P): far [0, near_lo), near ones with the Gaussian, far
     [near_hi, cdiv(N - P, BLOCK_M))."""
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
         stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
-        is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
         stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
-        is_patch_k, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
         stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale, eps, cmin,
-        row_k, col_k, is_patch_k, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-        RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     return b_dk, b_dv
 
 
@@ -279,15 +295,22 @@ def _backward_dkdv_kernel(
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
+    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_N) * B * H,), one program per (key tile, batch*head).
 
     Owns BLOCK_N key rows and loops over all queries: the prefix queries as tiles of BLOCK_P (no
     bias), then the patch queries in tiles of BLOCK_M aligned at token P (far, near, far; no bounds
     masks when BLOCK_M divides the patch count): ``dv = P^T dO``, ``dk = scale * dS^T q``. Needs the
-    delta written by the dq kernel.
+    delta written by the dq kernel. With FACTORED (16-bit inputs, KEY_COLS >= gw) the Gaussian of a
+    near tile is ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS
+    quantized grid rows from ``row0`` and KEY_COLS columns, so a query tile needs the exp2 of
+    (KEY_ROWS + KEY_COLS) x BLOCK_M row and column factors, not of every logit; one-hot fp16 matrices
+    ``sel_r`` (BLOCK_N, KEY_ROWS) and ``sel_c`` (BLOCK_N, KEY_COLS), built once, spread them to the
+    keys on the tensor cores (each factor rounded to fp16: 2^-11 relative, below the bias rounding
+    of the dense path in the same precision).
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
@@ -296,6 +319,15 @@ def _backward_dkdv_kernel(
     b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_N)
     b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_N)
     row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
+    # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
+    row0 = ((tl.maximum(start_n - P, 0) // GW) // RATE * RATE).to(tl.float32)
+    if FACTORED:
+        b_sel_r = tl.where(is_patch_k[:, None] & (row_k[:, None] - row0 == tl.arange(0, KEY_ROWS)[None, :]),
+                           1.0, 0.0).to(tl.float16)  # (BLOCK_N, KEY_ROWS)
+        b_sel_c = tl.where(is_patch_k[:, None] & (col_k[:, None] == tl.arange(0, KEY_COLS)[None, :]),
+                           1.0, 0.0).to(tl.float16)  # (BLOCK_N, KEY_COLS)
+    else:
+        b_sel_r, b_sel_c = 0.0, 0.0
 
     row_base = bh.to(tl.int64) * N
     q_base = q + b * stride_qb + h * stride_qh
@@ -308,14 +340,16 @@ def _backward_dkdv_kernel(
         b_dk, b_dv = _dkdv_tiles(
             b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
             stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P, qk_scale, eps, cmin, row_k,
-            col_k, is_patch_k, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_P)
+            col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD,
+            HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+            KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
     near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
     b_dk, b_dv = _dkdv_sweep(
         b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base,
         stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
-        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, b_dk, b_dv, MASKED=not EVEN_PATCHES, D=D,
-        D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M)
+        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
+        MASKED=not EVEN_PATCHES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
 
     store_rows(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, m_n, D, D_PAD)
     store_rows(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, m_n, D, D_PAD)

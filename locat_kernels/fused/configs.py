@@ -36,6 +36,11 @@ _HALF_D128 = {  # padded head_dim 128 (72 to 128); backward tuned on an H200 (re
     "backward_dq": (64, 64, 4, 2),
     "backward_dkdv": (64, 32, 4, 3),
 }
+# The dk/dv kernel with its factored Gaussian (16-bit, gw <= MAX_FACTORED_COLS): its one-hot matrices
+# take registers, so wider grids want 64-key tiles. H200, whole backward (results/tune_factored_H200.json):
+# 0.53 ms at 224 px (per-logit: 0.54), 0.73 at 384 (0.78), 0.88 at 512 (1.02), D128 0.93 (1.11).
+_HALF_DKDV_FACTORED = {64: (32, 128, 4, 3), 128: (32, 64, 4, 2)}  # padded head_dim <= 64 with gw <= 16; 128
+_HALF_DKDV_FACTORED_WIDE = (64, 64, 4, 2)  # padded head_dim <= 64, 16 < gw <= 32
 _HALF_D256 = {k: (64, 32, 8, 2) for k in KERNELS}  # padded head_dim 256 (136 to 256): correctness first
 _FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: small tiles, many registers
 _FP32_WIDE = {k: (32, 32, 8, 1) for k in KERNELS}  # fp32, padded head_dim >= 128
@@ -51,18 +56,28 @@ GRID_TILES = True
 MAX_GRID_ROWS = 4
 
 
+# The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
+# next_pow2(gw) <= MAX_FACTORED_COLS (at 64 columns it was no faster: 518 and 1024 px, tune_factored_H200.json);
+# True also elsewhere, fp32 included (tests: the factors are rounded to fp16); False: off.
+FACTORED_DKDV: bool | str = "auto"
+MAX_FACTORED_COLS = 32
+
+
 def padded_head_dim(head_dim: int) -> int:
     """The power of two (>= 16, tl.dot's smallest) the kernels load a head_dim as."""
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype) -> dict:
-    """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch."""
+def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False) -> dict:
+    """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch (``factored``: the dk/dv kernel's
+    factored Gaussian on a grid of width ``gw``)."""
     d = padded_head_dim(head_dim)
     if kernel in OVERRIDES:
         m, b, w, s = OVERRIDES[kernel]
     elif INTERPRET:
         m, b, w, s = _INTERPRETER
+    elif factored and dtype != torch.float32 and d <= 128:
+        m, b, w, s = _HALF_DKDV_FACTORED_WIDE if d <= 64 and gw > 16 else _HALF_DKDV_FACTORED[max(d, 64)]
     elif dtype == torch.float32:
         m, b, w, s = (_FP32 if d <= 64 else _FP32_WIDE)[kernel]
     elif d == 256:
@@ -86,13 +101,18 @@ def grid_rows(gw: int, block_n: int) -> int:
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
     """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
     _, _, N, D = q.shape
-    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, GRID_TILES, tuple(OVERRIDES.items()))
+    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, GRID_TILES, FACTORED_DKDV,
+                        tuple(OVERRIDES.items()))
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) -> dict:
-    cfg = launch_config(kernel, D, N, dtype)
-    if kernel == "backward_dkdv" and (N - P) % cfg["BLOCK_M"] and not overrides and cfg["num_stages"] == 3:
+def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, factored, overrides) -> dict:
+    key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
+    factored = kernel == "backward_dkdv" and (factored is True or (
+        factored == "auto" and dtype != torch.float32 and key_cols <= MAX_FACTORED_COLS and D <= 128))
+    cfg = launch_config(kernel, D, N, dtype, gw, factored)
+    if (kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and not overrides
+            and cfg["num_stages"] == 3):
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
         # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json).
         cfg["num_stages"] = 2
@@ -112,7 +132,10 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, overrides) 
         # ROWS = 0: token tiles. FULL_TILES: no padding slot (gw = COLS) and no partial last tile.
         meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and gw == cols and gh % rows == 0)
     else:  # the query loop runs over patch tiles aligned at token P
-        meta.update(EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0)
+        # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
+        key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())
+        meta.update(EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0, FACTORED=factored, KEY_ROWS=key_rows,
+                    KEY_COLS=key_cols)
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
     loop_block = cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"]
     meta.update(BLOCK_P=min(loop_block, max(16, 1 << (P - 1).bit_length())))
