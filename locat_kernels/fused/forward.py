@@ -72,8 +72,9 @@ def _forward_tiles(
     on grid tiles as the row factor times the column table ``b_c``, on token tiles per logit."""
     for t in range(t_lo, t_hi):
         offs_n, m_n = tile_keys(t, N, GH, GW, P, end, ROWS, COLS, BLOCK_N)
-        b_k = load_rows(k_base, offs_n, stride_kn, m_n, D, D_PAD, MASKED)  # (BLOCK_N, D_PAD)
-        b_v = load_rows(v_base, offs_n, stride_vn, m_n, D, D_PAD, MASKED)
+        p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
+        b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
+        b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if BIAS:
             if ROWS:
