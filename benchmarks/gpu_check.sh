@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine checks and times everything, writing under $OUT (default ./gpu_out):
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model|compiled|baseline|train ...]
-# (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m benchmarks.baseline make REF).
+# (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
 set -u
 OUT=${OUT:-gpu_out}
@@ -14,12 +14,12 @@ for step in $steps; do
                 -n 6 --timeout 200 --ignore tests/test_extremes.py > "$OUT/tests.log" 2>&1 ;;
     extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 330 python3 -m pytest \
                 tests/test_extremes.py -q -rf -p no:cacheprovider -n 4 --timeout 320 > "$OUT/extremes.log" 2>&1 ;;
-    tune)     timeout 150 python3 -m benchmarks.tune --output "$OUT/tune.json" > "$OUT/tune.log" 2>&1 ;;
-    bench)    timeout 300 python3 -m benchmarks.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
-    model)    timeout 400 python3 -m benchmarks.cli --model --modes eager --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
-    compiled) timeout 550 python3 -m benchmarks.cli --model --modes compiled --output "$OUT/compiled.json" > "$OUT/compiled.log" 2>&1 ;;
-    baseline) PYTHONPATH=.:.baseline timeout 400 python3 -m benchmarks.baseline run --output "$OUT/baseline.json" > "$OUT/baseline.log" 2>&1 ;;
-    train)    timeout 240 python3 -m benchmarks.train_runs --output "$OUT/train.json" > "$OUT/train.log" 2>&1 ;;
+    tune)     timeout 150 python3 -m locat_bench.tune --output "$OUT/tune.json" > "$OUT/tune.log" 2>&1 ;;
+    bench)    timeout 300 python3 -m locat_bench.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
+    model)    timeout 400 python3 -m locat_bench.cli --model --modes eager --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
+    compiled) timeout 550 python3 -m locat_bench.cli --model --modes compiled --output "$OUT/compiled.json" > "$OUT/compiled.log" 2>&1 ;;
+    baseline) PYTHONPATH=.:.baseline timeout 400 python3 -m locat_bench.baseline run --output "$OUT/baseline.json" > "$OUT/baseline.log" 2>&1 ;;
+    train)    timeout 240 python3 -m locat_bench.train_runs --output "$OUT/train.json" > "$OUT/train.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "$step: exit $?"

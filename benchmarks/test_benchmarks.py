@@ -6,8 +6,8 @@ step per attention backend. ``locat-bench`` is the full report; these track regr
 import pytest
 import torch
 
-from benchmarks.bench_attention import GPU_SHAPES, make_inputs
-from benchmarks.bench_model import ModelCase, build
+from locat_bench.bench_attention import GPU_SHAPES, make_inputs
+from locat_bench.bench_model import ModelCase, build
 from locat_kernels import gaussian_attention
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="benchmarks need CUDA")

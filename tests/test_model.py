@@ -1,4 +1,5 @@
 """LocAtViT on timm: registry, published keys, checkpoints, the published function, backends, locatify."""
+import json
 import math
 import os
 import subprocess
@@ -392,9 +393,14 @@ def test_published_weights_are_the_hub_pretrained_cfgs():
     assert not cfgs["locatvit_small"].hf_hub_id  # nothing published for small
 
 
-def test_pretrained_true_loads_from_the_hub_cache_offline(tmp_path):
+@pytest.mark.parametrize("route", ["locatvit_tiny", "hf-hub:sinahmr/locatvit_tiny"])
+def test_pretrained_true_loads_from_the_hub_cache_offline(tmp_path, route):
     """timm's own loader, offline, from a local Hugging Face cache in the hub's layout holding a
-    random published-layout model.safetensors: create_model(pretrained=True) gets exactly those weights."""
+    random published-layout model.safetensors: create_model(pretrained=True) gets exactly those
+    weights, by the registered name (its pretrained cfg's hf_hub_id) and by the ``hf-hub:`` route,
+    which reads the repository's config.json (timm's layout, architecture ``locatvit_tiny``, as the
+    published repository is validated with ``--model hf-hub:sinahmr/locatvit_tiny``) and must build
+    this package's model."""
     from safetensors.torch import save_file
 
     model = timm.create_model("locatvit_tiny", img_size=32)
@@ -405,10 +411,15 @@ def test_pretrained_true_loads_from_the_hub_cache_offline(tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(snapshot.name)
     save_file(sd, str(snapshot / "model.safetensors"))
+    cfg = timm.models.get_pretrained_cfg("locatvit_tiny").to_dict()
+    (snapshot / "config.json").write_text(json.dumps(dict(
+        architecture="locatvit_tiny", num_classes=1000, num_features=192, global_pool="token",
+        pretrained_cfg={k: v for k, v in cfg.items() if k not in ("hf_hub_id", "file", "url")})))
     torch.save(sd, tmp_path / "want.pth")
     script = (
         "import torch, timm, locat_vit\n"
-        "m = timm.create_model('locatvit_tiny', img_size=32, pretrained=True)\n"
+        f"m = timm.create_model({route!r}, img_size=32, pretrained=True)\n"
+        "assert isinstance(m, locat_vit.LocAtViT), type(m)\n"
         f"want = torch.load({str(tmp_path / 'want.pth')!r})\n"
         "got = m.state_dict()\n"
         "assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)\n"

@@ -172,7 +172,7 @@ def test_non_finite_images_stop_with_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_train_runs_ratios_over_the_vit():
-    from benchmarks.train_runs import over_vit
+    from locat_bench.train_runs import over_vit
 
     runs = {"vit": dict(steady_img_s=100.0, gpu_img_s=400.0, peak_mem_gib=2.0),
             "locat_triton": dict(steady_img_s=90.0, gpu_img_s=300.0, peak_mem_gib=2.5)}

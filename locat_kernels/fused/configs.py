@@ -5,7 +5,7 @@ the one place they live.
 (block sizes, warps, stages, variant flags), cached per shape class so a call costs a dict lookup.
 Configs come from a table keyed on the kernel, the padded head dim, an N bucket and the dtype,
 measured on an H100 (head_dim 64) and an H200 (head_dim 128's backward) with ``python -m
-benchmarks.tune`` (benchmarks/NOTES.md). Both are sm_90 and share the table; other GPUs (A100,
+locat_bench.tune`` (benchmarks/NOTES.md). Both are sm_90 and share the table; other GPUs (A100,
 Blackwell) use it too, untested. There is no autotuning at run time: it
 would compile every candidate for every variant. Under the Triton interpreter (``TRITON_INTERPRET=1``,
 the CPU tests) the config is a single small one.
@@ -23,7 +23,7 @@ KERNELS = ("forward", "backward_dq", "backward_dkdv")
 MAX_HEAD_DIM = 256
 
 # kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
-# 16-bit inputs, padded head_dim <= 64: the winners of benchmarks/tune.py on an H100, bf16, D = 64
+# 16-bit inputs, padded head_dim <= 64: the winners of locat_bench/tune.py on an H100, bf16, D = 64
 # (results/tune_H100.json; forward and dq with grid tiles: tune_grid_H100.json).
 _HALF = {
     "forward": (64, 64, 4, 3),
@@ -46,7 +46,7 @@ _FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: smal
 _FP32_WIDE = {k: (32, 32, 8, 1) for k in KERNELS}  # fp32, padded head_dim >= 128
 _INTERPRETER = (16, 16, 1, 1)
 
-# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for benchmarks/tune.py.
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py.
 OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 
 # Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS = next_pow2(gw) slots,

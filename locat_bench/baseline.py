@@ -1,7 +1,7 @@
 """Before and after in one process: this tree's op and models against an earlier commit's.
 
-    python -m benchmarks.baseline make REF       # in a git checkout: REF's packages into .baseline/
-    PYTHONPATH=.:.baseline python -m benchmarks.baseline run --output before_after.json   # on a GPU
+    python -m locat_bench.baseline make REF       # in a git checkout: REF's packages into .baseline/
+    PYTHONPATH=.:.baseline python -m locat_bench.baseline run --output before_after.json   # on a GPU
 
 ``make`` copies REF's ``locat_kernels`` and ``locat_vit`` as ``locat_kernels_base`` and
 ``locat_vit_base`` (imports renamed, timm registration dropped), so both versions import side by
@@ -104,13 +104,13 @@ def run(args) -> dict:
                 model_rows.append(bm.bench_case(case, variant, "cuda", mode=mode, model=model, repeats=args.repeats))
                 del model
                 torch.cuda.empty_cache()
-    env = dict(environment("cuda"), command="python -m benchmarks.baseline run " + " ".join(args.argv))
+    env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
     return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
                 model_ratios=bm.ratios(model_rows))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.baseline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m locat_bench.baseline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("make")
     p.add_argument("ref")

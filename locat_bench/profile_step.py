@@ -1,4 +1,4 @@
-"""Where a step's milliseconds go (CUDA): ``python -m benchmarks.profile_step --output F.json``.
+"""Where a step's milliseconds go (CUDA): ``python -m locat_bench.profile_step --output F.json``.
 
 For each model case (``--cases size:img:batch``), variant and mode (eager / compiled), and for each
 op shape (``--shapes``, forward+backward of the fused op and of SDPA without bias), one profiled
@@ -106,7 +106,7 @@ def show(title: str, r: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m locat_bench.profile_step", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--cases", nargs="*", default=[], help="model cases size:img:batch")
     parser.add_argument("--variants", nargs="*", default=["vit", "locat_triton"])

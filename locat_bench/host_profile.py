@@ -1,7 +1,7 @@
 """Where the host time of one LocAt attention layer goes: cProfile of eager forward+backward calls on a
 launch-bound tiny input (B = 1, 17 tokens, bf16 autocast), the top functions by own time.
 
-    python -m benchmarks.host_profile [--calls 300] [--top 25]
+    python -m locat_bench.host_profile [--calls 300] [--top 25]
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .bench_model import ModelCase, build
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.host_profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m locat_bench.host_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Block-size sweep of the three kernels at the op shapes (CUDA): ``python -m benchmarks.tune``.
+"""Block-size sweep of the three kernels at the op shapes (CUDA): ``python -m locat_bench.tune``.
 
 For each shape, times the forward launcher under each forward config, then the backward launchers
 under each dq config (dk/dv at its default) and each dk/dv config (dq at its default); the forward
@@ -36,7 +36,7 @@ SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILE
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tune", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m locat_bench.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--regime", default="broad", choices=["broad", "init"])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))

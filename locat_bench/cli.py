@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path("locat-bench-results")  # in the working directory; the repository commits its own under benchmarks/results
 
 
 def main(argv=None) -> int:
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--output", type=Path, default=None,
-                        help="JSON path (default: benchmarks/results/<kind>_<gpu>.json; on CPU the temp folder)")
+                        help="JSON path (default: ./locat-bench-results/<kind>_<gpu>.json; on CPU the temp folder)")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--model", action="store_true", help="whole-model images/s instead of the op")
     parser.add_argument("--cases", nargs="*", help="--model: cases as size:img:batch, e.g. base:384:32")

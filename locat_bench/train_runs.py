@@ -1,6 +1,6 @@
 """Short ``locat-train`` runs on synthetic data: LocAtViT (triton and sdpa backends) against timm's ViT.
 
-    python -m benchmarks.train_runs --output benchmarks/results/train_<gpu>.json [--size tiny]
+    python -m locat_bench.train_runs --output benchmarks/results/train_<gpu>.json [--size tiny]
 
 Each run is its own process (a clean allocator for the peak memory) with the same data, batch and
 steps; the JSON holds every run's last epoch record (steady images/s after the first steps, images/s
