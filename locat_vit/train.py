@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import timm
@@ -255,14 +256,85 @@ def _keep_new_head(state, model):
 
 
 def _train(parser, args, rank, world, device) -> int:
+    """The run: set up, resume, then per epoch the steps and the epoch's end (validation, log,
+    checkpoints). Returns the exit code (128 + the signal that stopped it, else 0)."""
+    run = _setup(parser, args, rank, world, device)
+    if args.resume and not _resume(parser, args, run):
+        return 0
+    net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if run.cuda else None) \
+        if world > 1 else run.model
+    run.net = torch.compile(net) if args.compile else net
+    log = _Progress(rank, run.updates_per_epoch, args.epochs)
+    with _StopSignals() as stop:
+        for epoch in range(run.epoch, args.epochs):
+            stats = _train_epoch(run, epoch, log, stop)
+            if stats.signum:
+                return 128 + stats.signum
+            _end_epoch(run, epoch, stats, log)
+            if args.max_steps and run.global_step >= args.max_steps:
+                break
+    if rank == 0:
+        print(f"done: {run.global_step} steps, best val acc {run.best_acc:.4f}; checkpoints in {args.output}")
+    return 0
+
+
+@dataclass
+class _Run:
+    """What a run holds between its steps: model and its (DDP, compiled) wrapper ``net``, data,
+    optimizer and schedule, and the counters a checkpoint saves."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module
+    sampler: DistributedSampler
+    loader: DataLoader
+    val_loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    updates_per_epoch: int
+    net: torch.nn.Module = None
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_acc: float = float("-inf")  # best.pth from the first epoch on
+    history: list = field(default_factory=list)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+    def checkpoint(self, next_epoch: int, next_step: int) -> dict:
+        """Everything ``--resume`` restores, to continue at (next_epoch, next_step)."""
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), epoch=next_epoch, step_in_epoch=next_step,
+                    global_step=self.global_step, best_acc=self.best_acc, history=self.history,
+                    args=_plain(vars(self.args)),
+                    rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.cuda else None))
+
+
+@dataclass
+class _EpochStats:
+    """What one epoch's steps measured, for its log record; ``signum``: a signal stopped the run."""
+    losses: list
+    images_seen: int
+    t0: float
+    first_step: int
+    steady: tuple | None  # (time, images) after the epoch's first STEADY_AFTER steps
+    spans: list  # CUDA events around each later micro-batch's forward, backward and update
+    signum: int = 0
+
+
+def _setup(parser, args, rank, world, device) -> _Run:
     torch.manual_seed(args.seed)
     train_set, val_set, num_classes = _data(args)
     if not num_classes:
         parser.error("could not tell the number of classes: pass --num-classes")
     model = _model(parser, args, num_classes).to(device)
     cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     loader = DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
                         pin_memory=cuda)
@@ -276,133 +348,130 @@ def _train(parser, args, rank, world, device) -> int:
     scheduler, _ = create_scheduler_v2(
         optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * WARMUP_START,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    return _Run(args, rank, world, device, model, sampler, loader, val_loader, optimizer, scheduler, updates_per_epoch)
 
-    start_epoch, step_in_epoch, global_step, best_acc, history = 0, 0, 0, float("-inf"), []
-    if args.resume:
-        try:
-            state = read_checkpoint(args.resume)
-        except ValueError as e:
-            parser.error(f"--resume: {e}")
-        missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - (
-            state.keys() if isinstance(state, dict) else set())
-        if missing:
-            parser.error(f"--resume {args.resume} is not a locat-train checkpoint (no {sorted(missing)})")
-        misfit = state_dict_misfit(model, state["model"])
-        if misfit:
-            parser.error(f"--resume {args.resume} does not fit the model: {misfit}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step_in_epoch, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        best_acc, history = state.get("best_acc", 0.0), state.get("history", [])
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        if rank == 0:
-            print(f"resumed {args.resume}: epoch {start_epoch}, step {global_step}")
-        if args.max_steps and global_step >= args.max_steps:
-            if rank == 0:
-                print(f"nothing to do: the run is at step {global_step}, --max-steps is {args.max_steps}")
-            return 0
 
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None) \
-        if world > 1 else model
-    net = torch.compile(net) if args.compile else net
-    log = _Progress(rank, updates_per_epoch, args.epochs)
+def _resume(parser, args, run: _Run) -> bool:
+    """Restore ``run`` from ``--resume``; False when the run is already at ``--max-steps``."""
+    try:
+        state = read_checkpoint(args.resume)
+    except ValueError as e:
+        parser.error(f"--resume: {e}")
+    missing = {"model", "optimizer", "scheduler", "epoch", "step_in_epoch", "global_step", "rng"} - (
+        state.keys() if isinstance(state, dict) else set())
+    if missing:
+        parser.error(f"--resume {args.resume} is not a locat-train checkpoint (no {sorted(missing)})")
+    misfit = state_dict_misfit(run.model, state["model"])
+    if misfit:
+        parser.error(f"--resume {args.resume} does not fit the model: {misfit}")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.epoch, run.step_in_epoch, run.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+    run.best_acc, run.history = state.get("best_acc", 0.0), state.get("history", [])
+    torch.set_rng_state(state["rng"]["torch"])
+    if run.cuda and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    if run.rank == 0:
+        print(f"resumed {args.resume}: epoch {run.epoch}, step {run.global_step}")
+    if args.max_steps and run.global_step >= args.max_steps:
+        if run.rank == 0:
+            print(f"nothing to do: the run is at step {run.global_step}, --max-steps is {args.max_steps}")
+        return False
+    return True
 
-    def checkpoint(next_epoch: int, next_step: int) -> dict:
-        return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    epoch=next_epoch, step_in_epoch=next_step, global_step=global_step, best_acc=best_acc,
-                    history=history, args=_plain(vars(args)),
-                    rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if cuda else None))
 
-    with _StopSignals() as stop:
-        for epoch in range(start_epoch, args.epochs):
-            sampler.set_epoch(epoch)
-            net.train()
-            losses, images_seen, t0, first_step = [], 0, time.perf_counter(), step_in_epoch
-            steady = None  # (time, images) after the epoch's first STEADY_AFTER steps (compilation, caches)
-            spans = []  # CUDA events around each later micro-batch's forward, backward and update
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            for i, (images, labels) in enumerate(loader):
-                if i < step_in_epoch * args.accum_steps:  # resumed inside an epoch: same order, skip what was done
-                    continue
-                if not torch.isfinite(images).all():  # checked on the host: no device sync
-                    raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                timed = cuda and steady is not None  # GPU time of the step itself, data loading left out
-                if timed:
-                    spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
-                    spans[-1][0].record()
-                last_micro = (i + 1) % args.accum_steps == 0
-                sync = net.no_sync() if world > 1 and not last_micro else nullcontext()
-                with sync:
-                    with autocast:
-                        loss = F.cross_entropy(net(images), labels)
-                    (loss / args.accum_steps).backward()
-                losses.append(loss.detach())
-                images_seen += images.shape[0] * world
-                if last_micro:
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if timed:
-                    spans[-1][1].record()
-                if not last_micro:
-                    continue
-                global_step += 1
-                step_in_epoch += 1
-                scheduler.step_update(global_step)
-                if step_in_epoch - first_step == STEADY_AFTER:
-                    steady = (_synced_time(cuda), images_seen)
-                if step_in_epoch % args.log_every == 0 or step_in_epoch in (first_step + 1, updates_per_epoch):
-                    elapsed = time.perf_counter() - t0
-                    eta = elapsed / (step_in_epoch - first_step) * (updates_per_epoch - step_in_epoch)
-                    log.step(epoch, step_in_epoch, torch.stack(losses[-args.accum_steps:]).mean().item(),
-                             images_seen / elapsed, eta)
-                if stop.signum or (args.save_every and global_step % args.save_every == 0):
-                    if rank == 0:
-                        _atomic_save(checkpoint(epoch, step_in_epoch), args.output / "last.pth")
-                    if stop.signum:
-                        if rank == 0:
-                            print(f"{signal.Signals(stop.signum).name}: saved {args.output / 'last.pth'} at step "
-                                  f"{global_step}; continue with --resume {args.output / 'last.pth'}", flush=True)
-                        return 128 + stop.signum
-                if args.max_steps and global_step >= args.max_steps:
-                    break
-            finished = step_in_epoch >= updates_per_epoch
-            t1 = _synced_time(cuda)
-            steady_img_s = (images_seen - steady[1]) / (t1 - steady[0]) if steady and images_seen > steady[1] else None
-            peak_mem_gib = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
-            gpu_s = sum(a.elapsed_time(b) for a, b in spans) / 1e3
-            gpu_img_s = len(spans) * args.batch_size * world / gpu_s if spans else None
-            acc = _evaluate(net, val_loader, device, autocast, world)
-            record = dict(epoch=epoch, steps=step_in_epoch, global_step=global_step, val_acc=acc,
-                          train_loss=torch.stack(losses).mean().item() if losses else None,
-                          img_s=images_seen / (t1 - t0), steady_img_s=steady_img_s, gpu_img_s=gpu_img_s,
-                          peak_mem_gib=peak_mem_gib,
-                          lr=optimizer.param_groups[0]["lr"])
-            if history and history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
-                record["resumed_at_step"] = first_step
-                history[-1] = record
-            else:
-                history.append(record)
-            best = acc > best_acc  # from the first epoch on (best_acc starts at -inf)
-            best_acc = max(best_acc, acc)
-            if rank == 0:
-                log.epoch(record)
-                state = checkpoint(epoch + 1 if finished else epoch, 0 if finished else step_in_epoch)
-                _atomic_save(state, args.output / "last.pth")
-                if best:
-                    _atomic_save(state, args.output / "best.pth")
-                _atomic_write(args.output / "log.json",
-                              json.dumps(dict(args=_plain(vars(args)), epochs=history), indent=1))
-            step_in_epoch = 0
-            if args.max_steps and global_step >= args.max_steps:
-                break
-    if rank == 0:
-        print(f"done: {global_step} steps, best val acc {best_acc:.4f}; checkpoints in {args.output}")
-    return 0
+def _train_epoch(run: _Run, epoch: int, log, stop) -> _EpochStats:
+    """The optimizer steps of one epoch (from ``run.step_in_epoch`` when resumed inside it), with
+    progress lines, step checkpoints, and a checkpoint and stop on SIGTERM/SIGINT."""
+    args, world = run.args, run.world
+    run.sampler.set_epoch(epoch)
+    run.net.train()
+    stats = _EpochStats([], 0, time.perf_counter(), run.step_in_epoch, None, [])
+    if run.cuda:
+        torch.cuda.reset_peak_memory_stats(run.device)
+    for i, (images, labels) in enumerate(run.loader):
+        if i < stats.first_step * args.accum_steps:  # resumed inside an epoch: same order, skip what was done
+            continue
+        if not torch.isfinite(images).all():  # checked on the host: no device sync
+            raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        timed = run.cuda and stats.steady is not None  # GPU time of the step itself, data loading left out
+        if timed:
+            stats.spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            stats.spans[-1][0].record()
+        last_micro = (i + 1) % args.accum_steps == 0
+        with run.net.no_sync() if world > 1 and not last_micro else nullcontext():
+            with run.autocast():
+                loss = F.cross_entropy(run.net(images), labels)
+            (loss / args.accum_steps).backward()
+        stats.losses.append(loss.detach())
+        stats.images_seen += images.shape[0] * world
+        if last_micro:
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        if timed:
+            stats.spans[-1][1].record()
+        if not last_micro:
+            continue
+        run.global_step += 1
+        run.step_in_epoch += 1
+        run.scheduler.step_update(run.global_step)
+        done = run.step_in_epoch - stats.first_step
+        if done == STEADY_AFTER:
+            stats.steady = (_synced_time(run.cuda), stats.images_seen)
+        last = run.step_in_epoch == run.updates_per_epoch or (args.max_steps and run.global_step >= args.max_steps)
+        if run.step_in_epoch % args.log_every == 0 or done == 1 or last:
+            elapsed = time.perf_counter() - stats.t0
+            eta = elapsed / done * (run.updates_per_epoch - run.step_in_epoch)
+            log.step(epoch, run.step_in_epoch, torch.stack(stats.losses[-args.accum_steps:]).mean().item(),
+                     stats.images_seen / elapsed, eta)
+        if stop.signum or (args.save_every and run.global_step % args.save_every == 0):
+            if run.rank == 0:
+                _atomic_save(run.checkpoint(epoch, run.step_in_epoch), args.output / "last.pth")
+            if stop.signum:
+                if run.rank == 0:
+                    print(f"{signal.Signals(stop.signum).name}: saved {args.output / 'last.pth'} at step "
+                          f"{run.global_step}; continue with --resume {args.output / 'last.pth'}", flush=True)
+                stats.signum = stop.signum
+                return stats
+        if args.max_steps and run.global_step >= args.max_steps:
+            break
+    return stats
+
+
+def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, log) -> None:
+    """Validation, the epoch's log record (one per epoch, also when resumed inside it), last.pth,
+    best.pth and log.json."""
+    args = run.args
+    finished = run.step_in_epoch >= run.updates_per_epoch
+    t1 = _synced_time(run.cuda)
+    steady = stats.steady
+    steady_img_s = (stats.images_seen - steady[1]) / (t1 - steady[0]) if steady and stats.images_seen > steady[1] \
+        else None
+    gpu_s = sum(a.elapsed_time(b) for a, b in stats.spans) / 1e3
+    acc = _evaluate(run, log)
+    record = dict(epoch=epoch, steps=run.step_in_epoch, global_step=run.global_step, val_acc=acc,
+                  train_loss=torch.stack(stats.losses).mean().item() if stats.losses else None,
+                  img_s=stats.images_seen / (t1 - stats.t0), steady_img_s=steady_img_s,
+                  gpu_img_s=len(stats.spans) * args.batch_size * run.world / gpu_s if stats.spans else None,
+                  peak_mem_gib=torch.cuda.max_memory_allocated(run.device) / 2**30 if run.cuda else None,
+                  lr=run.optimizer.param_groups[0]["lr"])
+    if run.history and run.history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
+        record["resumed_at_step"] = stats.first_step
+        run.history[-1] = record
+    else:
+        run.history.append(record)
+    best = acc > run.best_acc
+    run.best_acc = max(run.best_acc, acc)
+    if run.rank == 0:
+        log.epoch(record)
+        state = run.checkpoint(epoch + 1 if finished else epoch, 0 if finished else run.step_in_epoch)
+        _atomic_save(state, args.output / "last.pth")
+        if best:
+            _atomic_save(state, args.output / "best.pth")
+        _atomic_write(args.output / "log.json", json.dumps(dict(args=_plain(vars(args)), epochs=run.history), indent=1))
+    run.step_in_epoch = 0
 
 
 def _synced_time(cuda: bool) -> float:
@@ -412,23 +481,29 @@ def _synced_time(cuda: bool) -> float:
 
 
 @torch.no_grad()
-def _evaluate(net, loader, device, autocast, world) -> float:
-    net.eval()
-    correct = torch.zeros((), device=device)
-    total = torch.zeros((), device=device)
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        with autocast:
-            correct += (net(images).argmax(-1) == labels).sum()
+def _evaluate(run: _Run, log) -> float:
+    """Top-1 accuracy on the validation split (all ranks' shares), with progress lines."""
+    run.net.eval()
+    correct = torch.zeros((), device=run.device)
+    total = torch.zeros((), device=run.device)
+    batches = len(run.val_loader)
+    t0 = time.perf_counter()
+    for i, (images, labels) in enumerate(run.val_loader):
+        images, labels = images.to(run.device), labels.to(run.device)
+        with run.autocast():
+            correct += (run.net(images).argmax(-1) == labels).sum()
         total += labels.numel()
-    if world > 1:
+        if i + 1 == 1 or (i + 1) % max(batches // 4, 1) == 0 or i + 1 == batches:
+            log.validation(i + 1, batches, time.perf_counter() - t0)
+    if run.world > 1:
         dist.all_reduce(correct)
         dist.all_reduce(total)
     return (correct / total.clamp_min(1)).item()
 
 
 class _Progress:
-    """One line per log step (epoch, a bar, step, loss, images/s, ETA of the epoch) and one per epoch."""
+    """One line per log step (epoch, a bar, step, loss, images/s, ETA of the epoch), a few during
+    validation, and one per epoch."""
 
     def __init__(self, rank: int, steps: int, epochs: int):
         self.rank, self.steps, self.epochs = rank, steps, epochs
@@ -439,6 +514,12 @@ class _Progress:
         bar = "#" * int(20 * step / self.steps)
         print(f"epoch {epoch + 1}/{self.epochs} [{bar:<20}] step {step}/{self.steps} loss {loss:.4f} "
               f"{img_s:.1f} img/s eta {int(eta) // 60}:{int(eta) % 60:02d}", flush=True, file=sys.stdout)
+
+    def validation(self, batch, batches, elapsed):
+        if self.rank:
+            return
+        eta = elapsed / batch * (batches - batch)
+        print(f"  validation batch {batch}/{batches} eta {int(eta) // 60}:{int(eta) % 60:02d}", flush=True)
 
     def epoch(self, record):
         steady = f", steady {record['steady_img_s']:.1f} img/s" if record["steady_img_s"] else ""

@@ -37,6 +37,16 @@ def test_a_few_steps_lower_the_loss(tmp_path):
         assert (e["gpu_img_s"] > 0) if cuda else e["gpu_img_s"] is None
 
 
+def test_progress_from_the_first_step_to_the_last_and_through_validation(tmp_path, capsys):
+    assert main(SMALL + ["--epochs", "1", "--max-steps", "3", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    steps = re.findall(r"step (\d+)/8 loss", out)
+    assert steps == ["1", "3"], out  # the first step and the last one (--max-steps), though --log-every is 100
+    batches = re.findall(r"validation batch (\d+)/(\d+)", out)
+    assert batches[0][0] == "1" and batches[-1][0] == batches[-1][1], out
+    assert out.index("validation batch") < out.index("val acc")
+
+
 def test_timm_vit_trains_unchanged_as_the_baseline(tmp_path):
     assert main(SMALL + ["--model", "vit_tiny_patch16_224", "--epochs", "1", "--max-steps", "2",
                          "--output", str(tmp_path)]) == 0
