@@ -147,12 +147,13 @@ def plot(json_path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     data = json.loads(Path(json_path).read_text())
     ratios = [r for r in data["ratios"] if r["peer"] != "sdpa"]
     groups = list(dict.fromkeys((r["shape"], r["regime"]) for r in ratios))
     peers = [p for p in ("locat", "sdpa_bias", "flex", "eager") if any(r["peer"] == p for r in ratios)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     width = 0.8 / len(peers)
     for ax, key, title in zip(axes, ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor"), ("forward", "forward + backward")):
         for i, peer in enumerate(peers):
@@ -163,11 +164,14 @@ def plot(json_path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_title(f"{title}: time / SDPA without bias")
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
-        ax.set_xticklabels([f"{s}\n{r}" for s, r in groups], fontsize=8)
-    axes[0].legend(loc="upper left", fontsize=8)
+        ax.set_xticklabels([f"{s}, {r}" for s, r in groups], fontsize=8, rotation=35, ha="right")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}x"))
     env = data["environment"]
     fig.suptitle(f"{env['device']}, torch {env['torch']}, triton {env['triton']} (lower is better)")
-    fig.tight_layout()
+    # the legend in a row of its own below the axes, where no bar is
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(peers), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(json_path).with_suffix(".png")
     fig.savefig(out, dpi=110)
     plt.close(fig)
