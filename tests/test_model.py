@@ -66,14 +66,25 @@ def _random_published_state(model):
 
 @pytest.mark.parametrize("name", list(SIZES))
 def test_each_size_forward_backward(name):
-    model = timm.create_model(name, img_size=32, num_classes=5)
+    """Each registered size (default backend) computes the published function and its gradients,
+    float64, random published-layout weights."""
+    model = timm.create_model(name, img_size=32, num_classes=5).double()
     dim, heads = SIZES[name]
     assert model.embed_dim == dim and model.blocks[0].attn.num_heads == heads
-    x = torch.randn(2, 3, 32, 32)
+    sd = _random_published_state(model)
+    model.load_state_dict(sd)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     out = model(x)
-    out.sum().backward()
-    assert out.shape == (2, 5) and torch.isfinite(out).all()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    ref = {k: v.clone().requires_grad_() for k, v in sd.items()}
+    want, _ = published_forward(ref, x, heads=heads, init_grid=(2, 2))
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    params = dict(model.named_parameters())
+    assert all(params[k].grad is not None for k in params)
+    for k in ("blocks.0.attn.gaug.log_var.weight", "blocks.0.attn.gaug.log_alpha.bias", "blocks.0.attn.qkv.weight",
+              "pos_embed", "cls_token", "head.weight"):
+        torch.testing.assert_close(params[k].grad, ref[k].grad, rtol=1e-9, atol=1e-10)
 
 
 def test_published_keys_and_shapes():
@@ -271,10 +282,19 @@ def test_prr_matches_timms_attention_pool_prr():
     torch.testing.assert_close(locat_vit.patch_refinement(x, 3)[:, 0], prr_cls(192, num_heads=3)(x))
 
 
-def test_forward_intermediates_still_works():
-    model = timm.create_model("locatvit_tiny", img_size=32)
-    final, inter = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=2)
-    assert len(inter) == 2 and inter[0].shape == (1, 192, 2, 2) and final.shape == (1, 5, 192)
+def test_forward_intermediates_gives_the_last_blocks_and_the_final_features():
+    model = timm.create_model("locatvit_tiny", img_size=32, attn_backend="eager").double()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    final, inter = model.forward_intermediates(x, indices=2)
+    t, want = model.norm_pre(model._pos_embed(model.patch_embed(x))), []
+    for blk in model.blocks:
+        t = blk(t)
+        want.append(t[:, 1:].transpose(1, 2).reshape(1, 192, 2, 2))
+    assert len(inter) == 2
+    for g, w in zip(inter, want[-2:]):  # the last two blocks' outputs as maps, before the final norm
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, model.norm(t), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, model.forward_features(x), rtol=1e-12, atol=1e-12)
 
 
 def test_features_only_gives_the_block_outputs_as_maps():
@@ -356,14 +376,26 @@ def test_onnx_export_with_the_eager_backend(tmp_path):
 
 
 def test_trains_one_step_at_default_size():
+    """At 224 px (the 14 x 14 build grid) the training loss and the gradient of a Gaussian layer are
+    the published function's, and one AdamW step moves that layer by lr per element."""
     model = timm.create_model("locatvit_tiny", num_classes=10)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sd = {k: v.clone().requires_grad_() for k, v in model.state_dict().items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     x, y = torch.randn(2, 3, 224, 224), torch.tensor([1, 7])
-    before = model.blocks[0].attn.gaug.log_var.weight.clone()
+    before = model.blocks[0].attn.gaug.log_var.weight.detach().clone()
     loss = F.cross_entropy(model(x), y)
     loss.backward()
+    want, _ = published_forward(sd, x, heads=3, init_grid=(14, 14))
+    want_loss = F.cross_entropy(want, y)
+    want_loss.backward()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-5)
+    grad = model.blocks[0].attn.gaug.log_var.weight.grad
+    torch.testing.assert_close(grad, sd["blocks.0.attn.gaug.log_var.weight"].grad, rtol=2e-3, atol=1e-7)
     opt.step()
-    assert torch.isfinite(loss) and not torch.equal(before, model.blocks[0].attn.gaug.log_var.weight)
+    step = (model.blocks[0].attn.gaug.log_var.weight - before).abs()
+    big = grad.abs() > 2e-6  # Adam's first step is lr * g / (|g| + eps), eps 1e-8: lr where |g| >> eps
+    assert big.sum() > 10
+    torch.testing.assert_close(step[big], torch.full_like(step[big], 1e-3), rtol=1e-2, atol=0)
 
 
 def test_compile_fullgraph_model(device):
