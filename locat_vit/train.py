@@ -11,14 +11,18 @@ log; checkpoints ``last.pth`` and ``best.pth`` written atomically; ``--resume`` 
 optimizer steps, so a resumed command with the same flags ends where the uninterrupted one would.
 ``--save-every N`` also writes ``last.pth`` every N steps, and SIGTERM (a scheduler's preemption) or
 SIGINT (Ctrl-C) writes it at the end of the current step and exits with 143 or 130, ready for
-``--resume``. Every argument, path, checkpoint and image-folder class list is checked, the output
-folder written to and locked (``run.lock``: one live run per folder), before training starts.
+``--resume`` (under DDP, a signal to any rank stops every rank after the same step). Every argument,
+path, checkpoint and image-folder class list is checked, the output folder written to, its free
+space compared with the checkpoints' size, and locked (``run.lock``: one live run per folder), before
+training starts. An unreadable image is named and skipped, up to ``--max-unreadable`` of a split.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="default: the dataset's")
     p.add_argument("--synthetic-size", type=int, default=512, help="training images of the synthetic data")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--max-unreadable", type=float, default=0.01,
+                   help="image folders: an unreadable image is named in a warning and the next one used; the run "
+                        "stops once more than this share of a split's images proved unreadable (per loader process)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model init, data order and augmentation")
     p.add_argument("--log-every", type=int, default=10, help="optimizer steps between progress lines")
     return p
@@ -97,6 +104,10 @@ def main(argv=None) -> int:
     lock = _lock(parser, args.output) if rank == 0 else None
     try:
         return _train(parser, args, rank, world, device)
+    except UnreadableImages as e:  # raised in a loader process: DataLoader re-raises it with that traceback
+        print(f"locat-train: error: {str(e).strip().splitlines()[-1].split('UnreadableImages: ')[-1]}",
+              file=sys.stderr)
+        return 1
     finally:
         if lock is not None:
             lock.unlink(missing_ok=True)
@@ -125,6 +136,8 @@ def _validate(parser, args) -> None:
     for name in ("img_size", "batch_size", "epochs", "accum_steps", "synthetic_size", "log_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.max_unreadable <= 1:
+        parser.error(f"--max-unreadable is a share of the images, from 0 to 1; got {args.max_unreadable}")
     for name in ("max_steps", "save_every"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -191,6 +204,8 @@ def _lock(parser, output: Path) -> Path:
             parser.error(f"--output {output} is in use by a live run (pid {pid} on {lock_host}, {lock}); use another "
                          f"folder, or delete the lock if that run is gone")
     lock.write_text(f"{os.getpid()} {host}\n")
+    for tmp in output.glob("*.tmp"):  # left by a run that was killed mid-write (this folder is ours now)
+        tmp.unlink(missing_ok=True)
     return lock
 
 
@@ -217,7 +232,42 @@ def _data(args):
                            transform=create_transform(args.img_size, is_training=True))
     val = create_dataset("", root=str(Path(args.data) / "val"), transform=create_transform(args.img_size))
     classes = len(getattr(train.reader, "class_to_idx", {})) or None
-    return train, val, args.num_classes or classes
+    return _NamedFailures(train, args.max_unreadable), _NamedFailures(val, args.max_unreadable), args.num_classes or classes
+
+
+class UnreadableImages(RuntimeError):
+    """More than ``--max-unreadable`` of a split's images could not be read."""
+
+
+class _NamedFailures(torch.utils.data.Dataset):
+    """timm's image dataset, whose own retry warns without the file's name: an unreadable image is
+    named on stderr and the next one taken instead; past ``max_share`` of the split's images
+    (counted in this process) it raises ``UnreadableImages``."""
+
+    def __init__(self, dataset, max_share: float):
+        dataset._max_retries = 1  # timm raises on the first failure; the retry is ours, with the name
+        logging.getLogger("timm.data.dataset").setLevel(logging.ERROR)  # its own warning has no name
+        self.dataset, self.max_share, self.bad = dataset, max_share, 0
+        self.reader = dataset.reader
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        n = len(self.dataset)
+        for i in range(index, index + n):
+            try:
+                return self.dataset[i % n]
+            except RuntimeError:
+                self.bad += 1
+                name = self.reader.filename(i % n, absolute=True)
+                print(f"warning: unreadable image skipped (the next one used instead): {name}", file=sys.stderr,
+                      flush=True)
+                if self.bad > self.max_share * n:
+                    raise UnreadableImages(
+                        f"{self.bad} of {n} images under {Path(name).parents[1]} are unreadable (more than "
+                        f"--max-unreadable {self.max_share}); the last: {name}") from None
+        raise UnreadableImages(f"no readable image among {n}")
 
 
 def _model(parser, args, num_classes):
@@ -299,6 +349,7 @@ class _Run:
     global_step: int = 0
     best_acc: float = float("-inf")  # best.pth from the first epoch on
     history: list = field(default_factory=list)
+    stop_group: object = None  # DDP: a gloo group for the per-step stop flag (host only, no device sync)
 
     @property
     def cuda(self) -> bool:
@@ -306,6 +357,15 @@ class _Run:
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+    def agreed_signal(self, signum: int | None) -> int:
+        """The stop signal any rank has received (0: none), so that every rank stops after the same
+        step, also when the scheduler signalled only some of them."""
+        if self.world == 1:
+            return signum or 0
+        flag = torch.tensor([signum or 0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.stop_group)
+        return int(flag)
 
     def checkpoint(self, next_epoch: int, next_step: int) -> dict:
         """Everything ``--resume`` restores, to continue at (next_epoch, next_step)."""
@@ -348,7 +408,21 @@ def _setup(parser, args, rank, world, device) -> _Run:
     scheduler, _ = create_scheduler_v2(
         optimizer, "cosine", num_epochs=args.epochs, warmup_epochs=args.warmup_epochs, warmup_lr=args.lr * WARMUP_START,
         step_on_epochs=False, updates_per_epoch=updates_per_epoch)
-    return _Run(args, rank, world, device, model, sampler, loader, val_loader, optimizer, scheduler, updates_per_epoch)
+    _check_free_space(parser, args.output, model)
+    run = _Run(args, rank, world, device, model, sampler, loader, val_loader, optimizer, scheduler, updates_per_epoch)
+    if world > 1:
+        run.stop_group = dist.new_group(backend="gloo")
+    return run
+
+
+def _check_free_space(parser, output: Path, model) -> None:
+    """Room for the checkpoints before the first step: last.pth and best.pth, each about three times
+    the weights (weights and AdamW's two moments), plus a temp copy while one is written."""
+    need = 3 * 3 * sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    free = shutil.disk_usage(output).free
+    if free < need:
+        parser.error(f"--output {output}: {free / 2**20:.0f} MiB free, the checkpoints need about "
+                     f"{need / 2**20:.0f} MiB")
 
 
 def _resume(parser, args, run: _Run) -> bool:
@@ -426,14 +500,15 @@ def _train_epoch(run: _Run, epoch: int, log, stop) -> _EpochStats:
             eta = elapsed / done * (run.updates_per_epoch - run.step_in_epoch)
             log.step(epoch, run.step_in_epoch, torch.stack(stats.losses[-args.accum_steps:]).mean().item(),
                      stats.images_seen / elapsed, eta)
-        if stop.signum or (args.save_every and run.global_step % args.save_every == 0):
+        signum = run.agreed_signal(stop.signum)
+        if signum or (args.save_every and run.global_step % args.save_every == 0):
             if run.rank == 0:
                 _atomic_save(run.checkpoint(epoch, run.step_in_epoch), args.output / "last.pth")
-            if stop.signum:
+            if signum:
                 if run.rank == 0:
-                    print(f"{signal.Signals(stop.signum).name}: saved {args.output / 'last.pth'} at step "
+                    print(f"{signal.Signals(signum).name}: saved {args.output / 'last.pth'} at step "
                           f"{run.global_step}; continue with --resume {args.output / 'last.pth'}", flush=True)
-                stats.signum = stop.signum
+                stats.signum = signum
                 return stats
         if args.max_steps and run.global_step >= args.max_steps:
             break

@@ -310,3 +310,93 @@ def test_image_folder_classes_are_checked_before_training(tmp_path, capsys, layo
         main(SMALL + ["--data", str(tmp_path), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err, err
+
+
+def _folder_with_unreadable(root, unreadable):
+    """train/ and val/ with classes a and b of four 40 px images each; ``unreadable`` train images of
+    class a are garbage bytes under an image name."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
+            (root / split / c).mkdir(parents=True)
+            for i in range(4):
+                path = root / split / c / f"{i}.png"
+                if split == "train" and c == "a" and i < unreadable:
+                    path.write_bytes(b"not an image")
+                else:
+                    Image.new("RGB", (40, 40), colour).save(path)
+
+
+def test_an_unreadable_image_is_named_and_the_run_goes_on(tmp_path, capsys):
+    _folder_with_unreadable(tmp_path / "data", 1)
+    args = ["--data", str(tmp_path / "data"), "--img-size", "32", "--batch-size", "2", "--epochs", "1",
+            "--warmup-epochs", "0", "--max-unreadable", "0.2", "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"unreadable image skipped (the next one used instead): {tmp_path / 'data' / 'train' / 'a' / '0.png'}" in err
+
+
+def test_too_many_unreadable_images_stop_the_run_in_one_line(tmp_path, capsys):
+    _folder_with_unreadable(tmp_path / "data", 3)
+    args = ["--data", str(tmp_path / "data"), "--img-size", "32", "--batch-size", "2", "--epochs", "1",
+            "--warmup-epochs", "0", "--max-unreadable", "0.2", "--output", str(tmp_path / "run")]
+    assert main(args) == 1  # 2 of 8 unreadable is past 0.2 (the third is not reached before the stop)
+    err = capsys.readouterr().err
+    assert "locat-train: error: 2 of 8 images under" in err and "--max-unreadable 0.2" in err, err
+    assert "Traceback" not in err
+
+
+def test_too_little_free_space_fails_before_training(tmp_path, capsys, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    import locat_vit.train as train
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(train.shutil, "disk_usage", lambda path: usage(10 * 2**20, 9 * 2**20, 2**20))
+    with pytest.raises(SystemExit):
+        main(SMALL + ["--epochs", "1", "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path / 'run'}: 1 MiB free, the checkpoints need about" in err, err
+    assert not (tmp_path / "run" / "last.pth").exists() and shutil.disk_usage is not None
+
+
+def test_temp_files_of_a_killed_run_are_removed_at_start(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pth.99999.tmp").write_bytes(b"half a checkpoint")
+    assert main(SMALL + ["--epochs", "1", "--max-steps", "1", "--output", str(out)]) == 0
+    assert not list(out.glob("*.tmp")) and (out / "last.pth").is_file()
+
+
+def test_ddp_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """A scheduler that signals only one process: the flag is shared every step (gloo, host only),
+    so both ranks stop after the same step, rank 0 saves, and nothing hangs."""
+    import signal
+
+    run = SMALL + ["--epochs", "1", "--synthetic-size", "400", "--batch-size", "4", "--log-every", "1",
+                   "--max-steps", "50"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "locat_vit.train", *run, "--output", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # rank 0's second progress line: both ranks are training
+        if re.search(r"step\s+2/", line):
+            break
+
+    def rank1():
+        for stat in Path("/proc").glob("[0-9]*/environ"):
+            try:
+                environ = stat.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"MASTER_PORT={cmd[8]}".encode() in environ and b"RANK=1" in environ:
+                return int(stat.parent.name)
+
+    os.kill(rank1(), signal.SIGTERM)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    assert "SIGTERM: saved" in out, out  # rank 0 was not signalled, yet it saved and stopped
+    stopped = torch.load(tmp_path / "last.pth", weights_only=True)["global_step"]
+    assert 2 <= stopped < 50, stopped
