@@ -19,9 +19,11 @@ training starts. An unreadable image is named and skipped, up to ``--max-unreada
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -337,7 +339,7 @@ class _Run:
     world: int
     device: torch.device
     model: torch.nn.Module
-    sampler: DistributedSampler
+    sampler: "_SkipFirst"
     loader: DataLoader
     val_loader: DataLoader
     optimizer: torch.optim.Optimizer
@@ -373,7 +375,8 @@ class _Run:
                     scheduler=self.scheduler.state_dict(), epoch=next_epoch, step_in_epoch=next_step,
                     global_step=self.global_step, best_acc=self.best_acc, history=self.history,
                     args=_plain(vars(self.args)),
-                    rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.cuda else None))
+                    rng=dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.cuda else None,
+                             python=random.getstate()))
 
 
 @dataclass
@@ -390,16 +393,21 @@ class _EpochStats:
 
 def _setup(parser, args, rank, world, device) -> _Run:
     torch.manual_seed(args.seed)
+    random.seed(args.seed)  # timm's random crops draw from Python's generator
     train_set, val_set, num_classes = _data(args)
     if not num_classes:
         parser.error("could not tell the number of classes: pass --num-classes")
     model = _model(parser, args, num_classes).to(device)
     cuda = device.type == "cuda"
-    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    sampler = _SkipFirst(DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
+                                            drop_last=True))
+    # Each loader draws its workers' base seed from a generator of its own, not from the global one that
+    # the augmentations use: a resumed run's global stream then continues exactly where it was saved.
     loader = DataLoader(train_set, args.batch_size, sampler=sampler, num_workers=args.workers, drop_last=True,
-                        pin_memory=cuda)
+                        pin_memory=cuda, generator=torch.Generator().manual_seed(args.seed))
     val_loader = DataLoader(val_set, args.batch_size, num_workers=args.workers,
-                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False))
+                            sampler=DistributedSampler(val_set, num_replicas=world, rank=rank, shuffle=False),
+                            generator=torch.Generator().manual_seed(args.seed))
     updates_per_epoch = len(loader) // args.accum_steps
     if updates_per_epoch < 1:
         parser.error(f"{len(train_set)} training images give no full step of {args.batch_size} x {args.accum_steps} "
@@ -446,6 +454,8 @@ def _resume(parser, args, run: _Run) -> bool:
     torch.set_rng_state(state["rng"]["torch"])
     if run.cuda and state["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(state["rng"]["cuda"])
+    if state["rng"].get("python") is not None:  # timm's random crops draw from Python's generator
+        random.setstate(_as_tuples(state["rng"]["python"]))
     if run.rank == 0:
         print(f"resumed {args.resume}: epoch {run.epoch}, step {run.global_step}")
     if args.max_steps and run.global_step >= args.max_steps:
@@ -453,6 +463,28 @@ def _resume(parser, args, run: _Run) -> bool:
             print(f"nothing to do: the run is at step {run.global_step}, --max-steps is {args.max_steps}")
         return False
     return True
+
+
+def _as_tuples(x):
+    """Python's random state as ``random.setstate`` wants it (a checkpoint may hand back lists)."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class _SkipFirst(torch.utils.data.Sampler):
+    """The wrapped sampler's indices after the first ``skip``: a resumed epoch starts at its next
+    batch without reading (decoding, augmenting) the ones it has done."""
+
+    def __init__(self, sampler):
+        self.sampler, self.skip = sampler, 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
 
 
 def _train_epoch(run: _Run, epoch: int, log, stop) -> _EpochStats:
@@ -464,9 +496,9 @@ def _train_epoch(run: _Run, epoch: int, log, stop) -> _EpochStats:
     stats = _EpochStats([], 0, time.perf_counter(), run.step_in_epoch, None, [])
     if run.cuda:
         torch.cuda.reset_peak_memory_stats(run.device)
-    for i, (images, labels) in enumerate(run.loader):
-        if i < stats.first_step * args.accum_steps:  # resumed inside an epoch: same order, skip what was done
-            continue
+    done_batches = stats.first_step * args.accum_steps  # resumed inside the epoch: the same order from here
+    run.sampler.skip = done_batches * args.batch_size
+    for i, (images, labels) in enumerate(run.loader, start=done_batches):
         if not torch.isfinite(images).all():  # checked on the host: no device sync
             raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
         images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)

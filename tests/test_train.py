@@ -317,6 +317,7 @@ def _folder_with_unreadable(root, unreadable):
     class a are garbage bytes under an image name."""
     from PIL import Image
 
+    g = torch.Generator().manual_seed(0)
     for split in ("train", "val"):
         for c, colour in (("a", (200, 30, 30)), ("b", (30, 30, 200))):
             (root / split / c).mkdir(parents=True)
@@ -324,8 +325,9 @@ def _folder_with_unreadable(root, unreadable):
                 path = root / split / c / f"{i}.png"
                 if split == "train" and c == "a" and i < unreadable:
                     path.write_bytes(b"not an image")
-                else:
-                    Image.new("RGB", (40, 40), colour).save(path)
+                else:  # the class colour under noise, so that crops and flips change the pixels
+                    pixels = (torch.tensor(colour) + torch.randint(-30, 30, (40, 40, 3), generator=g)).clamp(0, 255)
+                    Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
 
 
 def test_an_unreadable_image_is_named_and_the_run_goes_on(tmp_path, capsys):
@@ -400,3 +402,30 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert "SIGTERM: saved" in out, out  # rank 0 was not signalled, yet it saved and stopped
     stopped = torch.load(tmp_path / "last.pth", weights_only=True)["global_step"]
     assert 2 <= stopped < 50, stopped
+
+
+def test_resume_skips_done_batches_unread_and_keeps_random_augmentation_exact(tmp_path, monkeypatch):
+    """An image folder with timm's random training augmentation (crops, flips), no loader workers:
+    the resumed epoch starts at its next batch without reading the done ones, and the run equals the
+    uninterrupted one bit for bit (the torch and Python generator states are in the checkpoint)."""
+    import locat_vit.train as train
+
+    _folder_with_unreadable(tmp_path / "data", 0)  # 8 train images: 4 steps an epoch at batch 2
+    args = ["--data", str(tmp_path / "data"), "--img-size", "32", "--batch-size", "2", "--epochs", "2",
+            "--warmup-epochs", "0", "--lr", "1e-3", "--max-steps", "7"]
+    reads, real = [], train._NamedFailures.__getitem__
+
+    def counted(self, index):
+        if "train" in str(self.reader.filename(index, absolute=True)):
+            reads.append(index)
+        return real(self, index)
+
+    monkeypatch.setattr(train._NamedFailures, "__getitem__", counted)
+    assert main(args + ["--output", str(tmp_path / "a")]) == 0
+    b = args[:-1] + ["2", "--output", str(tmp_path / "b")]
+    assert main(b) == 0  # stops after 2 of the first epoch's 4 steps
+    reads.clear()
+    assert main(args + ["--output", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "last.pth")]) == 0
+    assert len(reads) == 2 * 2 + 3 * 2  # steps 3-4 of epoch 1 and 1-3 of epoch 2, two images each
+    wa, wb = _weights(tmp_path / "a" / "last.pth"), _weights(tmp_path / "b" / "last.pth")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
