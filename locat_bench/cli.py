@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path("locat-bench-results")  # in the working directory; the repository commits its own under benchmarks/results
+RESULTS = Path("locat-bench-results")  # in the working directory (the repository's own: benchmarks/results)
 
 
 def main(argv=None) -> int:

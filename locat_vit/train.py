@@ -234,7 +234,8 @@ def _data(args):
                            transform=create_transform(args.img_size, is_training=True))
     val = create_dataset("", root=str(Path(args.data) / "val"), transform=create_transform(args.img_size))
     classes = len(getattr(train.reader, "class_to_idx", {})) or None
-    return _NamedFailures(train, args.max_unreadable), _NamedFailures(val, args.max_unreadable), args.num_classes or classes
+    share = args.max_unreadable
+    return _NamedFailures(train, share), _NamedFailures(val, share), args.num_classes or classes
 
 
 class UnreadableImages(RuntimeError):
