@@ -1,11 +1,15 @@
-"""LocAtViT on timm: ``import locat_vit`` registers locatvit_tiny / _small / _base with timm."""
+"""LocAtViT on timm: ``import locat_vit`` registers locatvit_tiny / _small / _base and
+locatvit_tiny_rope_mixed / locatvit_base_rope_mixed with timm."""
 from .attention import GaussianAugmentation, GaussianAugmentedAttention
 from .convert import locatify
 from .locatvit import LocAtViT, load_checkpoint, patch_refinement
+from .ropevit import GaussianAugmentedAttentionRope, LocAtRoPEViT
 
 __all__ = [
     "GaussianAugmentation",
     "GaussianAugmentedAttention",
+    "GaussianAugmentedAttentionRope",
+    "LocAtRoPEViT",
     "LocAtViT",
     "load_checkpoint",
     "locatify",
