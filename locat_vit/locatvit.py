@@ -152,7 +152,8 @@ def state_dict_misfit(model: nn.Module, state: dict) -> str | None:
     return "; ".join(parts) or None
 
 
-def _cfg(**kwargs):
+def default_cfg(**kwargs):
+    """The pretrained cfg of a LocAt model (ImageNet-1k at 224 px), ``kwargs`` added."""
     return {
         "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
         "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
@@ -164,7 +165,7 @@ def _cfg(**kwargs):
 # there is a network. A local file instead: pretrained_cfg_overlay=dict(file=PATH), or load_checkpoint().
 PUBLISHED_HUB_IDS = {"locatvit_tiny": "sinahmr/locatvit_tiny", "locatvit_base": "sinahmr/locatvit_base"}
 default_cfgs = generate_default_cfgs({
-    name: _cfg(hf_hub_id=PUBLISHED_HUB_IDS[name]) if name in PUBLISHED_HUB_IDS else _cfg()
+    name: default_cfg(hf_hub_id=PUBLISHED_HUB_IDS[name]) if name in PUBLISHED_HUB_IDS else default_cfg()
     for name in ("locatvit_tiny", "locatvit_small", "locatvit_base")})
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import inspect
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import apply_rot_embed_cat, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.eva import Eva, checkpoint_filter_fn
@@ -19,7 +18,7 @@ from torch import Tensor
 from locat_kernels import gaussian_attention
 
 from .attention import GaussianAugmentedAttention
-from .locatvit import patch_refinement
+from .locatvit import default_cfg, patch_refinement
 
 __all__ = ["LocAtRoPEViT", "GaussianAugmentedAttentionRope"]
 
@@ -82,21 +81,12 @@ class LocAtRoPEViT(Eva):
                 blk.attn.grid_size = grid
         return super()._pos_embed(x)
 
-    def forward_features(self, x: Tensor, *args, **kwargs) -> Tensor:
-        """Eva's features (final norm included), then PRR."""
-        x = super().forward_features(x, *args, **kwargs)
-        return patch_refinement(x, self.blocks[0].attn.num_heads)
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """PRR over all tokens of the normalized features (as ``LocAtViT``), then Eva's head."""
+        return super().forward_head(patch_refinement(x, self.blocks[0].attn.num_heads), pre_logits=pre_logits)
 
 
-def _cfg(**kwargs):
-    return {
-        "url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
-        "interpolation": "bicubic", "fixed_input_size": True, "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head", **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ("locatvit_tiny_rope_mixed", "locatvit_base_rope_mixed")})
+default_cfgs = generate_default_cfgs({name: default_cfg() for name in ("locatvit_tiny_rope_mixed", "locatvit_base_rope_mixed")})
 
 # The published RoPE-ViT configuration (mixed, learnable per-depth frequencies; no absolute position
 # embedding), as timm's vit_*_patch16_rope_mixed_224 have it; timm names the mixed mode by version.

@@ -1,0 +1,133 @@
+"""LocAt on Jumbo: a ViT whose J class tokens are read as one wide token with its own norm and MLP
+(one MLP shared by all blocks), Gaussian-augmented attention in every block, a norm of its own on
+the patches and PRR before the head (the published ``locatjumbo_{tiny,base}``; ``jumbo_{tiny,base}``
+are the same without LocAt, the published baselines).
+
+Per block: ``x = x + ls1(attn(norm1(x)))`` over all tokens; then the J prefix tokens, flattened to one
+(J * dim) vector, get ``+ ls3(mlp_J(norm3(.)))`` and the patches ``+ ls2(mlp(norm2(.)))``. The
+features: the flattened prefix normed by ``norm`` (J * dim), the patches by ``norm_patches``; the head
+reads the flattened prefix (after PRR with LocAt). State-dict keys as published.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from timm.layers import LayerScale, Mlp
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import Tensor, nn
+
+from .locatvit import add_gaussian_attention, default_cfg, patch_refinement
+
+__all__ = ["Jumbo", "JumboBlock"]
+
+# The published head bias: the log of a uniform prediction, rounded as published for its class counts.
+_HEAD_BIAS = {100: -4.6, 1000: -6.9, 10450: -9.25}
+
+
+class JumboBlock(Block):
+    """timm's ``Block`` plus the wide prefix token's norm3 / ls3 and the shared ``jumbo_mlp`` (set by
+    the model). Takes timm's block keywords and ``J``, the number of prefix tokens."""
+
+    def __init__(self, dim: int, num_heads: int, *, J: int, **kwargs):
+        super().__init__(dim, num_heads, **kwargs)
+        self.J = J
+        self.norm3 = nn.LayerNorm(J * dim)  # torch's default eps (1e-5), as published
+        self.jumbo_mlp = None  # one Mlp shared by every block: assigned by Jumbo
+        self.ls3 = LayerScale(J * dim, init_values=kwargs["init_values"])
+        self.drop_path3 = self.drop_path2
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        y = self.norm1(x)
+        x = x + self.drop_path1(self.ls1(self.attn(y) if attn_mask is None else self.attn(y, attn_mask=attn_mask)))
+        B, _, C = x.shape
+        prefix = x[:, :self.J].reshape(B, self.J * C)
+        prefix = prefix + self.drop_path3(self.ls3(self.jumbo_mlp(self.norm3(prefix))))
+        patches = x[:, self.J:]
+        patches = patches + self.drop_path2(self.ls2(self.mlp(self.norm2(patches))))
+        return torch.cat([prefix.reshape(B, self.J, C), patches], 1)
+
+
+class Jumbo(VisionTransformer):
+    """Jumbo on timm's ``VisionTransformer``; with ``locat`` (the ``locatjumbo_*`` models) every
+    attention is Gaussian-augmented (``attn_backend``, ``gaussian_mode`` as for ``LocAtViT``), the
+    patches get ``norm_patches`` and PRR runs before the head."""
+
+    def __init__(self, J: int = 6, jumbo_mlp_ratio: float = 4.0, locat: bool = False, attn_backend: str = "auto",
+                 gaussian_mode: str = "published", **kwargs):
+        kwargs.setdefault("init_values", 1e-4)
+        super().__init__(block_fn=partial(JumboBlock, J=J), no_embed_class=True, **kwargs)
+        dim, width = self.embed_dim, J * self.embed_dim
+        self.J = self.num_prefix_tokens = J
+        self.locat = locat
+        self.cls_token = nn.Parameter(torch.zeros(1, J, dim))
+        self.norm = nn.LayerNorm(width)  # of the flattened prefix
+        self.norm_patches = nn.LayerNorm(dim) if locat else nn.Identity()
+        self.jumbo_mlp = Mlp(width, int(width * jumbo_mlp_ratio), act_layer=nn.GELU,
+                             drop=kwargs.get("proj_drop_rate", 0.0))
+        for blk in self.blocks:
+            blk.jumbo_mlp = self.jumbo_mlp
+        self.head = nn.Linear(width, self.num_classes) if self.num_classes else nn.Identity()
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(self._init_weights)
+        if self.num_classes:  # zero weights, the bias of a uniform prediction
+            nn.init.zeros_(self.head.weight)
+            nn.init.constant_(self.head.bias, _HEAD_BIAS.get(self.num_classes, -math.log(self.num_classes)))
+        if locat:
+            add_gaussian_attention(self, attn_backend, gaussian_mode)
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        if self.locat and self.dynamic_img_size:  # x is (B, gh, gw, C): the blocks need the current grid
+            for blk in self.blocks:
+                blk.attn.grid_size = (x.shape[1], x.shape[2])
+        return super()._pos_embed(x)
+
+    def forward_features(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("Jumbo takes no attn_mask or is_causal")
+        x = self.blocks(self.norm_pre(self._pos_embed(self.patch_embed(x))))
+        B, _, C = x.shape
+        prefix = self.norm(x[:, :self.J].reshape(B, self.J * C)).reshape(B, self.J, C)
+        return torch.cat([prefix, self.norm_patches(x[:, self.J:])], 1)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.locat:
+            x = patch_refinement(x, self.blocks[0].attn.num_heads)
+        x = self.head_drop(x[:, :self.J].flatten(1))
+        return x if pre_logits else self.head(x)
+
+
+default_cfgs = generate_default_cfgs({name: default_cfg() for name in (
+    "jumbo_tiny", "jumbo_base", "locatjumbo_tiny", "locatjumbo_base")})
+
+
+def _create(variant: str, pretrained: bool, model_args: dict, **kwargs) -> Jumbo:
+    return build_model_with_cfg(Jumbo, variant, pretrained,
+                                feature_cfg=dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter"),
+                                **{**model_args, **kwargs})
+
+
+_TINY = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+_BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+
+
+@register_model
+def jumbo_tiny(pretrained: bool = False, **kwargs) -> Jumbo:
+    return _create("jumbo_tiny", pretrained, _TINY, **kwargs)
+
+
+@register_model
+def jumbo_base(pretrained: bool = False, **kwargs) -> Jumbo:
+    return _create("jumbo_base", pretrained, _BASE, **kwargs)
+
+
+@register_model
+def locatjumbo_tiny(pretrained: bool = False, **kwargs) -> Jumbo:
+    return _create("locatjumbo_tiny", pretrained, dict(_TINY, locat=True), **kwargs)
+
+
+@register_model
+def locatjumbo_base(pretrained: bool = False, **kwargs) -> Jumbo:
+    return _create("locatjumbo_base", pretrained, dict(_BASE, locat=True), **kwargs)
