@@ -3,7 +3,9 @@
 ``SyntheticClassification``: each class is a striped pattern with its own orientation, frequency and
 colour, drawn with a random phase and noise; learnable in a few steps. ``SyntheticScenes``: rectangles
 and ellipses of textured classes with per-pixel labels, for the segmentation probe. Both are
-deterministic per (seed, index); images come normalized (mean 0.5, std 0.5 per channel), CHW float32.
+deterministic per (seed, index); images come normalized (mean 0.5, std 0.5 per channel), CHW float32,
+or for ``SyntheticClassification(..., uint8=True)`` as CHW uint8 (a quarter of the bytes through a data
+loader's processes; ``from_uint8`` normalizes them on the device).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from torch.utils.data import Dataset
 # million images with different seeds never share an image's generator.
 _SEED_STRIDE = 1_000_003
 
-__all__ = ["SyntheticClassification", "SyntheticScenes"]
+__all__ = ["SyntheticClassification", "SyntheticScenes", "from_uint8"]
 
 
 def _colour(c, num_classes: int) -> torch.Tensor:
@@ -29,11 +31,17 @@ def _normalize(image: torch.Tensor) -> torch.Tensor:
     return ((image.clamp(0, 1) - 0.5) / 0.5).float()
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0-255) as the normalized float32 images the models take (mean 0.5, std 0.5)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
 class SyntheticClassification(Dataset):
-    def __init__(self, length: int, img_size: int, num_classes: int = 10, seed: int = 0):
+    def __init__(self, length: int, img_size: int, num_classes: int = 10, seed: int = 0, uint8: bool = False):
         if length < 1 or img_size < 1 or num_classes < 2:
             raise ValueError(f"need length >= 1, img_size >= 1, num_classes >= 2; got {length}, {img_size}, {num_classes}")
         self.length, self.img_size, self.num_classes, self.seed = length, img_size, num_classes, seed
+        self.uint8 = uint8
         self.classes = [f"pattern_{c}" for c in range(num_classes)]
 
     def __len__(self) -> int:
@@ -51,6 +59,8 @@ class SyntheticClassification(Dataset):
         wave = torch.sin(freq * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) + phase)
         colour = _colour(label, self.num_classes)[:, None, None]
         image = 0.5 + 0.4 * colour * wave + 0.1 * torch.randn(3, self.img_size, self.img_size, generator=g)
+        if self.uint8:
+            return image.clamp(0, 1).mul(255).round().to(torch.uint8), label
         return _normalize(image), label
 
 

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .attention import ATTN_BACKENDS
 from .convert import locatify
-from .data import SyntheticClassification
+from .data import SyntheticClassification, from_uint8
 from .locatvit import load_checkpoint, read_checkpoint, state_dict_misfit
 
 __all__ = ["main", "build_parser"]
@@ -226,8 +226,10 @@ def _init_distributed():
 def _data(args):
     if args.data == "synthetic":
         n = args.num_classes or 10
-        return (SyntheticClassification(args.synthetic_size, args.img_size, n, seed=args.seed),
-                SyntheticClassification(max(args.synthetic_size // 4, 1), args.img_size, n, seed=args.seed + 1), n)
+        # uint8 through the loaders (normalized on the device): float32 images would cost 4x the host traffic
+        return (SyntheticClassification(args.synthetic_size, args.img_size, n, seed=args.seed, uint8=True),
+                SyntheticClassification(max(args.synthetic_size // 4, 1), args.img_size, n, seed=args.seed + 1,
+                                        uint8=True), n)
     from timm.data import create_dataset, create_transform
 
     train = create_dataset("", root=str(Path(args.data) / "train"),
@@ -499,10 +501,12 @@ def _train_epoch(run: _Run, epoch: int, log, stop) -> _EpochStats:
         torch.cuda.reset_peak_memory_stats(run.device)
     done_batches = stats.first_step * args.accum_steps  # resumed inside the epoch: the same order from here
     run.sampler.skip = done_batches * args.batch_size
-    for i, (images, labels) in enumerate(run.loader, start=done_batches):
-        if not torch.isfinite(images).all():  # checked on the host: no device sync
+    # Whole optimizer steps only: a trailing share of a step would leave its gradients in the next epoch's first.
+    batches = itertools.islice(run.loader, run.updates_per_epoch * args.accum_steps - done_batches)
+    for i, (images, labels) in enumerate(batches, start=done_batches):
+        if images.is_floating_point() and not torch.isfinite(images).all():  # on the host: no device sync
             raise FloatingPointError(f"non-finite values in the input images (epoch {epoch}, batch {i})")
-        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        images, labels = _to_device(images, run.device), labels.to(run.device, non_blocking=True)
         timed = run.cuda and stats.steady is not None  # GPU time of the step itself, data loading left out
         if timed:
             stats.spans.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
@@ -559,12 +563,14 @@ def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, log) -> None:
         else None
     gpu_s = sum(a.elapsed_time(b) for a, b in stats.spans) / 1e3
     acc = _evaluate(run, log)
+    ranks = _across_ranks(run, stats)
+    losses = ranks["step_losses"]
     record = dict(epoch=epoch, steps=run.step_in_epoch, global_step=run.global_step, val_acc=acc,
-                  train_loss=torch.stack(stats.losses).mean().item() if stats.losses else None,
+                  train_loss=sum(losses) / len(losses) if losses else None,
                   img_s=stats.images_seen / (t1 - stats.t0), steady_img_s=steady_img_s,
                   gpu_img_s=len(stats.spans) * args.batch_size * run.world / gpu_s if stats.spans else None,
                   peak_mem_gib=torch.cuda.max_memory_allocated(run.device) / 2**30 if run.cuda else None,
-                  lr=run.optimizer.param_groups[0]["lr"])
+                  lr=run.optimizer.param_groups[0]["lr"], world_size=run.world, **ranks)
     if run.history and run.history[-1]["epoch"] == epoch:  # an epoch resumed mid-way: one record, the latest
         record["resumed_at_step"] = stats.first_step
         run.history[-1] = record
@@ -582,6 +588,31 @@ def _end_epoch(run: _Run, epoch: int, stats: _EpochStats, log) -> None:
     run.step_in_epoch = 0
 
 
+def _across_ranks(run: _Run, stats: _EpochStats) -> dict:
+    """``step_losses``: each optimizer step's loss, the mean over its micro-batches and every rank's share of
+    the global batch (one collective per epoch); ``peak_mem_gib_per_rank`` on CUDA."""
+    losses = torch.stack(stats.losses).float() if stats.losses else torch.zeros(0, device=run.device)
+    losses = losses.view(-1, run.args.accum_steps).mean(1)
+    out = {}
+    if run.world > 1:
+        dist.all_reduce(losses)  # SUM: gloo has no AVG
+        losses /= run.world
+        if run.cuda:
+            peaks = torch.zeros(run.world, device=run.device)
+            peaks[run.rank] = torch.cuda.max_memory_allocated(run.device) / 2**30
+            dist.all_reduce(peaks)
+            out["peak_mem_gib_per_rank"] = peaks.tolist()
+    elif run.cuda:
+        out["peak_mem_gib_per_rank"] = [torch.cuda.max_memory_allocated(run.device) / 2**30]
+    return dict(step_losses=losses.tolist(), **out)
+
+
+def _to_device(images, device):
+    """A batch of images on the device as the model's input (uint8 ones normalized there)."""
+    images = images.to(device, non_blocking=True)
+    return from_uint8(images) if images.dtype == torch.uint8 else images
+
+
 def _synced_time(cuda: bool) -> float:
     if cuda:
         torch.cuda.synchronize()
@@ -597,7 +628,7 @@ def _evaluate(run: _Run, log) -> float:
     batches = len(run.val_loader)
     t0 = time.perf_counter()
     for i, (images, labels) in enumerate(run.val_loader):
-        images, labels = images.to(run.device), labels.to(run.device)
+        images, labels = _to_device(images, run.device), labels.to(run.device, non_blocking=True)
         with run.autocast():
             correct += (run.net(images).argmax(-1) == labels).sum()
         total += labels.numel()

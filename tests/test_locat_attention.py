@@ -50,6 +50,15 @@ def test_gradient_through_var_and_alpha_is_not_dropped(device):
     assert (dq - dq_attention_only).norm() > 1e-2 * dq.norm()
 
 
+def test_layer_gradients_have_the_parameters_strides(device):
+    """DistributedDataParallel copies each gradient into a bucket view with the parameter's strides,
+    and warns (slower) when they differ: the four layer gradients come laid out as the layers."""
+    q, k, v, *layers = _inputs(2, 2, (4, 4), 1, 16, device)
+    out = locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, backend="triton")
+    for g, w in zip(torch.autograd.grad(out, layers, torch.randn_like(out)), layers):
+        assert g.shape == w.shape and g.stride() == w.stride(), (g.stride(), w.stride())
+
+
 def test_compile_fullgraph_equals_eager(device):
     """Under torch.compile the triton ops (locat::locat_attention and its backward) give eager's
     out and gradients exactly."""

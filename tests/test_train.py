@@ -96,6 +96,34 @@ def test_ddp_two_processes_match_one(tmp_path, monkeypatch):
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=2 * 1e-3, msg=k)
     assert sum(int((w2[k] - w1[k]).abs().gt(1e-6).sum()) for k in w1) < 0.01 * sum(v.numel() for v in w1.values())
+    # The log's per-step loss is the global batch's under DDP: both ranks' halves averaged
+    r1, r2 = (json.loads((p / "log.json").read_text())["epochs"][-1] for p in (one, two))
+    assert (r1["world_size"], r2["world_size"]) == (1, 2) and len(r1["step_losses"]) == len(r2["step_losses"]) == 2
+    torch.testing.assert_close(r2["step_losses"], r1["step_losses"], rtol=1e-4, atol=0)
+    assert r2["train_loss"] == pytest.approx(sum(r2["step_losses"]) / 2)
+
+
+def test_synthetic_uint8_images_are_the_float_ones_quantized():
+    kwargs = dict(length=4, img_size=24, num_classes=3, seed=5)
+    floats, bytes_ = locat_data.SyntheticClassification(**kwargs), locat_data.SyntheticClassification(**kwargs, uint8=True)
+    for i in range(4):
+        (x, y), (u, yu) = floats[i], bytes_[i]
+        assert u.dtype == torch.uint8 and u.shape == x.shape and yu == y
+        assert (locat_data.from_uint8(u) - x).abs().max() <= 1 / 255 + 1e-6  # half a step of 2/255
+
+
+def test_accumulation_runs_whole_steps_only(tmp_path, monkeypatch):
+    """5 batches an epoch with --accum-steps 2: 2 steps of 2 micro-batches; the fifth batch is not
+    trained on (its gradients would have leaked into the next epoch's first step)."""
+    import locat_vit.train as train
+
+    calls = []
+    loss = train.F.cross_entropy
+    monkeypatch.setattr(train.F, "cross_entropy", lambda *a, **k: calls.append(1) or loss(*a, **k))
+    assert main(SMALL + ["--synthetic-size", "40", "--accum-steps", "2", "--epochs", "2",
+                         "--output", str(tmp_path)]) == 0
+    log = json.loads((tmp_path / "log.json").read_text())["epochs"]
+    assert len(calls) == 8 and [len(e["step_losses"]) for e in log] == [2, 2] and log[-1]["global_step"] == 4
 
 
 def _ddp_worker(rank, world, port, x, y, path):
@@ -171,8 +199,9 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path, capsys):
 def test_non_finite_images_stop_with_a_clear_error(tmp_path, monkeypatch):
     real = locat_data.SyntheticClassification.__getitem__
 
-    def poisoned(self, i):
+    def poisoned(self, i):  # float images, as an image folder gives them (the synthetic ones come as uint8)
         image, label = real(self, i)
+        image = image.float()
         image[0, 0, 0] = float("nan")
         return image, label
 
@@ -187,6 +216,54 @@ def test_train_runs_ratios_over_the_vit():
     runs = {"vit": dict(steady_img_s=100.0, gpu_img_s=400.0, peak_mem_gib=2.0),
             "locat_triton": dict(steady_img_s=90.0, gpu_img_s=300.0, peak_mem_gib=2.5)}
     assert over_vit(runs)["locat_triton"] == dict(steady_img_s=0.9, gpu_img_s=0.75, peak_mem_gib=1.25)
+
+
+def test_ddp_runs_compare_runs_that_share_every_global_batch(capsys):
+    """The loss-curve runs of locat_bench.ddp_runs: G processes against one with G accumulated
+    micro-batches, the same data and seed (so the same samples in every global batch), and a second seed."""
+    from locat_bench import ddp_runs
+
+    assert ddp_runs.main(["--output", "unused.json", "--gpus", "4", "--dry-run"]) == 0
+    runs = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+
+    def flags(name):
+        words = runs[name].split()
+        return {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
+
+    many, same, other = (flags(n) for n in ("curve_4gpu", "curve_1gpu_accum4_seed0", "curve_1gpu_accum4_seed1"))
+    assert runs["curve_4gpu"].startswith("torch.distributed.run --standalone --nproc_per_node 4 -m locat_vit.train")
+    assert many["--nproc_per_node"] == "4" and many["--accum-steps"] == "1" and same["--accum-steps"] == "4"
+    for key in ("--batch-size", "--synthetic-size", "--max-steps", "--model", "--lr", "--warmup-epochs"):
+        assert many[key] == same[key] == other[key], key
+    assert many["--seed"] == same["--seed"] != other["--seed"]
+    for img in ("224", "384"):  # scaling: LocAtViT and ViT on 1 and 4 GPUs, the same batch per GPU
+        for model in ("locatvit_base", "vit_base_patch16_224"):
+            one, four = flags(f"{model}_{img}_1gpu"), flags(f"{model}_{img}_4gpu")
+            assert one["--batch-size"] == four["--batch-size"] and one["--img-size"] == four["--img-size"] == img
+
+
+def test_ddp_runs_judge_a_curve_against_the_seed_noise():
+    from locat_bench.ddp_runs import SMOOTH, curve, distance, scaling
+
+    base = [2.0 * 0.98 ** i for i in range(50)]
+    assert distance(base, base) == dict(mean_abs=0.0, max_abs=0.0)
+    shifted = distance(base, [x + 0.1 for x in base])
+    assert shifted["mean_abs"] == pytest.approx(0.1) and shifted["max_abs"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="equal lengths"):
+        distance(base, base[:-1])
+    with pytest.raises(ValueError, match=f">= {SMOOTH}"):
+        distance(base[:SMOOTH - 1], base[:SMOOTH - 1])
+    records = {"curve_2gpu": dict(step_losses=[x + 0.01 for x in base]),
+               "curve_1gpu_accum2_seed0": dict(step_losses=base),
+               "curve_1gpu_accum2_seed1": dict(step_losses=[x * 1.1 for x in base])}
+    assert curve(records, 2)["matches"]
+    records["curve_2gpu"] = dict(step_losses=[x * 1.2 for x in base])
+    assert not curve(records, 2)["matches"]
+    rows = scaling({"m_224_1gpu": dict(steady_img_s=100.0, gpu_img_s=110.0, peak_mem_gib_per_rank=[3.0]),
+                    "m_224_2gpu": dict(steady_img_s=190.0, gpu_img_s=200.0, peak_mem_gib_per_rank=[3.1, 3.1])}, 2)
+    assert rows == [dict(model="m", img_size=224, img_s_1=100.0, img_s_n=190.0, speedup=1.9,
+                         gpu_speedup=pytest.approx(200 / 110), peak_mem_gib_per_rank_1=[3.0],
+                         peak_mem_gib_per_rank_n=[3.1, 3.1])]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")

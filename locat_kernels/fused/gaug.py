@@ -10,8 +10,9 @@ copy of qp, two linear layers, sigmoid, softplus, pooling and upsampling (about 
 ``gaug_backward(q, dq, dvar, dalpha, ...) -> (dw_var, db_var, dw_alpha, db_alpha)``: the gradient
 through var and alpha. It adds ``dz w / RATE^2`` to dq's patch rows in place (dz the gradients of
 the linear layers' outputs, from the recomputed pre-activations), and reduces the weight and bias
-gradients per (batch, head) into a (B*H, 3, D + 1) buffer that one ``sum`` finishes: no atomics,
-deterministic.
+gradients per (batch, head) into a (B*H, 3 D + 3) buffer that one ``sum`` finishes: no atomics,
+deterministic. The four gradients are contiguous views of that sum, with the parameters' own strides
+(DistributedDataParallel's gradient buckets expect them).
 """
 from __future__ import annotations
 
@@ -42,15 +43,15 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
 def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
                   rate, traced=False):
     B, H, _, D = q.shape
-    partial = configs.empty((B * H, 3, D + 1), q, torch.float32)
+    partial = configs.empty((B * H, 3 * D + 3), q, torch.float32)
     configs.launcher(_gaug_backward_kernel, traced)[(B * H,)](
         q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
         w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
         D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, BLOCK_P=_block_p(), num_warps=4,
     )
-    g = partial.sum(0)  # (3, D + 1): rows var_r, var_c, alpha; column D the bias
-    return (g[:2, :D].to(w_var.dtype), g[:2, D].to(b_var.dtype), g[2:, :D].to(w_alpha.dtype),
-            g[2:, D].to(b_alpha.dtype))
+    g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
+    return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
+            g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
 
 
 def _block_p():
@@ -206,11 +207,11 @@ def _gaug_backward_kernel(
         b_db_c += dz_c
         b_db_a += dz_a
     offs_d = tl.arange(0, D_PAD)
-    p_out = partial + bh.to(tl.int64) * 3 * (D + 1) + offs_d
+    p_out = partial + bh.to(tl.int64) * (3 * D + 3) + offs_d  # [dw_r, dw_c, dw_a, db_r, db_c, db_a]
     tl.store(p_out, b_dw_r, mask=offs_d < D)
-    tl.store(p_out + (D + 1), b_dw_c, mask=offs_d < D)
-    tl.store(p_out + 2 * (D + 1), b_dw_a, mask=offs_d < D)
-    p_bias = partial + bh.to(tl.int64) * 3 * (D + 1) + D
+    tl.store(p_out + D, b_dw_c, mask=offs_d < D)
+    tl.store(p_out + 2 * D, b_dw_a, mask=offs_d < D)
+    p_bias = partial + bh.to(tl.int64) * (3 * D + 3) + 3 * D
     tl.store(p_bias, tl.sum(b_db_r, 0))
-    tl.store(p_bias + (D + 1), tl.sum(b_db_c, 0))
-    tl.store(p_bias + 2 * (D + 1), tl.sum(b_db_a, 0))
+    tl.store(p_bias + 1, tl.sum(b_db_c, 0))
+    tl.store(p_bias + 2, tl.sum(b_db_a, 0))
