@@ -3,6 +3,7 @@
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model|compiled|baseline|train ...]
 # (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
+# "tests" (the whole suite, about 9 minutes on an H100 in session 6) needs a device call of its own.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -10,7 +11,7 @@ export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 steps=${*:-tests extremes bench model train}
 for step in $steps; do
   case $step in
-    tests)    LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 330 python3 -m pytest tests -q -p no:cacheprovider \
+    tests)    LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 560 python3 -m pytest tests -q -p no:cacheprovider \
                 -n 6 --timeout 200 --ignore tests/test_extremes.py > "$OUT/tests.log" 2>&1 ;;
     extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 330 python3 -m pytest \
                 tests/test_extremes.py -q -rf -p no:cacheprovider -n 4 --timeout 320 > "$OUT/extremes.log" 2>&1 ;;

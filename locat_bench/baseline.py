@@ -96,14 +96,12 @@ def run(args) -> dict:
         case = bm.ModelCase.parse(spec)
         dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[case.size]
         for mode in args.modes:
-            for variant in ("vit", "locat_triton", "before"):
-                model = None
-                if variant == "before":
-                    model = locat_vit_base.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0],
-                                                    depth=12, num_heads=dims[1], attn_backend="triton").cuda()
-                model_rows.append(bm.bench_case(case, variant, "cuda", mode=mode, model=model, repeats=args.repeats))
-                del model
-                torch.cuda.empty_cache()
+            before = locat_vit_base.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0],
+                                             depth=12, num_heads=dims[1], attn_backend="triton").cuda()
+            model_rows += bm.bench_case(case, ("vit", "locat_triton", "before"), "cuda", mode=mode,
+                                        models=dict(before=before), repeats=args.repeats)
+            del before
+            torch.cuda.empty_cache()
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
     return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
                 model_ratios=bm.ratios(model_rows))

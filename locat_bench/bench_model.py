@@ -3,14 +3,16 @@
 Training: one step of forward, backward and fused AdamW under bf16 autocast; inference: a forward
 under bf16 autocast and no_grad. Each is timed with plain calls (no CUDA graph), eager and under
 ``torch.compile(model)``: warm-up steps, then ``repeats`` runs of ``steps`` steps between CUDA
-events; images/s from the median run, the spread (max/min - 1) beside it. Also peak training memory
-and the CUDA kernels launched per step (torch.profiler).
+events, the runs of the variants of one case interleaved; images/s from the median run, the spread
+(max/min - 1) beside it. Also peak training memory and the CUDA kernels launched per step
+(torch.profiler).
 
 ``layer_host_times``: host time of one attention layer on a launch-bound tiny input, LocAt (triton)
 against timm's ``Attention``, forward and forward+backward.
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -60,65 +62,103 @@ def build(case: ModelCase, variant: str, device, **kwargs):
                              **kwargs).to(device)
 
 
-def bench_case(case: ModelCase, variant: str, device, mode: str = "eager", repeats: int = 5, steps: int = 10,
-               log=print, model=None) -> dict:
-    model = model if model is not None else build(case, variant, device)
-    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
-    y = torch.randint(0, 1000, (case.batch,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: int = 5, steps: int = 10,
+               log=print, models: dict | None = None) -> list[dict]:
+    """One row per variant of ``case`` in ``mode``. All variants are built (``models`` may bring some,
+    by name) before any is timed, and their timed runs interleave (v1, v2, ..., v1, v2, ...), so a
+    drift of the machine (clocks, host load) falls on every variant alike instead of on whichever
+    ran last."""
     if mode == "compiled":
         # Every timm ViT shares VisionTransformer.forward's code object: without a reset, models
         # compiled earlier in the process use up Dynamo's recompile limit and later ones run eager.
         torch._dynamo.reset()
-    forward = torch.compile(model) if mode == "compiled" else model
-
-    def train_step():
-        with autocast:
-            loss = F.cross_entropy(forward(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    def infer():
-        with torch.no_grad(), autocast:
-            forward(x)
-
-    row = dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=variant, mode=mode)
-    for name, fn, training in (("train", train_step, True), ("infer", infer, False)):
-        model.train(training)
+    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
+    y = torch.randint(0, 1000, (case.batch,), device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    setups = {v: _Setup((models or {}).get(v) or build(case, v, device), mode, device) for v in variants}
+    rows = {v: dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=v, mode=mode)
+            for v in variants}
+    for phase, training in (("train", True), ("infer", False)):
+        fns = {}
+        for v, setup in setups.items():
+            setup.model.train(training)
+            fns[v] = functools.partial(setup.train_step if training else setup.infer, x, y, autocast)
         if device == "cuda":
-            runs = step_times_ms(fn, repeats=repeats, steps=steps)
-            ms = sorted(runs)[len(runs) // 2]
-            row[f"{name}_spread"] = max(runs) / min(runs) - 1
-            row[f"{name}_kernels_per_step"] = kernels_per_step(fn)
-        else:
-            ms = cpu_median_ms(fn, reps=3)
-        row[f"{name}_img_s"] = case.batch / ms * 1e3
-        row[f"{name}_peak_gb"] = peak_memory_gb(fn, device, above_current=False)
-    log(f"  {case.name:<9} {variant:<13} {mode:<8} train {row['train_img_s']:8.1f} img/s  "
-        f"infer {row['infer_img_s']:8.1f} img/s"
-        + (f"  (spread {row['train_spread']:.1%} / {row['infer_spread']:.1%}; kernels/step "
-           f"{row['train_kernels_per_step']} / {row['infer_kernels_per_step']}; peak train {row['train_peak_gb']:.2f} GB)"
-           if device == "cuda" else ""))
-    return row
+            runs = interleaved_step_times_ms(fns, repeats=repeats, steps=steps)
+        for v, fn in fns.items():
+            row = rows[v]
+            if device == "cuda":
+                ms = sorted(runs[v])[len(runs[v]) // 2]
+                row[f"{phase}_spread"] = max(runs[v]) / min(runs[v]) - 1
+                row[f"{phase}_kernels_per_step"] = kernels_per_step(fn)
+                # what this variant's call adds to the memory in use, plus its own resident tensors:
+                # the other variants' weights stay out of its number
+                row[f"{phase}_peak_gb"] = peak_memory_gb(fn, device, above_current=True) + (
+                    setups[v].resident_bytes(training) + x.nbytes + y.nbytes) / 2**30
+            else:
+                ms = cpu_median_ms(fn, reps=3)
+                row[f"{phase}_peak_gb"] = None
+            row[f"{phase}_img_s"] = case.batch / ms * 1e3
+    for row in rows.values():
+        log(f"  {case.name:<9} {row['variant']:<13} {mode:<8} train {row['train_img_s']:8.1f} img/s  "
+            f"infer {row['infer_img_s']:8.1f} img/s"
+            + (f"  (spread {row['train_spread']:.1%} / {row['infer_spread']:.1%}; kernels/step "
+               f"{row['train_kernels_per_step']} / {row['infer_kernels_per_step']}; peak train "
+               f"{row['train_peak_gb']:.2f} GB)" if device == "cuda" else ""))
+    return list(rows.values())
 
 
-def step_times_ms(fn, *, repeats: int, steps: int, warmup: int = 5) -> list[float]:
-    """Per-step ms of ``repeats`` runs of ``steps`` plain calls, timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
+class _Setup:
+    """One variant's model, its (compiled) forward and fused AdamW, with a training step and an
+    inference call under bf16 autocast."""
+
+    def __init__(self, model, mode: str, device):
+        self.model = model
+        self.forward = torch.compile(model) if mode == "compiled" else model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+
+    def train_step(self, x, y, autocast):
+        with autocast:
+            loss = F.cross_entropy(self.forward(x), y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def infer(self, x, y, autocast):
+        with torch.no_grad(), autocast:
+            self.forward(x)
+
+    def resident_bytes(self, training: bool) -> int:
+        """Weights, and when training AdamW's state: what lives between this variant's calls."""
+        tensors = list(self.model.parameters()) + list(self.model.buffers())
+        if training:
+            tensors += [t for state in self.opt.state.values() for t in state.values() if torch.is_tensor(t)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def interleaved_step_times_ms(fns: dict, *, repeats: int, steps: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Per-step ms of ``repeats`` runs of ``steps`` plain calls for each function, the runs of the
+    functions alternating; timed with CUDA events."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-        end.record()
-        end.synchronize()
-        runs.append(start.elapsed_time(end) / steps)
+    torch.cuda.synchronize()
+    runs = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            runs[name].append(_timed_ms(fn, steps))
     return runs
+
+
+def _timed_ms(fn, steps: int) -> float:
+    """Per-step ms of ``steps`` plain calls between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / steps
 
 
 def kernels_per_step(fn) -> int:
@@ -150,33 +190,41 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def layer_host_times(device, calls: int = 200) -> dict:
+def layer_host_times(device, calls: int = 200, rounds: int = 5) -> dict:
     """Host microseconds per call of one attention layer on a tiny input (B = 1, 17 tokens, bf16
     autocast, eager): LocAtViT-Tiny's ``blocks[0].attn`` (triton) and timm ViT-Tiny's. Calls run
-    back to back and the device keeps up, so the wall time per call is the host's."""
+    back to back and the device keeps up, so the wall time per call is the host's. ``rounds`` of
+    ``calls`` per layer, the layers alternating; the median round, and the spread (max/min - 1)."""
     case = ModelCase("tiny", 64, 1)
     layers = {"locat": build(case, "locat_triton", device).blocks[0].attn,
               "timm": build(case, "vit", device).blocks[0].attn}
     x = torch.randn(1, 17, 192, device=device, requires_grad=True)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+    def forward(layer):
+        with autocast:
+            return layer(x)
+
+    def forward_backward(layer):
+        forward(layer).sum().backward()
+
     out = {}
-    for name, layer in layers.items():
-        def fwd():
-            with autocast:
-                return layer(x)
-
-        def fwd_bwd():
-            fwd().sum().backward()
-
-        for kind, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
+    for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
+        times = {name: [] for name in layers}
+        for name, layer in layers.items():
             for _ in range(20):
-                fn()
-            torch.cuda.synchronize() if device == "cuda" else None
-            t = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize() if device == "cuda" else None
-            out[f"{name}_{kind}_us"] = (time.perf_counter() - t) / calls * 1e6
+                fn(layer)
+        for _ in range(rounds):
+            for name, layer in layers.items():
+                torch.cuda.synchronize() if device == "cuda" else None
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn(layer)
+                torch.cuda.synchronize() if device == "cuda" else None
+                times[name].append((time.perf_counter() - t) / calls * 1e6)
+        for name, runs in times.items():
+            out[f"{name}_{kind}_us"] = sorted(runs)[len(runs) // 2]
+            out[f"{name}_{kind}_spread"] = max(runs) / min(runs) - 1
     for kind in ("forward", "forward_backward"):
         out[f"{kind}_over_timm"] = out[f"locat_{kind}_us"] / out[f"timm_{kind}_us"]
     return out

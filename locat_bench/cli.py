@@ -109,8 +109,8 @@ def run_models(args, device: str, env: dict) -> int:
     rows = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
-        rows += [bm.bench_case(case, v, device, mode, log=lambda s: print(s, flush=True))
-                 for mode in modes for v in variants]
+        for mode in modes:
+            rows += bm.bench_case(case, variants, device, mode, log=lambda s: print(s, flush=True))
     ratios = bm.ratios(rows) if device == "cuda" else []
     host = bm.layer_host_times(device) if device == "cuda" else None
     if ratios:

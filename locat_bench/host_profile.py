@@ -1,25 +1,40 @@
-"""Where the host time of one LocAt attention layer goes: cProfile of eager forward+backward calls on a
-launch-bound tiny input (B = 1, 17 tokens, bf16 autocast), the top functions by own time.
+"""Where the host time goes: cProfile, the top functions by own time.
 
     python -m locat_bench.host_profile [--calls 300] [--top 25]
+    python -m locat_bench.host_profile --compiled-step tiny:224:256 [--calls 20] [--output DIR]
+
+Default: eager forward+backward calls of one LocAt attention layer on a launch-bound tiny input
+(B = 1, 17 tokens, bf16 autocast). ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
+of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
+time per step; the tables by own and by cumulative time go to ``DIR/cprofile_<size>_<variant>.txt``.
 """
 from __future__ import annotations
 
 import argparse
 import cProfile
+import io
 import pstats
+import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .bench_model import ModelCase, build
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locat_bench.host_profile", description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--calls", type=int, help="profiled calls (default 300 layer calls, 20 steps)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--compiled-step", metavar="SIZE:IMG:BATCH", help="profile compiled training steps instead")
+    parser.add_argument("--output", type=Path, default=Path("."), help="--compiled-step: folder for the tables")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.compiled_step:
+        if device != "cuda":
+            parser.error("--compiled-step needs CUDA (the triton backend under torch.compile)")
+        return _compiled_steps(ModelCase.parse(args.compiled_step), args.calls or 20, args.top, args.output)
     layer = build(ModelCase("tiny", 64, 1), "locat_triton" if device == "cuda" else "locat_sdpa", device).blocks[0].attn
     x = torch.randn(1, 17, 192, device=device, requires_grad=True)
 
@@ -30,12 +45,53 @@ def main(argv=None) -> int:
 
     for _ in range(20):
         step()
+    print(_profile(step, args.calls or 300, args.top, "tottime"))
+    return 0
+
+
+def _profile(fn, calls: int, top: int, *orders: str) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    for _ in range(args.calls):
-        step()
+    for _ in range(calls):
+        fn()
     profiler.disable()
-    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    for order in orders:
+        stats.sort_stats(order).print_stats(top)
+    return out.getvalue()
+
+
+def _compiled_steps(case: ModelCase, calls: int, top: int, folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device="cuda")
+    y = torch.randint(0, 1000, (case.batch,), device="cuda")
+    for variant in ("vit", "locat_triton"):
+        torch._dynamo.reset()
+        model = build(case, variant, "cuda")
+        forward = torch.compile(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = F.cross_entropy(forward(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(8):
+            step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(calls):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / calls * 1e3
+        table = _profile(step, calls, top, "tottime", "cumulative")
+        torch.cuda.synchronize()
+        path = folder / f"cprofile_{case.size}_{variant}.txt"
+        path.write_text(f"wall ms/step {wall:.2f}\n{table}")
+        print(f"{case.name} {variant}: {wall:.2f} ms per step (wall); {path}")
     return 0
 
 
