@@ -3,7 +3,7 @@
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model|compiled|baseline|train ...]
 # (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
-# "tests" (the whole suite, about 9 minutes on an H100 in session 6) needs a device call of its own.
+# "tests" (the whole suite outgrew a 330 s limit in session 6) needs a device call of its own.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
