@@ -20,7 +20,7 @@ from locat_kernels import gaussian_attention
 from .attention import GaussianAugmentedAttention
 from .locatvit import default_cfg, patch_refinement
 
-__all__ = ["LocAtRoPEViT", "GaussianAugmentedAttentionRope"]
+__all__ = ["LocAtRoPEViT", "GaussianAugmentedAttentionRope", "add_gaussian_attention_rope"]
 
 
 @register_notrace_module
@@ -62,17 +62,21 @@ class GaussianAugmentedAttentionRope(GaussianAugmentedAttention):
         return self.proj_drop(self.proj(x))
 
 
+def add_gaussian_attention_rope(model: Eva, attn_backend: str, gaussian_mode: str) -> None:
+    """Replace each block's attention by a Gaussian-augmented one that keeps its weights."""
+    grid = tuple(model.patch_embed.grid_size)
+    for blk in model.blocks:
+        attn = GaussianAugmentedAttentionRope(blk.attn, grid, model.num_prefix_tokens, attn_backend, gaussian_mode)
+        blk.attn = attn.to(attn.qkv.weight.device)  # the new layers where the adopted ones live
+
+
 class LocAtRoPEViT(Eva):
     """timm's ``Eva`` (mixed RoPE) with Gaussian-augmented attention in every block and PRR before
     the head. Keywords: Eva's, plus ``attn_backend`` and ``gaussian_mode`` as for ``LocAtViT``."""
 
     def __init__(self, attn_backend: str = "auto", gaussian_mode: str = "published", **kwargs):
         super().__init__(**kwargs)
-        grid = tuple(self.patch_embed.grid_size)
-        for blk in self.blocks:
-            ref = blk.attn.qkv.weight
-            blk.attn = GaussianAugmentedAttentionRope(
-                blk.attn, grid, self.num_prefix_tokens, attn_backend, gaussian_mode).to(ref.device)
+        add_gaussian_attention_rope(self, attn_backend, gaussian_mode)
 
     def _pos_embed(self, x: Tensor):
         if self.dynamic_img_size:  # (B, gh, gw, C): the grid of this input

@@ -25,7 +25,7 @@ from locat_kernels import gaussian_bias
 from .attention import GaussianAugmentation
 from .locatvit import default_cfg, patch_refinement
 
-__all__ = ["LocAtSwin", "GaussianAugmentedWindowAttention"]
+__all__ = ["LocAtSwin", "GaussianAugmentedWindowAttention", "add_gaussian_window_attention"]
 
 SWIN_BACKENDS = ("auto", "sdpa", "eager")
 
@@ -90,16 +90,21 @@ class GaussianAugmentedWindowAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
+def add_gaussian_window_attention(model: SwinTransformer, attn_backend: str) -> None:
+    """Replace each block's window attention by a Gaussian-augmented one that keeps its weights."""
+    for stage in model.layers:
+        for blk in stage.blocks:
+            ref = blk.attn.qkv.weight
+            blk.attn = GaussianAugmentedWindowAttention(blk.attn, attn_backend).to(ref.device)
+
+
 class LocAtSwin(SwinTransformer):
     """timm's ``SwinTransformer`` with Gaussian-augmented window attention in every block and PRR
     before the head. Keywords: Swin's, plus ``attn_backend`` ("auto", "sdpa", "eager")."""
 
     def __init__(self, attn_backend: str = "auto", **kwargs):
         super().__init__(**kwargs)
-        for stage in self.layers:
-            for blk in stage.blocks:
-                ref = blk.attn.qkv.weight
-                blk.attn = GaussianAugmentedWindowAttention(blk.attn, attn_backend).to(ref.device)
+        add_gaussian_window_attention(self, attn_backend)
 
     def set_attn_backend(self, backend: str) -> None:
         for stage in self.layers:

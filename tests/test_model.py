@@ -270,8 +270,12 @@ def test_locatify_keeps_weights_and_adds_only_published_keys():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(ValueError, match="already"):
         locatify(model)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="already"):
+        locatify(timm.create_model("locatjumbo_tiny", img_size=32, num_classes=5))
+    with pytest.raises(TypeError, match="takes a timm VisionTransformer, SwinTransformer or Eva"):
         locatify(torch.nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="does not take a Jumbo"):
+        locatify(timm.create_model("jumbo_tiny", img_size=32, num_classes=5))
 
 
 def test_prr_matches_timms_attention_pool_prr():

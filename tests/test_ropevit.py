@@ -95,3 +95,18 @@ def test_the_gaussian_sees_the_queries_before_the_rotation():
     t = model.blocks[0].norm1(torch.cat([model.cls_token, model.patch_embed(x)], 1))  # no absolute position embedding
     q = attn.qkv(t).reshape(1, 10, 3, 3, 64).permute(2, 0, 3, 1, 4)[0]
     torch.testing.assert_close(seen["qp"], q[:, :, 1:], rtol=0, atol=0)
+
+
+def test_locatify_turns_timms_rope_vit_into_locat_keeping_every_weight():
+    eva = timm.create_model("vit_small_patch16_rope_mixed_224", img_size=32, embed_dim=192, num_heads=3,
+                            num_classes=5).double().eval()
+    before = {k: v.clone() for k, v in eva.state_dict().items()}
+    model = locat_vit.locatify(eva, attn_backend="eager")
+    assert model is eva and isinstance(model, locat_vit.LocAtRoPEViT)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert {k for k in after if k not in before} == {k for k in after if ".attn.gaug." in k} != set()
+    built = timm.create_model("locatvit_tiny_rope_mixed", img_size=32, num_classes=5, attn_backend="eager").double()
+    built.load_state_dict(after, strict=True)  # the published layout
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(model(x), built.eval()(x), rtol=0, atol=0)
