@@ -16,13 +16,16 @@ ATTN_BACKENDS = ("auto", "triton", "sdpa", "eager")
 GAUSSIAN_MODES = ("published", "exact")
 
 
-def _refuse_masks(attn_mask, is_causal) -> None:
+def refuse_masks(attn_mask, is_causal, who: str = "Gaussian-augmented attention") -> None:
+    """A ValueError when an attention mask or causal masking is asked of a model that has none. A
+    module that calls it registers it with ``torch.fx.wrap("refuse_masks")``, so FX tracing records
+    the call instead of evaluating the test on its proxies."""
     if attn_mask is not None or is_causal:
-        raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
+        raise ValueError(f"{who} takes no attn_mask or is_causal")
 
 
 # torch.fx.symbolic_trace records these as calls instead of running them on its proxies.
-torch.fx.wrap("_refuse_masks")
+torch.fx.wrap("refuse_masks")
 torch.fx.wrap("locat_attention")
 
 
@@ -104,7 +107,7 @@ class GaussianAugmentedAttention(nn.Module):
         return 2 if published else 1
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        _refuse_masks(attn_mask, is_causal)
+        refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

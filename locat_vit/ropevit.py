@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.fx
 from timm.layers import apply_rot_embed_cat, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.eva import Eva, checkpoint_filter_fn
@@ -17,10 +18,12 @@ from torch import Tensor
 
 from locat_kernels import gaussian_attention
 
-from .attention import GaussianAugmentedAttention
+from .attention import GaussianAugmentedAttention, refuse_masks
 from .locatvit import default_cfg, patch_refinement
 
 __all__ = ["LocAtRoPEViT", "GaussianAugmentedAttentionRope", "add_gaussian_attention_rope"]
+
+torch.fx.wrap("refuse_masks")  # FX records the call (see attention.refuse_masks)
 
 
 @register_notrace_module
@@ -42,8 +45,7 @@ class GaussianAugmentedAttentionRope(GaussianAugmentedAttention):
 
     def forward(self, x: Tensor, rope: Tensor | None = None, attn_mask: Tensor | None = None,
                 is_causal: bool = False) -> Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("Gaussian-augmented attention takes no attn_mask or is_causal")
+        refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)

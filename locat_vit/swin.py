@@ -119,7 +119,7 @@ class LocAtSwin(SwinTransformer):
         return super().forward_head(x, pre_logits=pre_logits)
 
 
-default_cfgs = generate_default_cfgs({name: default_cfg(first_conv="patch_embed.proj", classifier="head.fc")
+default_cfgs = generate_default_cfgs({name: default_cfg(pool_size=(7, 7), classifier="head.fc")
                                       for name in ("locatswin_tiny", "locatswin_base")})
 
 
