@@ -75,7 +75,7 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
     y = torch.randint(0, 1000, (case.batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    setups = {v: _Setup((models or {}).get(v) or build(case, v, device), mode, device) for v in variants}
+    setups = {v: Workload((models or {}).get(v) or build(case, v, device), mode, device) for v in variants}
     rows = {v: dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=v, mode=mode)
             for v in variants}
     for phase, training in (("train", True), ("infer", False)):
@@ -108,7 +108,7 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
     return list(rows.values())
 
 
-class _Setup:
+class Workload:
     """One variant's model, its (compiled) forward and fused AdamW, with a training step and an
     inference call under bf16 autocast."""
 
@@ -134,6 +134,17 @@ class _Setup:
         if training:
             tensors += [t for state in self.opt.state.values() for t in state.values() if torch.is_tensor(t)]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def train_step(case: ModelCase, variant: str, mode: str, device="cuda"):
+    """A no-argument training step of a fresh ``variant`` model on a random batch of ``case``,
+    eager or compiled (Dynamo reset first: see ``bench_case``)."""
+    if mode == "compiled":
+        torch._dynamo.reset()
+    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
+    y = torch.randint(0, 1000, (case.batch,), device=device)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
+    return functools.partial(Workload(build(case, variant, device), mode, device).train_step, x, y, autocast)
 
 
 def interleaved_step_times_ms(fns: dict, *, repeats: int, steps: int, warmup: int = 5) -> dict[str, list[float]]:

@@ -14,13 +14,12 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .bench_model import ModelCase, build
+from .bench_model import ModelCase, build, train_step
+from .timing import wall_ms
 
 
 def main(argv=None) -> int:
@@ -64,29 +63,9 @@ def _profile(fn, calls: int, top: int, *orders: str) -> str:
 
 def _compiled_steps(case: ModelCase, calls: int, top: int, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device="cuda")
-    y = torch.randint(0, 1000, (case.batch,), device="cuda")
     for variant in ("vit", "locat_triton"):
-        torch._dynamo.reset()
-        model = build(case, variant, "cuda")
-        forward = torch.compile(model)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-        def step():
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(forward(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        for _ in range(8):
-            step()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(calls):
-            step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t) / calls * 1e3
+        step = train_step(case, variant, "compiled")
+        wall = wall_ms(step, calls, warmup=8)
         table = _profile(step, calls, top, "tottime", "cumulative")
         torch.cuda.synchronize()
         path = folder / f"cprofile_{case.size}_{variant}.txt"

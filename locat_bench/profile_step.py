@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from torch.profiler import ProfilerActivity, profile
 from locat_kernels import gaussian_attention
 
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
-from .bench_model import ModelCase, build
+from .bench_model import ModelCase, train_step
 from .cli import environment
+from .timing import wall_ms
 
 STEPS = 5
 
@@ -37,14 +37,7 @@ def kernel_family(name: str) -> str:
 
 def profile_fn(fn, steps: int = STEPS, top: int = 15) -> dict:
     """Profile ``steps`` calls of ``fn`` (warmed up); per-step wall, GPU busy, kernels, top ops."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - t) / steps * 1e3
+    wall = wall_ms(fn, steps)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             fn()
@@ -59,28 +52,11 @@ def profile_fn(fn, steps: int = STEPS, top: int = 15) -> dict:
     by_time = sorted(kernels.items(), key=lambda kv: -kv[1][1])
     cpu = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:top]
     return dict(
-        wall_ms=wall_ms, gpu_busy_ms=busy, kernels_per_step=sum(n for n, _ in kernels.values()) / steps,
+        wall_ms=wall, gpu_busy_ms=busy, kernels_per_step=sum(n for n, _ in kernels.values()) / steps,
         kernels=[dict(name=n, calls_per_step=c / steps, ms_per_step=ms / steps) for n, (c, ms) in by_time[:top]],
         host_ops=[dict(name=a.key[:90], calls_per_step=a.count / steps, self_cpu_ms_per_step=a.self_cpu_time_total
                        / 1e3 / steps) for a in cpu],
     )
-
-
-def model_step(case: ModelCase, variant: str, mode: str):
-    model = build(case, variant, "cuda")
-    x = torch.randn(case.batch, 3, case.img_size, case.img_size, device="cuda")
-    y = torch.randint(0, 1000, (case.batch,), device="cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    torch._dynamo.reset()
-    forward = torch.compile(model) if mode == "compiled" else model
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(forward(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
 
 
 def op_step(shape: Shape, peer: str):
@@ -122,7 +98,7 @@ def main(argv=None) -> int:
         for mode in args.modes:
             for variant in args.variants:
                 r = dict(model=case.name, batch=case.batch, variant=variant, mode=mode,
-                         **profile_fn(model_step(case, variant, mode)))
+                         **profile_fn(train_step(case, variant, mode)))
                 show(f"{case.name} b{case.batch} {variant} {mode}", r)
                 rows.append(r)
     for spec in args.shapes:

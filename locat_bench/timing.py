@@ -17,6 +17,18 @@ def cpu_median_ms(fn, reps: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def wall_ms(fn, calls: int, warmup: int = 3) -> float:
+    """Wall-clock ms per call of ``calls`` calls after ``warmup``, the device synchronized at both ends."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / calls * 1e3
+
+
 def cuda_median_ms(fn, *, graph: bool, warmup: int = 25, rep: int = 100) -> float:
     """Median ms of ``triton.testing.do_bench``. With ``graph``, over replays of ``fn`` captured as a
     CUDA graph, so Python and launch overhead (large against a 0.1 ms kernel) stays out of the number;

@@ -81,3 +81,20 @@ def assert_matches_reference(request, inputs, do, fp32_tol=1e-5, locat=False, **
     """Every error of ``reference_errors`` within its bound."""
     for name, err, bound in reference_errors(request, inputs, do, fp32_tol, locat, **kwargs):
         assert err <= bound, f"{name}: relative error {err:.2e}, bound {bound:.2e}"
+
+
+def check_locatify(model, built, x, **kwargs):
+    """``locat_vit.locatify(model, **kwargs)``: the same object, every weight kept under its name,
+    only ``.attn.gaug.`` keys added, and the function of ``built`` (the registered LocAt model, in
+    eval mode) loaded strictly with the result's state. Returns the converted model."""
+    import locat_vit
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = locat_vit.locatify(model, **kwargs)
+    assert out is model
+    after = out.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert {k for k in after if k not in before} == {k for k in after if ".attn.gaug." in k} != set()
+    built.load_state_dict(after, strict=True)
+    torch.testing.assert_close(out.eval()(x), built.eval()(x), rtol=0, atol=0)
+    return out

@@ -160,18 +160,13 @@ def test_triton_backend_is_refused_with_the_reason():
 
 
 def test_locatify_turns_timms_swin_into_locat_swin_keeping_every_weight():
+    from helpers import check_locatify
+
     kwargs = dict(img_size=64, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=5,
                   drop_path_rate=0.0)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", **kwargs).double().eval()
-    before = {k: v.clone() for k, v in swin.state_dict().items()}
-    model = locat_vit.locatify(swin, attn_backend="sdpa")
-    assert model is swin and isinstance(model, locat_vit.LocAtSwin)
-    after = model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in before.items())
-    assert {k for k in after if k not in before} == {k for k in after if ".attn.gaug." in k} != set()
-    built = timm.create_model("locatswin_tiny", **kwargs, attn_backend="sdpa").double().eval()
-    built.load_state_dict(after, strict=True)  # the layout of the registered model
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    torch.testing.assert_close(model(x), built(x), rtol=0, atol=0)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", **kwargs).double()
+    built = timm.create_model("locatswin_tiny", **kwargs, attn_backend="sdpa").double()
+    model = check_locatify(swin, built, torch.randn(2, 3, 64, 64, dtype=torch.float64), attn_backend="sdpa")
+    assert isinstance(model, locat_vit.LocAtSwin)
     with pytest.raises(ValueError, match="already a LocAt model"):
         locat_vit.locatify(model)
