@@ -75,14 +75,14 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
     y = torch.randint(0, 1000, (case.batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    setups = {v: Workload((models or {}).get(v) or build(case, v, device), mode, device) for v in variants}
+    workloads = {v: Workload((models or {}).get(v) or build(case, v, device), mode, device) for v in variants}
     rows = {v: dict(model=case.name, size=case.size, img_size=case.img_size, batch=case.batch, variant=v, mode=mode)
             for v in variants}
     for phase, training in (("train", True), ("infer", False)):
         fns = {}
-        for v, setup in setups.items():
-            setup.model.train(training)
-            fns[v] = functools.partial(setup.train_step if training else setup.infer, x, y, autocast)
+        for v, work in workloads.items():
+            work.model.train(training)
+            fns[v] = functools.partial(work.train_step if training else work.infer, x, y, autocast)
         if device == "cuda":
             runs = interleaved_step_times_ms(fns, repeats=repeats, steps=steps)
         for v, fn in fns.items():
@@ -94,7 +94,7 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
                 # what this variant's call adds to the memory in use, plus its own resident tensors:
                 # the other variants' weights stay out of its number
                 row[f"{phase}_peak_gb"] = peak_memory_gb(fn, device, above_current=True) + (
-                    setups[v].resident_bytes(training) + x.nbytes + y.nbytes) / 2**30
+                    workloads[v].resident_bytes(training) + x.nbytes + y.nbytes) / 2**30
             else:
                 ms = cpu_median_ms(fn, reps=3)
                 row[f"{phase}_peak_gb"] = None
