@@ -1,4 +1,4 @@
-"""``locat-train``: train a LocAtViT (or a timm ViT turned into one) on an image folder or synthetic data.
+"""``locat-train``: train a LocAt model (or a timm ViT, Swin or RoPE-ViT given LocAt) on an image folder or synthetic data.
 
     locat-train --model locatvit_tiny --data synthetic --img-size 64 --batch-size 8 --epochs 2 --output runs/a
     locat-train --from-vit vit_small_patch16_224 --pretrained-file vit_s.safetensors --data /data/imagenet ...
@@ -38,7 +38,7 @@ import timm
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models import eva, swin_transformer, vision_transformer
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch.utils.data import DataLoader, DistributedSampler
@@ -49,6 +49,13 @@ from .data import SyntheticClassification, from_uint8
 from .locatvit import load_checkpoint, read_checkpoint, state_dict_misfit
 
 __all__ = ["main", "build_parser"]
+
+# The backbones LocAt comes on, each with timm's filter for its checkpoints.
+_CHECKPOINT_FILTERS = ((swin_transformer.SwinTransformer, swin_transformer.checkpoint_filter_fn),
+                       (eva.Eva, eva.checkpoint_filter_fn),
+                       (vision_transformer.VisionTransformer, vision_transformer.checkpoint_filter_fn))
+_BACKBONES = tuple(cls for cls, _ in _CHECKPOINT_FILTERS)
+_BACKBONE_MODULES = {cls.__module__ for cls in _BACKBONES} | {"locat_vit.jumbo"}  # where their registry entries live
 
 STEADY_AFTER = 5  # steps of an epoch left out of its steady images/s (compilation, allocator warm-up)
 WARMUP_START = 1e-3  # the linear warmup starts at --lr / 1000
@@ -67,9 +74,10 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="locat-train", description=__doc__.splitlines()[0],
                                 formatter_class=_HelpFormatter)
-    p.add_argument("--model", help="a registered LocAtViT (default: locatvit_tiny), or a timm ViT trained unchanged "
+    p.add_argument("--model", help="a registered LocAt model (default: locatvit_tiny; also locatswin_*, locatjumbo_*, "
+                                   "locatvit_*_rope_mixed), or a timm ViT, Swin or RoPE-ViT trained unchanged "
                                    "(the baseline, e.g. vit_tiny_patch16_224)")
-    p.add_argument("--from-vit", help="a timm ViT (e.g. vit_small_patch16_224) turned into LocAtViT with locatify")
+    p.add_argument("--from-vit", help="a timm ViT, Swin or RoPE-ViT (e.g. vit_small_patch16_224) given LocAt by locatify")
     p.add_argument("--pretrained-file", type=Path, help="local checkpoint (.pth or .safetensors) to start from")
     p.add_argument("--data", default="synthetic", help="'synthetic' or a folder with train/ and val/ class folders")
     p.add_argument("--img-size", type=int, default=224, help="training and validation image side")
@@ -123,10 +131,14 @@ def _validate(parser, args) -> None:
     if args.resume and args.pretrained_file:
         parser.error("--resume carries its own weights: drop --pretrained-file")
     args.model = args.model or (None if args.from_vit else "locatvit_tiny")
-    args.baseline = bool(args.model) and args.model.startswith("vit_") and timm.is_model(args.model)
-    if args.model and not args.baseline and args.model not in timm.list_models("locatvit_*"):
-        parser.error(f"unknown model {args.model!r}; registered LocAtViTs: {timm.list_models('locatvit_*')}, "
-                     f"or a timm ViT (vit_*) as the baseline")
+    args.baseline = bool(args.model) and not args.model.startswith("locat") and timm.is_model(args.model)
+    if args.model and not args.baseline and args.model not in timm.list_models("locat*"):
+        parser.error(f"unknown model {args.model!r}; registered LocAt models: {timm.list_models('locat*')}, "
+                     f"or a timm ViT, Swin or RoPE-ViT (e.g. vit_tiny_patch16_224) as the baseline")
+    for name in (args.model if args.baseline else None, args.from_vit):
+        module = timm.models.model_entrypoint(name).__module__ if name and timm.is_model(name) else None
+        if module and module not in _BACKBONE_MODULES:
+            parser.error(f"{name} is not a ViT, Swin or RoPE-ViT (it comes from {module}): LocAt comes on those")
     if args.attn_backend == "triton" and not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         parser.error("--attn-backend triton needs a CUDA GPU and none is visible; on a CPU use --attn-backend auto "
                      "(the SDPA path), or set TRITON_INTERPRET=1 to run the kernels through Triton's interpreter "
@@ -285,8 +297,9 @@ def _model(parser, args, num_classes):
         else:
             model = timm.create_model(args.from_vit, **kwargs)
         name = args.model or args.from_vit
-        if not isinstance(model, VisionTransformer):
-            parser.error(f"{name} is a {type(model).__name__}, not a timm VisionTransformer")
+        if not isinstance(model, _BACKBONES):
+            parser.error(f"{name} is a {type(model).__name__}, not one of the backbones LocAt comes on "
+                         f"({', '.join(c.__name__ for c in _BACKBONES)})")
         patch = model.patch_embed.patch_size
         if any(args.img_size % p for p in patch):
             parser.error(f"--img-size must be a multiple of {name}'s patch size {patch[0]}, got {args.img_size}")
@@ -300,10 +313,12 @@ def _model(parser, args, num_classes):
 
 
 def _keep_new_head(state, model):
-    """timm's checkpoint filter, and a classifier of another size replaced by the model's fresh one."""
-    state = checkpoint_filter_fn(state, model)
+    """timm's checkpoint filter of the model's family, and a classifier of another size replaced by the
+    model's fresh one."""
+    state = next(f for cls, f in _CHECKPOINT_FILTERS if isinstance(model, cls))(state, model)
     own = model.state_dict()
-    for key in ("head.weight", "head.bias"):
+    head = model.pretrained_cfg.get("classifier", "head") if hasattr(model, "pretrained_cfg") else "head"
+    for key in (f"{head}.weight", f"{head}.bias"):
         if key in state and key in own and state[key].shape != own[key].shape:
             print(f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)}: new head")
             state[key] = own[key]

@@ -47,6 +47,16 @@ def test_progress_from_the_first_step_to_the_last_and_through_validation(tmp_pat
     assert out.index("validation batch") < out.index("val acc")
 
 
+@pytest.mark.parametrize("model", [["--model", "locatswin_tiny"], ["--model", "locatjumbo_tiny"],
+                                   ["--model", "locatvit_tiny_rope_mixed"], ["--model", "swin_tiny_patch4_window7_224"],
+                                   ["--from-vit", "swin_tiny_patch4_window7_224"]], ids=lambda m: m[1])
+def test_every_family_trains(tmp_path, model):
+    assert main(SMALL[2:] + model + ["--epochs", "1", "--max-steps", "2", "--output", str(tmp_path)]) == 0
+    w = _weights(tmp_path / "last.pth")
+    assert any(".attn.gaug." in k for k in w) == (model[0] == "--from-vit" or "locat" in model[1])
+    assert json.loads((tmp_path / "log.json").read_text())["epochs"][-1]["global_step"] == 2
+
+
 def test_timm_vit_trains_unchanged_as_the_baseline(tmp_path):
     assert main(SMALL + ["--model", "vit_tiny_patch16_224", "--epochs", "1", "--max-steps", "2",
                          "--output", str(tmp_path)]) == 0
@@ -170,7 +180,7 @@ def test_from_vit_with_a_pretrained_file_and_a_new_head(tmp_path, capsys):
 @pytest.mark.parametrize("extra,words", [
     (["--data", "/nonexistent/imagenet"], "no train/ or val/ folder"),
     (["--model", "locatvit_huge"], "unknown model 'locatvit_huge'"),
-    (["--model", "resnet18"], "unknown model 'resnet18'"),
+    (["--model", "resnet18"], "resnet18 is not a ViT, Swin or RoPE-ViT (it comes from timm.models.resnet)"),
     (["--model", "vit_tiny_patch16_224", "--attn-backend", "sdpa"], "--attn-backend is for LocAtViT"),
     (["--from-vit", "vit_tiny_patch16_224"], "give --model or --from-vit, not both"),
     (["--resume", "x.pth", "--pretrained-file", "y.pth"], "--resume carries its own weights"),
