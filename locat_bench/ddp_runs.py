@@ -33,6 +33,7 @@ import torch
 from .cli import environment
 
 SMOOTH = 10  # steps in the moving average the curves are compared on
+PARTS = ("scaling", "curve", "short")
 
 
 def main(argv=None) -> int:
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--num-classes", type=int, default=100,
                    help="synthetic classes: enough that the loss falls over the whole curve, not in ten steps")
     p.add_argument("--workers", type=int, default=10, help="data loader processes per GPU")
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                   help="scaling: the runs at --img-size; curve: the loss curves; short: the runs at --short-img-size")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = p.parse_args(argv)
     if args.gpus < 2:
@@ -78,16 +81,19 @@ def main(argv=None) -> int:
             record = json.loads(Path(tmp, name, "log.json").read_text())["epochs"][-1]
             records[name] = dict(command=" ".join(["python", "-m", *cmd]), wall_s=time.perf_counter() - t, **record)
             save(records)
-    summary = dict(scaling=scaling(records, args.gpus), curve=curve(records, args.gpus))
+    summary = dict(scaling=scaling(records, args.gpus))
+    if "curve" in args.parts:
+        summary["curve"] = curve(records, args.gpus)
     save(records, **summary)
     for row in summary["scaling"]:
         print(f"  {row['model']:<26} {row['img_size']} px: {row['img_s_1']:8.1f} -> {row['img_s_n']:8.1f} img/s "
               f"({row['speedup']:.2f}x on {args.gpus} GPUs; GPU step time {row['gpu_speedup']:.2f}x), peak "
               f"{max(row['peak_mem_gib_per_rank_n']):.2f} GiB per GPU")
-    c = summary["curve"]
-    print(f"  loss curve, {args.gpus} GPUs vs 1 GPU (same global batch and seed): mean |diff| "
-          f"{c['n_vs_same_seed']['mean_abs']:.4f}; two seeds on 1 GPU: {c['seed_vs_seed']['mean_abs']:.4f} -> "
-          f"{'matches' if c['matches'] else 'DOES NOT match'}")
+    c = summary.get("curve")
+    if c:
+        print(f"  loss curve, {args.gpus} GPUs vs 1 GPU (same global batch and seed): mean |diff| "
+              f"{c['n_vs_same_seed']['mean_abs']:.4f}; two seeds on 1 GPU: {c['seed_vs_seed']['mean_abs']:.4f} -> "
+              f"{'matches' if c['matches'] else 'DOES NOT match'}")
     print(f"wrote {args.output}")
     return 0
 
@@ -111,12 +117,13 @@ def plan(args) -> dict[str, list[str]]:
         return {f"{model}_{img}_{gpus}gpu": train(gpus, model, img, batch, args.throughput_steps)
                 for model in (locat, vit) for gpus in (1, G)}
 
-    runs = scaling_runs(args.img_size, args.batch_size)
-    runs[f"curve_{G}gpu"] = train(G, locat, args.img_size, args.batch_size, args.steps)
-    for seed in (0, 1):
-        runs[f"curve_1gpu_accum{G}_seed{seed}"] = train(1, locat, args.img_size, args.batch_size, args.steps,
-                                                        seed=seed, accum=G)
-    if args.short_img_size:
+    runs = scaling_runs(args.img_size, args.batch_size) if "scaling" in args.parts else {}
+    if "curve" in args.parts:
+        runs[f"curve_{G}gpu"] = train(G, locat, args.img_size, args.batch_size, args.steps)
+        for seed in (0, 1):
+            runs[f"curve_1gpu_accum{G}_seed{seed}"] = train(1, locat, args.img_size, args.batch_size, args.steps,
+                                                            seed=seed, accum=G)
+    if args.short_img_size and "short" in args.parts:
         runs.update(scaling_runs(args.short_img_size, args.short_batch_size))
     return runs
 

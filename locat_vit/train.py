@@ -331,7 +331,9 @@ def _train(parser, args, rank, world, device) -> int:
     run = _setup(parser, args, rank, world, device)
     if args.resume and not _resume(parser, args, run):
         return 0
-    net = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=[device.index] if run.cuda else None) \
+    # gradient_as_bucket_view: the gradients live in DDP's all-reduce buckets (no copy in and out)
+    net = torch.nn.parallel.DistributedDataParallel(
+        run.model, device_ids=[device.index] if run.cuda else None, gradient_as_bucket_view=True) \
         if world > 1 else run.model
     run.net = torch.compile(net) if args.compile else net
     log = _Progress(rank, run.updates_per_epoch, args.epochs)
