@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -23,9 +24,11 @@ from .bench_attention import GPU_SHAPES, Shape, make_inputs
 from .cli import environment
 
 CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
-    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3)],
+    "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                (64, 128, 4, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (128, 128, 8, 2)],
     "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3),
-                    (64, 64, 8, 2), (32, 64, 4, 2)],
+                    (64, 64, 8, 2), (32, 64, 4, 2), (64, 128, 8, 2), (32, 128, 4, 2), (32, 128, 8, 2),
+                    (64, 128, 4, 2)],
     "backward_dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (64, 32, 4, 3),
                       (32, 64, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2),
                       (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 4, 2), (16, 128, 4, 2), (16, 64, 4, 3)],
@@ -42,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--shapes", nargs="*", help="shape names or B,H,gh,gw,P,D (default: all)")
     parser.add_argument("--configs", nargs="*", help="only these candidates, as BLOCK_M,BLOCK_N,warps,stages")
+    parser.add_argument("--default-switch", action="store_true",
+                        help="only the default layout (grid tiles, factored dk/dv), not the A/B")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
@@ -63,7 +68,7 @@ def main(argv=None) -> int:
         for kernel in args.kernels:
             switch, values = SWITCHES[kernel]
             default = getattr(configs, switch)
-            for value in values:
+            for value in (default,) if args.default_switch else values:
                 for cand in CANDIDATES[kernel]:
                     if only and cand not in only:
                         continue
@@ -81,7 +86,8 @@ def main(argv=None) -> int:
                                      ms=ms, note=note))
                     print(f"{shape.name:<11} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
                           + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
-    args.output.write_text(json.dumps(dict(environment=environment("cuda"), regime=args.regime, rows=rows), indent=1))
+    env = dict(environment("cuda"), command="python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:]))
+    args.output.write_text(json.dumps(dict(environment=env, regime=args.regime, rows=rows), indent=1))
     return 0
 
 

@@ -29,6 +29,8 @@ SMALL = [
     ((4, 10), 0, 16, 2, None),
     ((5, 6), 1, 24, 1, None),  # head_dim 24: loaded as 32 columns, the padding masked
     ((4, 6), 2, 40, 2, None),  # head_dim 40 (as 64), rate 2
+    ((7, 5), 1, 16, 1, None),  # under the interpreter: 3 grid rows of 5 packed per 16-key tile, a partial last tile
+    ((10, 3), 3, 16, 1, None),  # 4 rows of next_pow2(3) slots per tile, the last tile half full
 ]
 
 
@@ -50,10 +52,15 @@ def test_far_tiles_skip_the_gaussian_exactly(request, device, grid, P, var_range
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
-def test_grid_rows_per_key_tile():
-    """Grid tiles hold 1 to MAX_GRID_ROWS grid rows of next_pow2(gw) slots; else token tiles (0)."""
-    assert [configs.grid_rows(gw, 64) for gw in (64, 32, 14, 16, 9, 8, 65, 96, 1)] == [1, 2, 4, 4, 4, 0, 0, 0, 0]
-    assert [configs.grid_rows(gw, 16) for gw in (16, 12, 5, 3, 2)] == [1, 1, 2, 4, 0]
+def test_grid_layout_of_key_tiles():
+    """Grid tiles where a tile holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots (else token
+    tiles, (0, 1)); packed rows of gw slots where that fits more rows or a tile holds at most 2."""
+    layouts = [configs.grid_layout(gw, 64) for gw in (64, 32, 14, 16, 9, 8, 65, 96, 1, 21, 24, 37)]
+    assert layouts == [(1, 64), (2, 32), (4, 16), (4, 16), (4, 16), (0, 1), (0, 1), (0, 1), (0, 1), (3, 21),
+                       (2, 24), (1, 37)]
+    assert [configs.grid_layout(gw, 128) for gw in (37, 40, 48, 24, 96)] == [(3, 37), (3, 40), (2, 48), (4, 32),
+                                                                            (1, 96)]
+    assert [configs.grid_layout(gw, 16) for gw in (16, 12, 5, 3, 2)] == [(1, 16), (1, 12), (3, 5), (4, 4), (0, 1)]
 
 
 @pytest.mark.parametrize("grid,P,rate", [((5, 12), 1, 1), ((6, 4), 3, 2), ((7, 7), 0, 1)])
@@ -63,6 +70,19 @@ def test_token_tiles_match_float64_too(request, device, monkeypatch, grid, P, ra
     monkeypatch.setattr(configs, "GRID_TILES", False)
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P, rate=rate)
+
+
+@pytest.mark.parametrize("grid,P,rate", [((6, 10), 1, 2), ((7, 10), 0, 1), ((4, 12), 3, 2)])
+def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, rate):
+    """32-key tiles on grids 10 and 12 wide: 3 and 2 whole grid rows packed per tile (COLS = gw);
+    rate 2 quantizes rows across a tile's packed rows."""
+    for kernel in ("forward", "backward_dq"):
+        monkeypatch.setitem(configs.OVERRIDES, kernel, (16, 32, 1, 1))
+    meta = configs.launch_meta("forward", torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
+    assert (meta["ROWS"], meta["COLS"]) == (32 // grid[1], grid[1])
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
 
 
 @pytest.mark.parametrize("grid,P,rate,init", [((7, 7), 1, 1, None), ((4, 6), 5, 2, None), ((7, 7), 0, 1, (4, 4)),

@@ -49,9 +49,10 @@ _INTERPRETER = (16, 16, 1, 1)
 # kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py.
 OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 
-# Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS = next_pow2(gw) slots,
-# so the Gaussian splits into a per-query row factor per tile and a column table computed once.
-# Used while a tile holds at most MAX_GRID_ROWS grid rows (each costs a select per logit); off: tune A/B.
+# Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS slots each, COLS =
+# next_pow2(gw) or gw (grid_layout; tiles.tile_keys), so the Gaussian splits into a per-query row factor
+# per tile and a column table computed once. Used while a tile holds at most MAX_GRID_ROWS grid rows of
+# next_pow2(gw) slots (each row costs a select per logit); off: tune A/B.
 GRID_TILES = True
 MAX_GRID_ROWS = 4
 
@@ -91,11 +92,21 @@ def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: in
     return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
 
 
-def grid_rows(gw: int, block_n: int) -> int:
-    """Grid rows per key tile of ``block_n`` slots for grid width ``gw``; 0: plain token tiles."""
+def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
+    """(ROWS, COLS) of the grid key tiles of ``block_n`` slots for grid width ``gw``; (0, 1): token
+    tiles. Grid tiles where ``block_n`` holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots. COLS =
+    gw (the rows packed, the tile's last slots padding) where that fits more rows (a width of 21: 3
+    rows in 64 slots, not 2), or where a tile holds at most 2 rows and a quarter or more of its
+    next_pow2(gw) slots would pad: H200, forward at 384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster
+    (benchmarks/NOTES.md, v8). Else COLS = next_pow2(gw): packed rows of 14 cost 3-4% at 224 px."""
     cols = 1 << (gw - 1).bit_length()
     rows = block_n // cols
-    return rows if GRID_TILES and 1 <= rows <= MAX_GRID_ROWS else 0
+    if not GRID_TILES or not 1 <= rows <= MAX_GRID_ROWS:
+        return 0, 1
+    packed = min(block_n // gw, MAX_GRID_ROWS)
+    if packed > rows or (rows <= 2 and 4 * rows * gw <= 3 * block_n):
+        return packed, gw
+    return rows, cols
 
 
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
@@ -127,10 +138,9 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, factored, o
         **cfg,
     )
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
-        rows = grid_rows(gw, cfg["BLOCK_N"])
-        cols = cfg["BLOCK_N"] // rows if rows else 1
-        # ROWS = 0: token tiles. FULL_TILES: no padding slot (gw = COLS) and no partial last tile.
-        meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and gw == cols and gh % rows == 0)
+        rows, cols = grid_layout(gw, cfg["BLOCK_N"])
+        # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile.
+        meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0)
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())

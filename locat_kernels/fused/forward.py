@@ -6,11 +6,13 @@ from ``gaug_forward``, or None: then each program finds its (batch, head)'s radi
 alpha and the first stores it (for the backward). out (B, H, N, D) is stored as (B, N, H, D) and
 returned transposed, so the caller's head merge is free; lse (B, H, N) float32 in log2 units.
 
-Key tiles come in two layouts (``configs.grid_rows``). **Grid tiles**: the prefix keys first as
+Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
-ROWS grid rows of COLS = next_pow2(gw) slots. Every grid tile has the same columns, so the Gaussian is a column table ``exp2(e_c)``
-computed once per program times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and
-grid row: no exp2 per logit besides the softmax's. **Token tiles** (grids too wide for a tile):
+ROWS grid rows of COLS slots each (COLS = next_pow2(gw), or gw itself with the rows packed and the
+tile's last slots padding; ``tiles.tile_keys``). Every grid tile has the same columns in the same
+slots, so the Gaussian is a column table ``exp2(e_c)`` computed once per program times one row factor
+``exp2(e_r + log2(alpha log2 e))`` per query row and grid row: no exp2 per logit besides the
+softmax's. **Token tiles** (grids too wide for a tile):
 the bias per logit, ``exp2(e_r + e_c + log2(alpha log2 e))``.
 
 Key rows farther than the (batch, head)'s radius from a query tile's rows skip the Gaussian: the

@@ -189,14 +189,20 @@ def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr
 @triton.jit
 def tile_keys(t, N, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
     """Token offsets of key tile ``t`` and which slots hold a key. ROWS = 0: token tile ``t`` of
-    BLOCK_N consecutive tokens before ``end``. Else grid tile ``t`` of the patches: slot s holds the
-    patch at grid row ``t ROWS + s // COLS``, column ``s % COLS`` (columns >= GW, rows >= GH: padding)."""
+    BLOCK_N consecutive tokens before ``end``. Else grid tile ``t`` of the patches: its first ROWS
+    COLS slots hold ROWS grid rows, slot s the patch at grid row ``t ROWS + s // COLS``, column
+    ``s % COLS``; padding: columns >= GW (COLS = next_pow2(GW)), or slots >= ROWS COLS (COLS = GW, the
+    rows packed; ``configs.grid_layout``), and rows >= GH."""
     s = tl.arange(0, BLOCK_N)
     if ROWS:
-        row = t * ROWS + s // COLS
-        col = s % COLS
-        offs = P + row * GW + col
-        valid = (col < GW) & (row < GH)
+        if (COLS & (COLS - 1)) == 0:  # next_pow2(GW) columns, BLOCK_N = ROWS COLS
+            row = t * ROWS + s // COLS
+            col = s % COLS
+            offs = P + row * GW + col
+            valid = (col < GW) & (row < GH)
+        else:  # packed: COLS = GW
+            offs = P + t * (ROWS * COLS) + s
+            valid = (s < ROWS * COLS) & (offs < N)
     else:
         offs = t * BLOCK_N + s
         valid = offs < end
@@ -235,7 +241,7 @@ def grid_row_terms(t, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.co
     e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS, RATE, CLAMP)
     b_e = e[:, None]
     b_f = tl.exp2(e + shift)[:, None]
-    slot_row = tl.arange(0, BLOCK_N) // COLS
+    slot_row = tl.arange(0, BLOCK_N) // COLS  # padding slots (row >= ROWS) keep row 0's: they are masked
     for j in tl.static_range(1, ROWS):
         e = _grid_row_exponent(row_q, nh_r, lo_r, t * ROWS + j, RATE, CLAMP)
         in_row = (slot_row == j)[None, :]
