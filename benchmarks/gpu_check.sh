@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine checks and times everything, writing under $OUT (default ./gpu_out):
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|bench|model|compiled|baseline|train ...]
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|table|bench|model|compiled|baseline|train ...]
 # (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
+# "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
+# in a second call: the three kernels together outgrow one call).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
 # "tests" (the whole suite outgrew a 330 s limit in session 6) needs a device call of its own.
 set -u
@@ -16,6 +18,9 @@ for step in $steps; do
     extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 330 python3 -m pytest \
                 tests/test_extremes.py -q -rf -p no:cacheprovider -n 4 --timeout 320 > "$OUT/extremes.log" 2>&1 ;;
     tune)     timeout 150 python3 -m locat_bench.tune --output "$OUT/tune.json" > "$OUT/tune.log" 2>&1 ;;
+    table)    [ -f "$OUT/configs.json" ] || cp locat_kernels/fused/configs.json "$OUT/configs.json"  # then copy it back
+              timeout 560 python3 -m locat_bench.tune --table --kernels ${TABLE_KERNELS:-forward backward_dq} \
+                --output "$OUT/tune_table.json" --write "$OUT/configs.json" > "$OUT/table.log" 2>&1 ;;
     bench)    timeout 300 python3 -m locat_bench.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
     model)    timeout 400 python3 -m locat_bench.cli --model --modes eager --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
     compiled) timeout 550 python3 -m locat_bench.cli --model --modes compiled --output "$OUT/compiled.json" > "$OUT/compiled.log" 2>&1 ;;

@@ -1,15 +1,21 @@
-"""Block-size sweep of the three kernels at the op shapes (CUDA): ``python -m locat_bench.tune``.
+"""Block configs of the three kernels measured on this GPU (CUDA): ``python -m locat_bench.tune``.
 
-For each shape, times the forward launcher under each forward config, then the backward launchers
-under each dq config (dk/dv at its default) and each dk/dv config (dq at its default); the forward
-and dq configs both with grid-shaped key tiles and with token tiles (``configs.GRID_TILES``), the
-dk/dv configs with and without the factored Gaussian (``configs.FACTORED_DKDV``). Prints the medians
-and writes them as JSON; the winners go into ``locat_kernels/fused/configs.py`` by hand, with the
-measurement cited in benchmarks/NOTES.md.
+**Sweep** (default): for each shape, times the forward launcher under each forward config, then the
+backward launchers under each dq config (dk/dv at its default) and each dk/dv config (dq at its
+default); the forward and dq configs both with grid-shaped key tiles and with token tiles
+(``configs.GRID_TILES``), the dk/dv configs with and without the factored Gaussian
+(``configs.FACTORED_DKDV``). Prints the medians and writes them as JSON (``--output``).
+
+**Table** (``--table``): every entry of the config table (``locat_kernels/fused/configs.json``) for
+this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
+dtype (``TABLE_SHAPES``, each in its entry's class) under each candidate; the fastest wins.
+``--write PATH`` puts the winners into that table file under this architecture, each entry's source
+naming the GPU, shape, date and command; the timings go to ``--output`` as in the sweep.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -23,7 +29,7 @@ from locat_kernels.fused import configs
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
 from .cli import environment
 
-CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
+CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head_dim <= 128
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                 (64, 128, 4, 3), (64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 4, 3), (128, 128, 8, 2)],
     "backward_dq": [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 3), (128, 32, 8, 2), (64, 64, 4, 3),
@@ -33,62 +39,153 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages)
                       (32, 64, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2),
                       (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 4, 2), (16, 128, 4, 2), (16, 64, 4, 3)],
 }
+# Head-dim class 256 and fp32 (exact products: many registers): smaller tiles, every kernel.
+SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
+               (16, 32, 4, 2)]
 # kernel -> the configs switch it is timed under, and its values
 SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILES", (True, False)),
             "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
+# (head-dim class, dtype class, grid class) -> the shape (B,H,gh,gw,P,D) its entries are timed on, or
+# kernel -> shape where the kernels' classes differ (the dk/dv kernel's "any" is its per-logit path,
+# grids wider than configs.MAX_FACTORED_COLS). test_tune.py checks each falls in its class.
+TABLE_SHAPES = {
+    (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "16,12,32,32,1,64",
+                           "backward_dkdv": "8,12,37,37,5,64"},
+    (64, "16bit", "small"): "128,12,14,14,1,64",
+    (64, "16bit", "factored"): "128,12,14,14,1,64",
+    (64, "16bit", "factored_wide"): "16,12,32,32,1,64",
+    (128, "16bit", "any"): {"forward": "16,8,32,32,1,128", "backward_dq": "16,8,32,32,1,128",
+                            "backward_dkdv": "8,8,40,40,1,128"},
+    (128, "16bit", "factored"): "16,8,32,32,1,128",
+    (256, "16bit", "any"): "4,8,32,32,1,256",
+    (64, "fp32", "any"): "8,12,24,24,1,64",
+    (128, "fp32", "any"): "4,8,24,24,1,128",
+    (256, "fp32", "any"): "2,8,24,24,1,256",
+}
+DTYPES = {"16bit": torch.bfloat16, "fp32": torch.float32}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locat_bench.tune", description=__doc__.splitlines()[0])
     parser.add_argument("--regime", default="broad", choices=["broad", "init"])
-    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True, help="JSON of every timing")
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
-    parser.add_argument("--shapes", nargs="*", help="shape names or B,H,gh,gw,P,D (default: all)")
+    parser.add_argument("--shapes", nargs="*", help="sweep: shape names or B,H,gh,gw,P,D (default: all)")
     parser.add_argument("--configs", nargs="*", help="only these candidates, as BLOCK_M,BLOCK_N,warps,stages")
     parser.add_argument("--default-switch", action="store_true",
-                        help="only the default layout (grid tiles, factored dk/dv), not the A/B")
+                        help="sweep: only the default layout (grid tiles, factored dk/dv), not the A/B")
+    parser.add_argument("--table", action="store_true", help="time the config table's entries for this GPU")
+    parser.add_argument("--write", type=Path, metavar="TABLE",
+                        help="--table: write the winners into this table file (e.g. locat_kernels/fused/configs.json)")
     args = parser.parse_args(argv)
+    if args.write and not args.table:
+        parser.error("--write goes with --table")
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
     only = {tuple(int(x) for x in c.split(",")) for c in args.configs} if args.configs else None
+    command = "python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:])
+    env = dict(environment("cuda"), command=command)
     rows = []
-    known = {s.name: s for s in GPU_SHAPES}
-    for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
-        q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, args.regime, torch.bfloat16, "cuda"))
-        alpha = alpha.contiguous()
-        grid, P = shape.grid, shape.P
-        common = (grid[1], P, gaussian_eps(grid), gaussian_clamp(grid), 1, shape.D ** -0.5)
-        out, lse, radius = fused.attention_forward(q, k, v, var, alpha, None, *common)
-        do = torch.randn_like(out)
-        runs = {
-            "forward": lambda: fused.attention_forward(q, k, v, var, alpha, None, *common),
-            "backward_dq": lambda: fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common),
-        }
-        runs["backward_dkdv"] = runs["backward_dq"]
-        for kernel in args.kernels:
-            switch, values = SWITCHES[kernel]
-            default = getattr(configs, switch)
-            for value in (default,) if args.default_switch else values:
-                for cand in CANDIDATES[kernel]:
-                    if only and cand not in only:
-                        continue
-                    configs.OVERRIDES[kernel] = cand
-                    setattr(configs, switch, value)
-                    try:
-                        ms = triton.testing.do_bench(runs[kernel], warmup=25, rep=100, return_mode="median")
-                    except Exception as e:  # a config that does not compile or fit: note it, go on
-                        ms, note = None, str(e).splitlines()[0][:120]
-                    else:
-                        note = ""
-                    del configs.OVERRIDES[kernel]
-                    setattr(configs, switch, default)
-                    rows.append(dict(shape=shape.name, kernel=kernel, config=list(cand), switch=switch, value=value,
-                                     ms=ms, note=note))
-                    print(f"{shape.name:<11} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
-                          + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
-    env = dict(environment("cuda"), command="python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+    def timer(kernel, spec, dtype, cand, switch=None, value=None):
+        ms, note = time_config(kernel, spec, dtype, cand, args.regime, switch, value)
+        rows.append(dict(shape=spec, dtype=str(dtype).removeprefix("torch."), kernel=kernel, config=list(cand),
+                         switch=switch, value=value, ms=ms, note=note))
+        print(f"{spec:<18} {str(dtype):<15} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
+              + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
+        return ms
+
+    if args.table:
+        arch = configs.device_arch(torch.cuda.current_device())
+        keys = [k for k in configs.TABLE.get(arch, configs.TABLE[configs.DEFAULT_ARCH]) if k[0] in args.kernels]
+        winners = measure_table(keys, timer, only)
+        for key, w in winners.items():
+            print(f"{' '.join(map(str, key)):<40} {w['config']} {w['ms']:.4f} ms on {w['shape']}")
+        if args.write:
+            write_table(args.write, arch, torch.cuda.get_device_name(), winners, command)
+            print(f"wrote {arch}'s entries into {args.write}")
+    else:
+        known = {s.name: s for s in GPU_SHAPES}
+        for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
+            spec = f"{shape.B},{shape.H},{shape.grid[0]},{shape.grid[1]},{shape.P},{shape.D}"
+            for kernel in args.kernels:
+                switch, values = SWITCHES[kernel]
+                for value in (getattr(configs, switch),) if args.default_switch else values:
+                    for cand in CANDIDATES[kernel]:
+                        if not only or cand in only:
+                            timer(kernel, spec, torch.bfloat16, cand, switch, value)
     args.output.write_text(json.dumps(dict(environment=env, regime=args.regime, rows=rows), indent=1))
     return 0
+
+
+def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=None):
+    """(median ms, note) of the launches of ``kernel`` (the forward, or the backward's two) on shape
+    ``spec`` under config ``cand`` (and ``configs.<switch> = value``); (None, why) if it fails."""
+    shape = Shape.parse(spec)
+    q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, regime, dtype, "cuda"))
+    alpha = alpha.contiguous()
+    common = (shape.grid[1], shape.P, gaussian_eps(shape.grid), gaussian_clamp(shape.grid), 1, shape.D ** -0.5)
+    out, lse, radius = fused.attention_forward(q, k, v, var, alpha, None, *common)
+    do = torch.randn_like(out)
+    if kernel == "forward":
+        def run():
+            fused.attention_forward(q, k, v, var, alpha, None, *common)
+    else:
+        def run():
+            fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common)
+    saved = getattr(configs, switch) if switch else None
+    configs.OVERRIDES[kernel] = cand
+    if switch:
+        setattr(configs, switch, value)
+    try:
+        return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median"), ""
+    except Exception as e:  # a config that does not compile or fit: note it, go on
+        return None, str(e).splitlines()[0][:120]
+    finally:
+        del configs.OVERRIDES[kernel]
+        if switch:
+            setattr(configs, switch, saved)
+
+
+def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:
+    """The shape, dtype and candidate configs a table entry ``(kernel, head_dim, dtype, grid)`` is
+    timed with."""
+    kernel, d, dtype, grid = key
+    spec = TABLE_SHAPES[(d, dtype, grid)]
+    spec = spec[kernel] if isinstance(spec, dict) else spec
+    return spec, DTYPES[dtype], CANDIDATES[kernel] if dtype == "16bit" and d <= 128 else SMALL_TILES
+
+
+def measure_table(keys, timer, only=None) -> dict:
+    """key -> the fastest candidate (config, ms, shape, dtype) by ``timer(kernel, spec, dtype, cand)``
+    (ms, or None for a candidate that fails); keys whose every candidate fails are left out."""
+    winners = {}
+    for key in keys:
+        spec, dtype, candidates = table_plan(key)
+        times = [(ms, cand) for cand in candidates if not only or cand in only
+                 if (ms := timer(key[0], spec, dtype, cand)) is not None]
+        if times:
+            ms, cand = min(times)
+            winners[key] = dict(config=list(cand), ms=ms, shape=spec, dtype=str(dtype).removeprefix("torch."))
+    return winners
+
+
+def write_table(path: Path, arch: str, gpu: str, winners: dict, command: str) -> None:
+    """Put ``winners`` (from ``measure_table``) into the table file at ``path`` as ``arch``'s entries
+    (entries not measured keep their config and source), naming the GPU, shape, date and command."""
+    table = json.loads(Path(path).read_text())
+    spec = table["archs"].get(arch) or dict(gpus=[], entries=[  # a new architecture starts from the default's
+        dict(e, source=f"copied from {configs.DEFAULT_ARCH}: not measured on {arch}")
+        for e in table["archs"][configs.DEFAULT_ARCH]["entries"]])
+    if gpu not in spec["gpus"]:
+        spec["gpus"].append(gpu)
+    date = datetime.date.today().isoformat()
+    for entry in spec["entries"]:
+        w = winners.get((entry["kernel"], entry["head_dim"], entry["dtype"], entry["grid"]))
+        if w:
+            entry.update(config=w["config"], source=f"{gpu}, {w['dtype']}, {w['shape']}: {w['ms']:.4f} ms ({date}: {command})")
+    table["archs"][arch] = spec
+    Path(path).write_text(json.dumps(table, indent=1) + "\n")
 
 
 if __name__ == "__main__":

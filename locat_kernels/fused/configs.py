@@ -3,17 +3,21 @@ the one place they live.
 
 ``launch_meta(kernel, q, gw, num_prefix_tokens, cmin, rate)`` returns every keyword of one launch
 (block sizes, warps, stages, variant flags), cached per shape class so a call costs a dict lookup.
-Configs come from a table keyed on the kernel, the padded head dim, an N bucket and the dtype,
-measured on an H100 (head_dim 64) and an H200 (head_dim 128's backward) with ``python -m
-locat_bench.tune`` (benchmarks/NOTES.md). Both are sm_90 and share the table; other GPUs (A100,
-Blackwell) use it too, untested. There is no autotuning at run time: it
-would compile every candidate for every variant. Under the Triton interpreter (``TRITON_INTERPRET=1``,
-the CPU tests) the config is a single small one.
+Block configs come from the committed table ``configs.json``: per GPU architecture (``sm_90``: H100
+and H200), keyed by kernel, head-dim class, dtype class and grid class (``config_key``), each entry
+saying where it was measured. ``python -m locat_bench.tune --table`` measures an architecture's
+entries on the GPU at hand and ``--write`` puts them into the table. An architecture without
+entries (A100, Blackwell) uses sm_90's, with a one-time warning that they are untested there. There
+is no autotuning at run time: it would compile every candidate for every variant. Under the Triton
+interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a single small one.
 """
 from __future__ import annotations
 
 import functools
+import json
 import os
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -21,29 +25,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 KERNELS = ("forward", "backward_dq", "backward_dkdv")
 MAX_HEAD_DIM = 256
+TABLE_PATH = Path(__file__).with_name("configs.json")
+DEFAULT_ARCH = "sm_90"  # the architecture whose entries stand in for one the table lacks
 
-# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages); BLOCK_M tiles queries, BLOCK_N keys.
-# 16-bit inputs, padded head_dim <= 64: the winners of locat_bench/tune.py on an H100, bf16, D = 64
-# (results/tune_H100.json; forward and dq with grid tiles: tune_grid_H100.json).
-_HALF = {
-    "forward": (64, 64, 4, 3),
-    "backward_dq": (64, 64, 4, 3),
-    "backward_dkdv": (32, 128, 4, 3),  # 3 stages: backward 2-8% faster at 224-512 px (tune_dkdv_H100.json)
-}
-_HALF_SMALL_N = {**_HALF, "forward": (128, 64, 4, 3), "backward_dq": (64, 32, 4, 3)}  # N <= 256
-_HALF_D128 = {  # padded head_dim 128 (72 to 128); backward tuned on an H200 (results/tune_d128_H200.json)
-    "forward": (128, 64, 8, 3),
-    "backward_dq": (64, 64, 4, 2),
-    "backward_dkdv": (64, 32, 4, 3),
-}
-# The dk/dv kernel with its factored Gaussian (16-bit, gw <= MAX_FACTORED_COLS): its one-hot matrices
-# take registers, so wider grids want 64-key tiles. H200, whole backward (results/tune_factored_H200.json):
-# 0.53 ms at 224 px (per-logit: 0.54), 0.73 at 384 (0.78), 0.88 at 512 (1.02), D128 0.93 (1.11).
-_HALF_DKDV_FACTORED = {64: (32, 128, 4, 3), 128: (32, 64, 4, 2)}  # padded head_dim <= 64 with gw <= 16; 128
-_HALF_DKDV_FACTORED_WIDE = (64, 64, 4, 2)  # padded head_dim <= 64, 16 < gw <= 32
-_HALF_D256 = {k: (64, 32, 8, 2) for k in KERNELS}  # padded head_dim 256 (136 to 256): correctness first
-_FP32 = {k: (32, 32, 4, 2) for k in KERNELS}  # exact (ieee) fp32 products: small tiles, many registers
-_FP32_WIDE = {k: (32, 32, 8, 1) for k in KERNELS}  # fp32, padded head_dim >= 128
+
+def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, int, int, int]]]:
+    """arch -> {(kernel, head_dim class, dtype class, grid class): (BLOCK_M, BLOCK_N, num_warps, num_stages)}."""
+    archs = json.loads(Path(path).read_text())["archs"]
+    return {arch: {(e["kernel"], e["head_dim"], e["dtype"], e["grid"]): tuple(e["config"]) for e in spec["entries"]}
+            for arch, spec in archs.items()}
+
+
+TABLE = load_table()
 _INTERPRETER = (16, 16, 1, 1)
 
 # kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py.
@@ -69,27 +62,53 @@ def padded_head_dim(head_dim: int) -> int:
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
-def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False) -> dict:
-    """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch (``factored``: the dk/dv kernel's
-    factored Gaussian on a grid of width ``gw``)."""
-    d = padded_head_dim(head_dim)
+def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1,
+               factored: bool = False) -> tuple[str, int, str, str]:
+    """The table key of one launch: (kernel, head-dim class, dtype class, grid class). Head-dim class:
+    the padded head dim, at least 64. Grid class: "factored" / "factored_wide" (the dk/dv kernel's
+    factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 32 wide),
+    "small" (N <= 256), "any"; a class the table lacks falls back to "any"."""
+    d = max(64, padded_head_dim(head_dim))
+    half = dtype != torch.float32
+    if factored and half and d <= 128:
+        grid = "factored_wide" if d == 64 and gw > 16 else "factored"
+    elif n <= 256:
+        grid = "small"
+    else:
+        grid = "any"
+    return kernel, d, "16bit" if half else "fp32", grid
+
+
+def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False,
+                  arch: str = DEFAULT_ARCH) -> dict:
+    """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch on a GPU of architecture ``arch``
+    (``factored``: the dk/dv kernel's factored Gaussian on a grid of width ``gw``)."""
     if kernel in OVERRIDES:
         m, b, w, s = OVERRIDES[kernel]
     elif INTERPRET:
         m, b, w, s = _INTERPRETER
-    elif factored and dtype != torch.float32 and d <= 128:
-        m, b, w, s = _HALF_DKDV_FACTORED_WIDE if d <= 64 and gw > 16 else _HALF_DKDV_FACTORED[max(d, 64)]
-    elif dtype == torch.float32:
-        m, b, w, s = (_FP32 if d <= 64 else _FP32_WIDE)[kernel]
-    elif d == 256:
-        m, b, w, s = _HALF_D256[kernel]
-    elif d == 128:
-        m, b, w, s = _HALF_D128[kernel]
-    elif n <= 256:
-        m, b, w, s = _HALF_SMALL_N[kernel]
     else:
-        m, b, w, s = _HALF[kernel]
+        table = TABLE.get(arch)
+        if table is None:
+            _warn_untested(arch)
+            table = TABLE[DEFAULT_ARCH]
+        key = config_key(kernel, head_dim, n, dtype, gw, factored)
+        m, b, w, s = table.get(key) or table[key[:3] + ("any",)]
     return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_untested(arch: str) -> None:
+    warnings.warn(f"locat: configs.json has no kernel configs measured on {arch}; using {DEFAULT_ARCH}'s, "
+                  f"untested there (python -m locat_bench.tune --table --write locat_kernels/fused/configs.json "
+                  f"measures them on this GPU)", stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def device_arch(index: int) -> str:
+    """The architecture of CUDA device ``index``, as the table names it (``sm_90``)."""
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
 
 
 def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
@@ -112,16 +131,23 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
     """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
     _, _, N, D = q.shape
-    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, GRID_TILES, FACTORED_DKDV,
+    arch = device_arch(q.device.index or 0) if q.device.type == "cuda" and not INTERPRET else DEFAULT_ARCH
+    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, arch, GRID_TILES, FACTORED_DKDV,
                         tuple(OVERRIDES.items()))
 
 
+def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | str = None) -> bool:
+    """Whether the dk/dv kernel uses its factored Gaussian (``setting``: FACTORED_DKDV by default)."""
+    setting = FACTORED_DKDV if setting is None else setting
+    return setting is True or (setting == "auto" and dtype != torch.float32 and head_dim <= 128
+                               and max(16, 1 << (gw - 1).bit_length()) <= MAX_FACTORED_COLS)
+
+
 @functools.lru_cache(maxsize=1024)
-def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, grid_tiles, factored, overrides) -> dict:
+def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, overrides) -> dict:
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
-    factored = kernel == "backward_dkdv" and (factored is True or (
-        factored == "auto" and dtype != torch.float32 and key_cols <= MAX_FACTORED_COLS and D <= 128))
-    cfg = launch_config(kernel, D, N, dtype, gw, factored)
+    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored)
+    cfg = launch_config(kernel, D, N, dtype, gw, factored, arch)
     if (kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and not overrides
             and cfg["num_stages"] == 3):
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%

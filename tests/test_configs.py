@@ -1,0 +1,91 @@
+"""The kernels' block configs: the per-architecture table (locat_kernels/fused/configs.json), its
+lookup, and the tune mode that measures and writes it (the measuring itself needs CUDA)."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from locat_bench import tune
+from locat_bench.bench_attention import Shape
+from locat_kernels.fused import configs
+
+
+def test_every_table_entry_is_timed_on_a_shape_of_its_own_class():
+    """``tune --table`` times each entry on TABLE_SHAPES: the shape must fall in the entry's class,
+    or the tune would measure (and write) another entry's config."""
+    for key in configs.TABLE[configs.DEFAULT_ARCH]:
+        spec, dtype, candidates = tune.table_plan(key)
+        shape = Shape.parse(spec)
+        (gh, gw), D = shape.grid, shape.D
+        factored = key[0] == "backward_dkdv" and configs.dkdv_factored(dtype, D, gw, "auto")
+        assert configs.config_key(key[0], D, shape.P + gh * gw, dtype, gw, factored) == key, (key, spec)
+        assert candidates
+
+
+def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
+    """A launch takes its architecture's table entry; head dims go by their padded class, a grid
+    class an architecture lacks falls back to "any"."""
+    table = json.loads(configs.TABLE_PATH.read_text())
+    for e in table["archs"]["sm_90"]["entries"]:  # distinct configs, so a wrong entry shows
+        e["config"] = [16 * (i + 1) for i in range(3)] + [len(e["kernel"]) + e["head_dim"] + len(e["grid"])]
+    table["archs"]["sm_80"] = dict(gpus=["test"], entries=[dict(e, config=[1, 2, 3, 4]) for e in
+                                                           table["archs"]["sm_90"]["entries"]])
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(configs, "TABLE", configs.load_table(path))
+    monkeypatch.setattr(configs, "INTERPRET", False)
+
+    def stages(*args, **kwargs):
+        return configs.launch_config(*args, **kwargs)["num_stages"]
+
+    bf16 = torch.bfloat16
+    assert stages("forward", 64, 1025, bf16, 32) == len("forward") + 64 + len("any")
+    assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 128 + len("any")  # 80 loads as 128
+    assert stages("forward", 32, 197, bf16, 14) == len("forward") + 64 + len("small")
+    assert stages("forward", 128, 197, bf16, 14) == len("forward") + 128 + len("any")  # no "small" at 128
+    assert stages("backward_dkdv", 64, 1025, bf16, 32, True) == len("backward_dkdv") + 64 + len("factored_wide")
+    assert stages("backward_dkdv", 64, 197, bf16, 14, True) == len("backward_dkdv") + 64 + len("factored")
+    assert stages("backward_dkdv", 128, 1025, bf16, 32, True) == len("backward_dkdv") + 128 + len("factored")
+    assert stages("backward_dkdv", 64, 1025, torch.float32, 32, True) == len("backward_dkdv") + 64 + len("any")
+    assert stages("forward", 256, 1025, bf16, 32) == len("forward") + 256 + len("any")
+    assert configs.launch_config("forward", 64, 1025, bf16, 32, arch="sm_80") == dict(
+        BLOCK_M=1, BLOCK_N=2, num_warps=3, num_stages=4)
+
+
+def test_an_architecture_the_table_lacks_uses_the_default_and_says_so(monkeypatch):
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    with pytest.warns(UserWarning, match="no kernel configs measured on sm_test.*untested"):
+        got = configs.launch_config("forward", 64, 1025, torch.bfloat16, 32, arch="sm_test")
+    assert got == configs.launch_config("forward", 64, 1025, torch.bfloat16, 32, arch=configs.DEFAULT_ARCH)
+
+
+def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_path):
+    """measure_table picks each entry's fastest candidate (failures skipped); write_table puts them
+    under the new architecture, naming the GPU, and leaves sm_90 and what was not measured alone."""
+    path = tmp_path / "configs.json"
+    shutil.copy(configs.TABLE_PATH, path)
+    keys = list(configs.TABLE[configs.DEFAULT_ARCH])
+    unmeasured = keys[-1]
+
+    failing = (unmeasured[0], *tune.table_plan(unmeasured)[:2])
+
+    def speed(cand):  # the fastest: the largest BLOCK_N, then the fewest warps, ...
+        return 1.0 / cand[1] + cand[2] * 1e-3 + cand[0] * 1e-6 + cand[3] * 1e-9
+
+    def timer(kernel, spec, dtype, cand):
+        return None if (kernel, spec, dtype) == failing else speed(cand)  # None: the candidate failed
+
+    winners = tune.measure_table(keys, timer)
+    assert unmeasured not in winners and len(winners) == len(keys) - 1
+    tune.write_table(path, "sm_80", "Test GPU", winners, "python -m locat_bench.tune --table")
+    table = configs.load_table(path)
+    assert table[configs.DEFAULT_ARCH] == configs.TABLE[configs.DEFAULT_ARCH]
+    for key in winners:
+        best = min(tune.table_plan(key)[2], key=speed)
+        assert table["sm_80"][key] == best
+    assert table["sm_80"][unmeasured] == configs.TABLE[configs.DEFAULT_ARCH][unmeasured]
+    sources = {(e["kernel"], e["head_dim"], e["dtype"], e["grid"]): e["source"]
+               for e in json.loads(path.read_text())["archs"]["sm_80"]["entries"]}
+    assert "not measured on sm_80" in sources[unmeasured]
+    assert all("Test GPU" in sources[k] for k in winners)
