@@ -121,6 +121,7 @@ def locat_attention(
     rate: int = 1,
     scale: float | None = None,
     backend: str = "auto",
+    gaussian_queries: Tensor | None = None,
 ) -> Tensor:
     """A LocAt attention layer's attention: var and alpha from the patch queries, then
     ``gaussian_attention``.
@@ -139,9 +140,19 @@ def locat_attention(
         grid_size, num_prefix_tokens, rate, scale, backend: as for ``gaussian_attention``.
         init_grid_size: the grid the model was built for (default: grid_size): sets eps, cmin, the
             variance's range and its rescale.
+        gaussian_queries: the queries var and alpha are made from, (B, H, N, D) like q (default: q
+            itself). RoPE-ViT passes its queries before the rotary embedding, as published; gradients
+            flow to them through var and alpha, and to q through the attention.
     """
     gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
     D = q.shape[-1]
+    if gaussian_queries is not None:
+        if not isinstance(gaussian_queries, Tensor):
+            raise TypeError(f"gaussian_queries must be a torch.Tensor, got {type(gaussian_queries).__name__}")
+        if gaussian_queries.shape != q.shape or gaussian_queries.dtype != q.dtype or \
+                gaussian_queries.device != q.device:
+            raise ValueError(f"gaussian_queries must match q: shape {tuple(q.shape)}, {q.dtype} on {q.device}; got "
+                             f"{tuple(gaussian_queries.shape)}, {gaussian_queries.dtype} on {gaussian_queries.device}")
     for name, t, shape in (("log_var_weight", log_var_weight, (2, D)), ("log_var_bias", log_var_bias, (2,)),
                            ("log_alpha_weight", log_alpha_weight, (1, D)), ("log_alpha_bias", log_alpha_bias, (1,))):
         if not isinstance(t, Tensor):
@@ -154,18 +165,29 @@ def locat_attention(
     scale = D ** -0.5 if scale is None else float(scale)
     backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
     P = num_prefix_tokens
+    qg = q if gaussian_queries is None else gaussian_queries
     if backend != "triton":
-        var, alpha = gaussian_parameters(q[:, :, P:], log_var_weight, log_var_bias, log_alpha_weight,
+        var, alpha = gaussian_parameters(qg[:, :, P:], log_var_weight, log_var_bias, log_alpha_weight,
                                          log_alpha_bias, (gh, gw), init_grid_size=init_grid_size, rate=rate)
         return gaussian_attention(q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P,
                                   init_grid_size=init_grid_size, rate=rate, scale=scale, backend=backend)
     _check_triton(q, k, v)
     # Dynamo traces the computation itself (it warns about a cache in the traced path); eager calls hit the cache.
-    constants = (_fused_constants.__wrapped__ if torch.compiler.is_compiling() else _fused_constants)(
+    eps, cmin, shift, var_scale = (_fused_constants.__wrapped__ if torch.compiler.is_compiling() else _fused_constants)(
         (gh, gw), init_grid_size)
-    params = (gh, gw, P, *constants, rate, scale)
     weights = (log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias)
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if gaussian_queries is not None:  # var and alpha by their own kernels, then the attention on q
+        _check_triton(qg, k, v)
+        gparams = (gh, gw, P, eps, cmin, shift, var_scale, rate)
+        var, alpha = (torch.ops.locat.gaussian_augmentation if compiling else _GaussianAugmentation.apply)(
+            qg, *weights, *gparams)
+        aparams = (gw, P, eps, cmin, rate, scale)
+        if compiling:
+            return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *aparams)[0]
+        return _GaussianAttention.apply(q, k, v, var, alpha, *aparams)
+    params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
+    if compiling:
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     return _LocatAttention.apply(q, k, v, *weights, *params)
 
@@ -321,6 +343,20 @@ def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
     return dq, dk, dv, *dweights
 
 
+def _augmentation_forward(q, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, traced=False):
+    var, alpha, _ = fused.gaug_forward(q, wv, bv, wa, ba, gh, gw, P, shift, var_scale, eps, _clamps(gh, gw, cmin),
+                                       rate, traced)
+    return var, alpha  # the attention finds its radius itself
+
+
+def _augmentation_backward(q, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate,
+                           traced=False):
+    dq = torch.zeros_like(q)  # gaug_backward adds the patch rows' gradient into it
+    dweights = fused.gaug_backward(q, dq, dvar.float().contiguous(), dalpha.float().contiguous(), wv, bv, wa, ba,
+                                   gh, gw, P, shift, var_scale, rate, traced)
+    return dq, *dweights
+
+
 # ----------------------------------------------------------------------------------------------
 # Triton ops: torch.compile traces their launch sequences (the same functions, run on fake tensors,
 # are their fake implementations).
@@ -391,6 +427,55 @@ def _locat_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: interna
 
 
 _locat_op.register_autograd(_locat_autograd_backward, setup_context=_locat_setup_context)
+
+
+@torch.library.triton_op("locat::gaussian_augmentation", mutates_args=())
+def _augmentation_op(
+    q: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor, gh: int, gw: int, num_prefix_tokens: int,
+    eps: float, cmin: float, shift: float, var_scale: float, rate: int,
+) -> tuple[Tensor, Tensor]:
+    return _augmentation_forward(q, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale, rate,
+                                 traced=True)
+
+
+@torch.library.triton_op("locat::gaussian_augmentation_backward", mutates_args=())
+def _augmentation_backward_op(
+    q: Tensor, dvar: Tensor, dalpha: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor, gh: int, gw: int,
+    num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float, rate: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dq, *dweights = _augmentation_backward(q, dvar, dalpha, wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin,
+                                           shift, var_scale, rate, traced=True)
+    return dq, *(t.clone() for t in dweights)  # views of one reduced buffer; an op's outputs may not alias
+
+
+def _augmentation_setup_context(ctx, inputs, output):
+    q, wv, bv, wa, ba, *ctx.params = inputs
+    ctx.save_for_backward(q, wv, bv, wa, ba)
+
+
+def _augmentation_autograd_backward(ctx, dvar, dalpha):
+    q, *weights = ctx.saved_tensors
+    grads = _augmentation_backward_op(q, dvar, dalpha, *weights, *ctx.params)
+    return (*grads,) + (None,) * len(ctx.params)
+
+
+_augmentation_op.register_autograd(_augmentation_autograd_backward, setup_context=_augmentation_setup_context)
+
+
+class _GaussianAugmentation(torch.autograd.Function):
+    """Eager var and alpha of ``locat_attention(..., gaussian_queries=...)`` on the triton backend."""
+
+    @staticmethod
+    def forward(ctx, q, wv, bv, wa, ba, *params):
+        ctx.save_for_backward(q, wv, bv, wa, ba)
+        ctx.params = params
+        return _augmentation_forward(q, wv, bv, wa, ba, *params)
+
+    @staticmethod
+    def backward(ctx, dvar, dalpha):
+        q, *weights = ctx.saved_tensors
+        grads = _augmentation_backward(q, dvar, dalpha, *weights, *ctx.params)
+        return (*grads,) + (None,) * len(ctx.params)
 
 
 class _GaussianAttention(torch.autograd.Function):

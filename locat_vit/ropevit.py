@@ -16,7 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.eva import Eva, checkpoint_filter_fn
 from torch import Tensor
 
-from locat_kernels import gaussian_attention
+from locat_kernels import locat_attention
 
 from .attention import GaussianAugmentedAttention, refuse_masks
 from .locatvit import default_cfg, patch_refinement
@@ -30,8 +30,9 @@ torch.fx.wrap("refuse_masks")  # FX records the call (see attention.refuse_masks
 class GaussianAugmentedAttentionRope(GaussianAugmentedAttention):
     """timm's ``AttentionRope`` with the Gaussian bias: adopts its layers (same keys) and adds ``gaug``.
 
-    ``forward(x, rope)``: var and alpha from the normed patch queries before the rotation, then
-    ``gaussian_attention`` on the rotated patch queries and keys (prefix tokens are not rotated).
+    ``forward(x, rope)``: ``locat_attention`` on the rotated patch queries and keys (prefix tokens
+    are not rotated), var and alpha from the normed queries before the rotation (its
+    ``gaussian_queries``: on the triton backend one kernel each way, as for ViT's layers).
     Arguments as for ``GaussianAugmentedAttention``.
     """
 
@@ -51,13 +52,15 @@ class GaussianAugmentedAttentionRope(GaussianAugmentedAttention):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         P, rate = self.num_prefix_tokens, self.rate()
-        var, alpha = self.gaug(q[:, :, P:], self.grid_size, rate)  # before the rotation, as published
-        if rope is not None:
+        q_unrotated = None
+        if rope is not None:  # var and alpha from the queries before the rotation, as published
+            q_unrotated = q.type_as(v)
             q = torch.cat([q[:, :, :P], apply_rot_embed_cat(q[:, :, P:], rope, half=self.rotate_half)], 2).type_as(v)
             k = torch.cat([k[:, :, :P], apply_rot_embed_cat(k[:, :, P:], rope, half=self.rotate_half)], 2).type_as(v)
         backend = "reference" if self.backend == "eager" else self.backend
-        x = gaussian_attention(q, k, v, var, alpha, self.grid_size, num_prefix_tokens=P,
-                               init_grid_size=self.init_grid_size, rate=rate, scale=self.scale, backend=backend)
+        x = locat_attention(q, k, v, *self.gaug.weights(), self.grid_size, num_prefix_tokens=P,
+                            init_grid_size=self.init_grid_size, rate=rate, scale=self.scale, backend=backend,
+                            gaussian_queries=q_unrotated)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         if gate is not None:
             x = x * gate

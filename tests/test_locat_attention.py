@@ -8,7 +8,7 @@ needs CUDA.
 import pytest
 import torch
 
-from helpers import assert_matches_reference, make_inputs, make_layers
+from helpers import assert_matches_reference, make_inputs, make_layers, rel_err, run
 from locat_kernels import gaussian_attention, gaussian_parameters, locat_attention
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -57,6 +57,51 @@ def test_layer_gradients_have_the_parameters_strides(device):
     out = locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, backend="triton")
     for g, w in zip(torch.autograd.grad(out, layers, torch.randn_like(out)), layers):
         assert g.shape == w.shape and g.stride() == w.stride(), (g.stride(), w.stride())
+
+
+def _rotated(q, k, v, qg, *layers, **kwargs):
+    """RoPE-ViT's call: the attention on q, var and alpha from the queries ``qg`` (before the rotation)."""
+    return locat_attention(q, k, v, *layers, gaussian_queries=qg, **kwargs)
+
+
+ROTATED_NAMES = ("out", "dq", "dk", "dv", "dq_gaussian", "dw_var", "db_var", "dw_alpha", "db_alpha")
+
+
+@pytest.mark.parametrize("grid,P,D,rate,init", [SMALL[0], SMALL[2], SMALL[3]], ids=lambda x: str(x).replace(" ", ""))
+def test_gaussian_queries_apart_from_q_match_float64(device, grid, P, D, rate, init):
+    """``gaussian_queries``: var and alpha from other queries than the attention's (RoPE-ViT: before
+    the rotary embedding) by their own kernels, each gradient against the float64 reference, the
+    one to those queries (through var and alpha only) included."""
+    q, k, v, *layers = _inputs(2, 2, grid, P, D, device)
+    qg = torch.randn_like(q).requires_grad_()
+    inputs, do = [q, k, v, qg, *layers], torch.randn_like(q)
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
+    got = run(_rotated, inputs, do, backend="triton", **kwargs)
+    ref = run(_rotated, [t.detach().cpu().double().requires_grad_() for t in inputs], do.cpu().double(),
+              backend="reference", **kwargs)
+    for name, g, r in zip(ROTATED_NAMES, got, ref):
+        assert g.shape == r.shape and g.dtype == torch.float32, name
+        assert rel_err(g, r) <= 1e-5, f"{name}: {rel_err(g, r):.2e}"
+    assert got[4][:, :, :P].abs().max() == 0  # the prefix queries make no var or alpha
+
+
+def test_gaussian_queries_compile_fullgraph_equals_eager(device):
+    """The triton ops of the separate var and alpha (locat::gaussian_augmentation and its backward)
+    under torch.compile give eager's out and gradients exactly."""
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    inputs = [q, k, v, torch.randn_like(q).requires_grad_(), *layers]
+    kwargs = dict(grid_size=(4, 4), num_prefix_tokens=1, backend="triton")
+    do = torch.randn_like(q)
+    eager = run(_rotated, inputs, do, **kwargs)
+    compiled = torch.compile(_rotated, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    for name, g, e in zip(ROTATED_NAMES, run(compiled, inputs, do, **kwargs), eager):
+        assert torch.equal(g, e), name
+
+
+def test_gaussian_queries_of_another_shape_are_refused(device):
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    with pytest.raises(ValueError, match="gaussian_queries must match q"):
+        locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, gaussian_queries=q[:, :, 1:])
 
 
 def test_compile_fullgraph_equals_eager(device):

@@ -84,17 +84,30 @@ def test_computes_the_published_function_and_gradients_in_float64(backend, size,
         torch.testing.assert_close(params[k].grad, ref[k].grad, rtol=1e-9, atol=1e-10)
 
 
-def test_the_gaussian_sees_the_queries_before_the_rotation():
+def test_the_gaussian_sees_the_queries_before_the_rotation(monkeypatch):
+    """The first block's locat_attention gets the unrotated queries as ``gaussian_queries`` and the
+    rotated ones (patches only) as its attention queries."""
+    from locat_vit import ropevit
+
     torch.manual_seed(0)
     model = timm.create_model("locatvit_tiny_rope_mixed", img_size=48, num_classes=5, attn_backend="eager").double()
     model.load_state_dict(_random_state(model))
     x = torch.randn(1, 3, 48, 48, dtype=torch.float64)
-    attn, seen = model.blocks[0].attn, {}
-    attn.gaug.register_forward_hook(lambda module, args, out: seen.update(qp=args[0]))  # returns None: output kept
+    calls = []
+
+    def spy(q, *args, **kwargs):
+        calls.append((q, kwargs["gaussian_queries"]))
+        return ropevit_attention(q, *args, **kwargs)
+
+    ropevit_attention = ropevit.locat_attention
+    monkeypatch.setattr(ropevit, "locat_attention", spy)
     model(x)
     t = model.blocks[0].norm1(torch.cat([model.cls_token, model.patch_embed(x)], 1))  # no absolute position embedding
-    q = attn.qkv(t).reshape(1, 10, 3, 3, 64).permute(2, 0, 3, 1, 4)[0]
-    torch.testing.assert_close(seen["qp"], q[:, :, 1:], rtol=0, atol=0)
+    q = model.blocks[0].attn.qkv(t).reshape(1, 10, 3, 3, 64).permute(2, 0, 3, 1, 4)[0]
+    rotated, unrotated = calls[0]
+    torch.testing.assert_close(unrotated, q, rtol=0, atol=0)
+    torch.testing.assert_close(rotated[:, :, :1], q[:, :, :1], rtol=0, atol=0)  # the class token is not rotated
+    assert (rotated[:, :, 1:] - q[:, :, 1:]).abs().max() > 1e-3
 
 
 def test_locatify_turns_timms_rope_vit_into_locat_keeping_every_weight():
@@ -105,3 +118,25 @@ def test_locatify_turns_timms_rope_vit_into_locat_keeping_every_weight():
     built = timm.create_model("locatvit_tiny_rope_mixed", img_size=32, num_classes=5, attn_backend="eager").double()
     model = check_locatify(eva, built, torch.randn(2, 3, 32, 32, dtype=torch.float64), attn_backend="eager")
     assert isinstance(model, locat_vit.LocAtRoPEViT)
+
+
+def test_the_fused_path_matches_float64(device):
+    """attn_backend="triton" (the rotated queries into the fused attention, var and alpha from the
+    unrotated ones by their own kernels) in float32 against the eager model in float64: the output
+    and every parameter's gradient."""
+    torch.manual_seed(0)
+    ref = timm.create_model("locatvit_tiny_rope_mixed", img_size=48, num_classes=5, attn_backend="eager").double()
+    ref.load_state_dict(_random_state(ref))
+    fused = timm.create_model("locatvit_tiny_rope_mixed", img_size=48, num_classes=5, attn_backend="triton")
+    fused.load_state_dict(ref.state_dict())
+    fused.to(device)
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
+    outs = [m(x.to(device, next(m.parameters()).dtype)) for m in (fused, ref)]
+    for out in outs:
+        out.double().cpu().square().sum().backward()
+    assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()
+    grads = dict(ref.named_parameters())
+    for name, p in fused.named_parameters():
+        r = grads[name].grad
+        assert (p.grad.double().cpu() - r).norm() <= 1e-4 * r.norm() + 1e-12, name
+
