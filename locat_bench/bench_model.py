@@ -1,4 +1,5 @@
-"""Whole-model throughput as users run it: LocAtViT against timm's ViT of the same size.
+"""Whole-model throughput as users run it: LocAtViT against timm's ViT of the same size (and each
+LocAt family against its backbone: RoPE-ViT, Swin, Jumbo; ``ModelCase.family``).
 
 Training: one step of forward, backward and fused AdamW under bf16 autocast; inference: a forward
 under bf16 autocast and no_grad. Each is timed with plain calls (no CUDA graph), eager and under
@@ -25,24 +26,43 @@ import locat_vit  # noqa: F401  (registers the LocAtViT models)
 from .timing import cpu_median_ms, peak_memory_gb
 
 
+# family -> (the LocAt model, its backbone without LocAt: the "vit" variant), by size. timm has no
+# tiny RoPE-ViT: its small one with ViT-Tiny's width and heads stands in (as locatvit_tiny_rope_mixed).
+FAMILIES = {
+    "vit": ("locatvit_{size}", "vit_{size}_patch16_224"),
+    "rope": ("locatvit_{size}_rope_mixed", "vit_{size}_patch16_rope_mixed_224"),
+    "swin": ("locatswin_{size}", "swin_{size}_patch4_window7_224"),
+    "jumbo": ("locatjumbo_{size}", "jumbo_{size}"),
+}
+_TINY_ROPE = dict(embed_dim=192, num_heads=3)
+
+
 @dataclass(frozen=True)
 class ModelCase:
     size: str  # tiny, small, base
     img_size: int
     batch: int
+    family: str = "vit"  # a key of FAMILIES
 
     @property
     def name(self) -> str:
-        return f"{self.size} {self.img_size}"
+        prefix = "" if self.family == "vit" else f"{self.family} "
+        return f"{prefix}{self.size} {self.img_size}"
 
     @classmethod
     def parse(cls, spec: str) -> "ModelCase":
-        """'base:384:32' -> ModelCase("base", 384, 32)."""
+        """'base:384:32' -> ModelCase("base", 384, 32); 'swin:tiny:224:128': another family's."""
+        parts = spec.split(":")
+        family = parts.pop(0) if len(parts) == 4 else "vit"
         try:
-            size, img, batch = spec.split(":")
-            return cls(size, int(img), int(batch))
+            size, img, batch = parts
+            case = cls(size, int(img), int(batch), family)
         except ValueError:
-            raise ValueError(f"a model case is size:img:batch (e.g. base:384:32), got {spec!r}") from None
+            raise ValueError(f"a model case is [family:]size:img:batch (e.g. base:384:32, swin:tiny:224:128), "
+                             f"got {spec!r}") from None
+        if family not in FAMILIES:
+            raise ValueError(f"unknown model family {family!r} in {spec!r}: one of {', '.join(FAMILIES)}")
+        return case
 
 
 GPU_CASES = [ModelCase("tiny", 224, 256), ModelCase("small", 224, 256), ModelCase("base", 224, 128),
@@ -53,13 +73,19 @@ MODES = ("eager", "compiled")
 
 
 def build(case: ModelCase, variant: str, device, **kwargs):
-    """timm's ViT or LocAtViT (attn_backend from the variant name) at the case's image size; a
-    LocAtViT built at 512 px (grid 32) trains in the published rate-2 mode."""
+    """The case's backbone without LocAt ("vit": timm's ViT, RoPE-ViT, Swin, or the Jumbo baseline)
+    or its LocAt model (attn_backend from the variant name) at the case's image size; a LocAtViT
+    built at 512 px (grid 32) trains in the published rate-2 mode."""
+    locat, backbone = (name.format(size=case.size) for name in FAMILIES[case.family])
     if variant == "vit":
-        return timm.create_model(f"vit_{case.size}_patch16_224", img_size=case.img_size, **kwargs).to(device)
+        if case.family == "rope" and case.size == "tiny":
+            backbone, kwargs = backbone.replace("tiny", "small"), {**_TINY_ROPE, **kwargs}
+        return timm.create_model(backbone, img_size=case.img_size, **kwargs).to(device)
     backend = variant.removeprefix("locat_")
-    return timm.create_model(f"locatvit_{case.size}", img_size=case.img_size, attn_backend=backend,
-                             **kwargs).to(device)
+    if case.family == "swin" and backend == "triton":
+        raise ValueError("LocAt Swin has no fused path yet (its attn_backend='triton' is refused): time its "
+                         "locat_sdpa variant")
+    return timm.create_model(locat, img_size=case.img_size, attn_backend=backend, **kwargs).to(device)
 
 
 def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: int = 5, steps: int = 10,
@@ -185,7 +211,8 @@ def kernels_per_step(fn) -> int:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each LocAtViT variant's images/s over timm's ViT of the same case and mode, and its peak memory."""
+    """Each LocAt variant's images/s over the backbone ("vit" variant) of the same case and mode, and
+    its peak memory."""
     vit = {(r["model"], r["mode"]): r for r in rows if r["variant"] == "vit"}
     out = []
     for r in rows:
