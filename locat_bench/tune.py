@@ -47,7 +47,7 @@ SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILE
             "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
 # (head-dim class, dtype class, grid class) -> the shape (B,H,gh,gw,P,D) its entries are timed on, or
 # kernel -> shape where the kernels' classes differ (the dk/dv kernel's "any" is its per-logit path,
-# grids wider than configs.MAX_FACTORED_COLS). test_tune.py checks each falls in its class.
+# grids wider than configs.MAX_FACTORED_COLS). tests/test_configs.py checks each falls in its class.
 TABLE_SHAPES = {
     (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "16,12,32,32,1,64",
                            "backward_dkdv": "8,12,37,37,5,64"},
