@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine checks and times everything, writing under $OUT (default ./gpu_out):
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|table|bench|model|compiled|baseline|train ...]
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|table|bench|model|compiled|families|baseline|train ...]
 # (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
 # "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
 # in a second call: the three kernels together outgrow one call).
@@ -25,6 +25,9 @@ for step in $steps; do
     model)    timeout 400 python3 -m locat_bench.cli --model --modes eager --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
     compiled) timeout 550 python3 -m locat_bench.cli --model --modes compiled --output "$OUT/compiled.json" > "$OUT/compiled.log" 2>&1 ;;
     baseline) PYTHONPATH=.:.baseline timeout 400 python3 -m locat_bench.baseline run --output "$OUT/baseline.json" > "$OUT/baseline.log" 2>&1 ;;
+    families) timeout 560 python3 -m locat_bench.cli --model --modes eager \
+                --cases rope:base:224:128 jumbo:base:224:128 swin:tiny:224:128 --output "$OUT/families.json" \
+                > "$OUT/families.log" 2>&1 ;;
     train)    timeout 240 python3 -m locat_bench.train_runs --output "$OUT/train.json" > "$OUT/train.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
