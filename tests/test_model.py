@@ -28,8 +28,8 @@ def published_forward(sd, x, *, heads, P=1, init_grid, eps_grid=None, pool="toke
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=16)
     B, C, gh, gw = t.shape
     t = t.flatten(2).transpose(1, 2)
-    pos = sd["pos_embed"]
-    if (gh, gw) != init_grid:  # timm's resampling of the position embedding (dynamic size)
+    pos = sd.get("pos_embed", 0.0)  # none: the published no_pos_emb=True model
+    if (gh, gw) != init_grid and "pos_embed" in sd:  # timm's resampling of the position embedding (dynamic size)
         from timm.layers import resample_abs_pos_embed
         pos = resample_abs_pos_embed(pos, (gh, gw), init_grid, num_prefix_tokens=P)
     t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], 1) + pos
@@ -130,6 +130,21 @@ def test_published_checkpoint_loads_strictly_and_computes_the_published_function
     again = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(path), num_classes=7), attn_backend="eager").double().eval()
     torch.testing.assert_close(again(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("img", [64, 96])
+def test_without_position_embedding_as_published(img):
+    """The published no_pos_emb=True models are timm's pos_embed="none": no pos_embed key, the class
+    token still prepended; the published function in float64 at the build size and, with a dynamic
+    size, at another one (the Gaussian then carries all the position information)."""
+    model = timm.create_model("locatvit_tiny", img_size=64, num_classes=7, pos_embed="none", dynamic_img_size=True,
+                              attn_backend="eager").double().eval()
+    assert "pos_embed" not in model.state_dict()
+    sd = _random_published_state(model)
+    model.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, img, img, dtype=torch.float64)
+    want, _ = published_forward(sd, x, heads=3, init_grid=(4, 4))
+    torch.testing.assert_close(model(x), want, rtol=1e-10, atol=1e-10)
 
 
 def test_average_pooling_follows_the_published_structure():
