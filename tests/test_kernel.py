@@ -52,6 +52,15 @@ def test_far_tiles_skip_the_gaussian_exactly(request, device, grid, P, var_range
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
+@pytest.mark.parametrize("grid,P,rate", [((7, 5), 1, 1), ((6, 10), 3, 2)])
+def test_fp16_within_twice_eager(request, device, grid, P, rate):
+    """fp16 (the interpreter runs it as well; bf16 it cannot): every tensor's error against float64
+    at most twice eager PyTorch's in fp16, packed grid tiles and rate 2 included."""
+    inputs = make_inputs(2, 2, grid, P, 32, device=device, dtype=torch.float16, var_range=(0.3, 30.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
+
+
 def test_grid_layout_of_key_tiles():
     """Grid tiles where a tile holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots (else token
     tiles, (0, 1)); packed rows of gw slots where that fits more rows or a tile holds at most 2."""

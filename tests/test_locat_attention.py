@@ -38,6 +38,15 @@ def test_small_fp32_matches_float64(request, device, grid, P, D, rate, init):
                              num_prefix_tokens=P, rate=rate, init_grid_size=init)
 
 
+@pytest.mark.parametrize("grid,P,rate", [((4, 6), 1, 1), ((6, 4), 3, 2)])
+def test_fp16_within_twice_eager(request, device, grid, P, rate):
+    """fp16 (the interpreter runs it as well; bf16 it cannot): out and every gradient within twice
+    eager PyTorch's error in fp16."""
+    inputs = _inputs(2, 2, grid, P, 32, device, torch.float16)
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), locat=True, grid_size=grid,
+                             num_prefix_tokens=P, rate=rate)
+
+
 def test_gradient_through_var_and_alpha_is_not_dropped(device):
     """dq includes the path through var and alpha: with var and alpha detached, dq differs by far
     more than rounding, so the comparisons above would see that path missing."""
