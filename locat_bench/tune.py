@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import sys
 from pathlib import Path
@@ -121,12 +122,7 @@ def main(argv=None) -> int:
 def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=None):
     """(median ms, note) of the launches of ``kernel`` (the forward, or the backward's two) on shape
     ``spec`` under config ``cand`` (and ``configs.<switch> = value``); (None, why) if it fails."""
-    shape = Shape.parse(spec)
-    q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, regime, dtype, "cuda"))
-    alpha = alpha.contiguous()
-    common = (shape.grid[1], shape.P, gaussian_eps(shape.grid), gaussian_clamp(shape.grid), 1, shape.D ** -0.5)
-    out, lse, radius = fused.attention_forward(q, k, v, var, alpha, None, *common)
-    do = torch.randn_like(out)
+    q, k, v, var, alpha, common, out, lse, radius, do = _inputs(spec, dtype, regime)
     if kernel == "forward":
         def run():
             fused.attention_forward(q, k, v, var, alpha, None, *common)
@@ -145,6 +141,17 @@ def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=No
         del configs.OVERRIDES[kernel]
         if switch:
             setattr(configs, switch, saved)
+
+
+@functools.lru_cache(maxsize=1)  # the candidates of one shape share its inputs; one shape's tensors kept
+def _inputs(spec, dtype, regime):
+    """Inputs of shape ``spec`` and the forward's outputs and dO (made under the default config)."""
+    shape = Shape.parse(spec)
+    q, k, v, var, alpha = (t.detach() for t in make_inputs(shape, regime, dtype, "cuda"))
+    alpha = alpha.contiguous()
+    common = (shape.grid[1], shape.P, gaussian_eps(shape.grid), gaussian_clamp(shape.grid), 1, shape.D ** -0.5)
+    out, lse, radius = fused.attention_forward(q, k, v, var, alpha, None, *common)
+    return q, k, v, var, alpha, common, out, lse, radius, torch.randn_like(out)
 
 
 def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:
