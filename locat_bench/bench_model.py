@@ -82,9 +82,6 @@ def build(case: ModelCase, variant: str, device, **kwargs):
             backbone, kwargs = backbone.replace("tiny", "small"), {**_TINY_ROPE, **kwargs}
         return timm.create_model(backbone, img_size=case.img_size, **kwargs).to(device)
     backend = variant.removeprefix("locat_")
-    if case.family == "swin" and backend == "triton":
-        raise ValueError("LocAt Swin has no fused path yet (its attn_backend='triton' is refused): time its "
-                         "locat_sdpa variant")
     return timm.create_model(locat, img_size=case.img_size, attn_backend=backend, **kwargs).to(device)
 
 

@@ -110,11 +110,8 @@ def run_models(args, device: str, env: dict) -> int:
     rows = []
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
-        # LocAt Swin has no fused path: its triton variant is left out unless asked for by name
-        case_variants = [v for v in variants if not (case.family == "swin" and v == "locat_triton" and
-                                                     not args.variants)]
         for mode in modes:
-            rows += bm.bench_case(case, case_variants, device, mode, log=lambda s: print(s, flush=True))
+            rows += bm.bench_case(case, variants, device, mode, log=lambda s: print(s, flush=True))
     ratios = bm.ratios(rows) if device == "cuda" else []
     host = bm.layer_host_times(device) if device == "cuda" else None
     if ratios:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import Tensor
 from . import fused
 from .fused import configs
 from .gaussian import as_pair, gaussian_clamp, gaussian_eps, variance_scale, variance_shift
-from .reference import gaussian_attention_reference, gaussian_bias, gaussian_parameters
+from .reference import extra_bias, gaussian_attention_reference, gaussian_bias, gaussian_parameters
 
 __all__ = ["gaussian_attention", "locat_attention", "BACKENDS", "resolve_backend"]
 
@@ -48,6 +49,8 @@ def gaussian_attention(
     scale: float | None = None,
     backend: str = "auto",
     check_values: bool = False,
+    attn_bias: Tensor | None = None,
+    window_mask: Tensor | None = None,
 ) -> Tensor:
     """Self-attention with LocAtViT's per-query Gaussian bias toward nearby patches.
 
@@ -74,6 +77,12 @@ def gaussian_attention(
             (dense bias into SDPA, the published path) or "auto" (``resolve_backend``).
         check_values: also check that var is positive and finite and alpha finite. Off by default:
             it reads the values back to the host, a device synchronization on every call.
+        attn_bias: (H, N, N), added to the logits of every batch element (Swin's relative position
+            bias, shared by all windows); float32 or q's dtype. Gradients flow to it.
+        window_mask: (nW, N, N) with B a multiple of nW: batch element b gets ``window_mask[b % nW]``
+            added (Swin's shift mask, one per window position); no gradient. With either, the
+            triton backend runs the window kernel (``fused.window``: no prefix tokens, rate 1,
+            N <= 64, the whole window one tile; the (B, H, N, N) bias is never built).
 
     Returns:
         (B, H, N, D) in q's dtype. The triton backend stores it as (B, N, H, D) and returns the
@@ -83,21 +92,44 @@ def gaussian_attention(
     """
     gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
     _check_parameters(q, gh * gw, var=var, alpha=alpha)
+    windowed = attn_bias is not None or window_mask is not None
+    if windowed:
+        _check_window_bias(q, attn_bias, window_mask)
     if check_values:
         _check_values(var, alpha)
     init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     eps = gaussian_eps(init_grid_size) if eps is None else float(eps)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    explicit_triton = backend == "triton"
     backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
+    if windowed and backend == "triton":
+        reason = _window_refusal(q, num_prefix_tokens, rate)
+        if reason and explicit_triton:
+            raise ValueError(f"backend='triton' with attn_bias or window_mask: {reason}")
+        if reason:
+            warnings.warn(f"backend='auto' runs the dense-bias SDPA path: {reason}", stacklevel=2)
+            backend = "sdpa"
     if backend == "reference":
         return gaussian_attention_reference(
             q, k, v, var, alpha, (gh, gw), num_prefix_tokens=num_prefix_tokens,
-            init_grid_size=init_grid_size, eps=eps, rate=rate, scale=scale)
+            init_grid_size=init_grid_size, eps=eps, rate=rate, scale=scale, attn_bias=attn_bias,
+            window_mask=window_mask)
     if backend == "sdpa":
         bias = gaussian_bias(var, alpha, (gh, gw), num_prefix_tokens=num_prefix_tokens,
                              init_grid_size=init_grid_size, eps=eps, rate=rate)
+        extra = extra_bias(attn_bias, window_mask, q.shape[0])
+        if extra is not None:
+            bias = bias + extra.to(bias.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
     _check_triton(q, k, v)
+    if windowed:
+        if attn_bias is None:  # the kernel always reads a bias tile
+            attn_bias = q.new_zeros(q.shape[1], q.shape[2], q.shape[2], dtype=torch.float32)
+        params = (gw, eps, gaussian_clamp(init_grid_size), scale)
+        if torch.compiler.is_compiling():
+            return torch.ops.locat.window_attention(q, k, v, var, alpha.reshape(var.shape[:3]), attn_bias,
+                                                    window_mask, *params)[0]
+        return _WindowAttention.apply(q, k, v, var, alpha.reshape(var.shape[:3]), attn_bias, window_mask, *params)
     if alpha.dim() == 4:
         alpha = alpha.squeeze(-1)
     params = (gw, num_prefix_tokens, eps, gaussian_clamp(init_grid_size), rate, scale)
@@ -264,6 +296,38 @@ def _check_parameters(q, np_, *, var, alpha):
     if alpha.shape not in ((B, H, np_), (B, H, np_, 1)):
         raise ValueError(
             f"alpha must have shape (B, H, gh*gw) = {(B, H, np_)} or {(B, H, np_, 1)}, got {tuple(alpha.shape)}")
+
+
+def _check_window_bias(q, attn_bias, window_mask):
+    B, H, N, _ = q.shape
+    for name, t, shape in (("attn_bias", attn_bias, (H, N, N)), ("window_mask", window_mask, None)):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+        if t.dtype not in (torch.float32, q.dtype):
+            raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
+        if shape is not None and tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape (H, N, N) = {shape}, one bias shared by the batch, "
+                             f"got {tuple(t.shape)}")
+    if window_mask is not None:
+        if window_mask.dim() != 3 or tuple(window_mask.shape[1:]) != (N, N) or B % window_mask.shape[0]:
+            raise ValueError(f"window_mask must have shape (nW, N, N) = (nW, {N}, {N}) with the batch {B} a "
+                             f"multiple of nW (batch element b takes window_mask[b % nW]), got "
+                             f"{tuple(window_mask.shape)}")
+        if window_mask.requires_grad:
+            raise ValueError("window_mask gets no gradient: pass it detached (attn_bias is the learned one)")
+
+
+def _window_refusal(q, num_prefix_tokens, rate) -> str | None:
+    """Why the window kernel (attn_bias, window_mask) cannot take these inputs, or None."""
+    if num_prefix_tokens or rate != 1:
+        return f"it takes windows without prefix tokens at rate 1, got {num_prefix_tokens} and rate {rate}"
+    if q.shape[2] > fused.window.MAX_WINDOW:
+        return f"a window is one tile of at most {fused.window.MAX_WINDOW} tokens, got N={q.shape[2]}"
+    return None
 
 
 def _check_values(var, alpha):
@@ -476,6 +540,57 @@ class _GaussianAugmentation(torch.autograd.Function):
         q, *weights = ctx.saved_tensors
         grads = _augmentation_backward(q, dvar, dalpha, *weights, *ctx.params)
         return (*grads,) + (None,) * len(ctx.params)
+
+
+@torch.library.triton_op("locat::window_attention", mutates_args=())
+def _window_op(
+    q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, bias: Tensor, mask: Optional[Tensor],
+    gw: int, eps: float, cmin: float, scale: float,
+) -> tuple[Tensor, Tensor]:
+    return fused.window_forward(q, k, v, var, alpha, bias, mask, gw, eps, cmin, scale, traced=True)
+
+
+@torch.library.triton_op("locat::window_attention_backward", mutates_args=())
+def _window_backward_op(
+    do: Tensor, q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, bias: Tensor, mask: Optional[Tensor],
+    out: Tensor, lse: Tensor, gw: int, eps: float, cmin: float, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=True)
+
+
+def _window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=False):
+    dq, dk, dv, dvar, dalpha, dbias = fused.window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps,
+                                                            cmin, scale, traced)
+    return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
+
+
+def _window_setup_context(ctx, inputs, output):
+    q, k, v, var, alpha, bias, mask, *ctx.params = inputs
+    ctx.save_for_backward(q, k, v, var, alpha, bias, mask, *output)
+
+
+def _window_autograd_backward(ctx, dout, *_):  # lse: internal output
+    grads = _window_backward_op(dout, *ctx.saved_tensors, *ctx.params)
+    return (*grads, None) + (None,) * len(ctx.params)  # the mask: no gradient
+
+
+_window_op.register_autograd(_window_autograd_backward, setup_context=_window_setup_context)
+
+
+class _WindowAttention(torch.autograd.Function):
+    """Eager ``gaussian_attention`` with attn_bias / window_mask on the triton backend."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, var, alpha, bias, mask, *params):
+        out, lse = fused.window_forward(q, k, v, var, alpha, bias, mask, *params)
+        ctx.save_for_backward(q, k, v, var, alpha, bias, mask, out, lse)
+        ctx.params = params
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        grads = _window_backward(dout, *ctx.saved_tensors, *ctx.params)
+        return (*grads, None) + (None,) * len(ctx.params)
 
 
 class _GaussianAttention(torch.autograd.Function):

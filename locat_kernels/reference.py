@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .gaussian import gaussian_clamp, gaussian_eps, grid_positions, variance_scale, variance_shift
 
-__all__ = ["gaussian_parameters", "gaussian_bias", "gaussian_attention_reference"]
+__all__ = ["gaussian_parameters", "gaussian_bias", "gaussian_attention_reference", "extra_bias"]
 
 
 def gaussian_parameters(
@@ -122,16 +122,34 @@ def gaussian_attention_reference(
     eps: float | None = None,
     rate: int = 1,
     scale: float | None = None,
+    attn_bias: Tensor | None = None,
+    window_mask: Tensor | None = None,
 ) -> Tensor:
-    """``softmax(scale * q k^T + gaussian_bias(...)) v`` for q, k, v of shape (B, H, N, D).
+    """``softmax(scale * q k^T + gaussian_bias(...) + attn_bias + window_mask) v`` for q, k, v of
+    shape (B, H, N, D).
 
-    Computed as eager PyTorch would in q's dtype (the bias in var's precision, then cast), so
-    with float64 inputs it is the float64 truth and with bf16 inputs it is the eager baseline.
+    ``attn_bias`` (H, N, N) is added for every batch element (Swin's relative position bias);
+    ``window_mask`` (nW, N, N) is added for batch element b as ``window_mask[b % nW]`` (Swin's shift
+    mask, one per window position). Computed as eager PyTorch would in q's dtype (the bias in var's
+    precision, then cast), so with float64 inputs it is the float64 truth and with bf16 inputs it is
+    the eager baseline.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     bias = gaussian_bias(
         var, alpha, grid_size, num_prefix_tokens=num_prefix_tokens,
         init_grid_size=init_grid_size, eps=eps, rate=rate,
     )
+    extra = extra_bias(attn_bias, window_mask, q.shape[0])
+    if extra is not None:
+        bias = bias + extra.to(bias.dtype)
     logits = (q * scale) @ k.transpose(-2, -1) + bias.to(q.dtype)
     return logits.softmax(dim=-1) @ v
+
+
+def extra_bias(attn_bias: Tensor | None, window_mask: Tensor | None, batch: int) -> Tensor | None:
+    """``attn_bias`` (H, N, N) plus ``window_mask`` (nW, N, N) repeated over the batch, as a
+    (1 or B, 1 or H, N, N) tensor to add to the logits (None when both are None)."""
+    if window_mask is None:
+        return None if attn_bias is None else attn_bias[None]
+    mask = window_mask.repeat(batch // window_mask.shape[0], 1, 1)[:, None]
+    return mask if attn_bias is None else attn_bias[None] + mask

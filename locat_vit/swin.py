@@ -7,27 +7,26 @@ rate-2 mode) and no prefix tokens, and it is added to Swin's relative position b
 blocks, the shift mask, before the softmax. PRR runs over all tokens of the final (normed) feature
 map with the last stage's heads. The state-dict keys are Swin's plus ``layers.i.blocks.j.attn.gaug.*``.
 
-The fused kernels do not take Swin's additive bias yet: ``attn_backend`` is "sdpa" (the three
-biases summed into one mask for SDPA, the published path; "auto" picks it) or "eager" (the softmax
-written out).
+``attn_backend``: "triton" (the window kernel, ``locat_kernels.fused.window``: the relative position
+bias and the shift mask read per tile, never expanded per window), "sdpa" (the three biases summed
+into one dense mask for SDPA, the published path), "eager" (the softmax written out) or "auto" (triton
+on CUDA where the kernel takes the window: at most 64 tokens).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.swin_transformer import SwinTransformer, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from locat_kernels import gaussian_bias
+from locat_kernels import gaussian_attention
 
 from .attention import GaussianAugmentation
 from .locatvit import default_cfg, patch_refinement
 
 __all__ = ["LocAtSwin", "GaussianAugmentedWindowAttention", "add_gaussian_window_attention"]
 
-SWIN_BACKENDS = ("auto", "sdpa", "eager")
+SWIN_BACKENDS = ("auto", "triton", "sdpa", "eager")
 
 
 @register_notrace_module
@@ -63,9 +62,6 @@ class GaussianAugmentedWindowAttention(nn.Module):
         self.gaug.init_grid_size = tuple(self.window_size)
 
     def set_backend(self, backend: str) -> None:
-        if backend == "triton":
-            raise ValueError("LocAt Swin has no fused-kernel path yet (the kernels do not take Swin's relative "
-                             "position bias and shift mask): use attn_backend='sdpa' or 'auto'")
         if backend not in SWIN_BACKENDS:
             raise ValueError(f"attn_backend must be one of {SWIN_BACKENDS}, got {backend!r}")
         self.backend = backend
@@ -75,17 +71,12 @@ class GaussianAugmentedWindowAttention(nn.Module):
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         window = tuple(self.window_size)
         var, alpha = self.gaug(q, window)
-        bias = self._get_rel_pos_bias()  # (1, H, N, N), shared by every window
-        if mask is not None:  # (nW, N, N): one per window position, the batch runs over the positions
-            bias = bias + mask[:, None]
-        bias = bias.to(var.dtype)
-        gauss = gaussian_bias(var, alpha, window, init_grid_size=self.gaug.init_grid_size)  # (B_, H, N, N)
-        bias = (gauss.view(-1, bias.shape[0], self.num_heads, N, N) + bias).view(B_, self.num_heads, N, N)
-        if self.backend == "eager":
-            attn = torch.softmax((q * self.scale) @ k.transpose(-2, -1) + bias.to(q.dtype), dim=-1)
-            x = attn @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        # the relative position bias (H, N, N) is shared by every window; the shift mask (nW, N, N) has one
+        # per window position and the batch runs over the positions: gaussian_attention's window_mask
+        backend = "reference" if self.backend == "eager" else self.backend
+        x = gaussian_attention(q, k, v, var, alpha, window, init_grid_size=self.gaug.init_grid_size,
+                               scale=self.scale, backend=backend, attn_bias=self._get_rel_pos_bias()[0],
+                               window_mask=mask)
         x = x.transpose(1, 2).reshape(B_, N, -1)
         return self.proj_drop(self.proj(x))
 
@@ -100,7 +91,7 @@ def add_gaussian_window_attention(model: SwinTransformer, attn_backend: str) -> 
 
 class LocAtSwin(SwinTransformer):
     """timm's ``SwinTransformer`` with Gaussian-augmented window attention in every block and PRR
-    before the head. Keywords: Swin's, plus ``attn_backend`` ("auto", "sdpa", "eager")."""
+    before the head. Keywords: Swin's, plus ``attn_backend`` ("auto", "triton", "sdpa", "eager")."""
 
     def __init__(self, attn_backend: str = "auto", **kwargs):
         super().__init__(**kwargs)

@@ -36,7 +36,7 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
 
 def test_model_cases_of_every_family_build_the_backbone_and_its_locat_model():
     """``[family:]size:img:batch``: the "vit" variant is the family's backbone without LocAt, the
-    locat variants its LocAt model; LocAt Swin's missing fused path is refused by name."""
+    locat variants its LocAt model."""
     from locat_bench import bench_model as bm
 
     expect = {"base:384:32": ("VisionTransformer", "LocAtViT"), "rope:tiny:64:2": ("Eva", "LocAtRoPEViT"),
@@ -50,8 +50,6 @@ def test_model_cases_of_every_family_build_the_backbone_and_its_locat_model():
         assert type(b).__name__ == backbone and type(m).__name__ == locat, (spec, type(b), type(m))
         assert not any(".gaug." in k for k in b.state_dict()) and any(".gaug." in k for k in m.state_dict())
     assert bm.build(bm.ModelCase.parse("rope:tiny:64:2"), "vit", "cpu").embed_dim == 192
-    with pytest.raises(ValueError, match="no fused path"):
-        bm.build(bm.ModelCase.parse("swin:tiny:224:2"), "locat_triton", "cpu")
     with pytest.raises(ValueError, match="unknown model family 'deit'"):
         bm.ModelCase.parse("deit:tiny:224:2")
     with pytest.raises(ValueError, match=r"\[family:\]size:img:batch"):

@@ -46,6 +46,10 @@ for factored in (False, True):  # the dk/dv kernel's per-logit and factored Gaus
 for rate in (1, 2):
     out = A._locat_forward(q, k, v, *layers, 4, 4, 5, *consts, rate, 0.125)
     A._locat_backward(torch.randn_like(q), q, k, v, *layers, *out, 4, 4, 5, *consts, rate, 0.125)
+wq, wk, wv = (torch.randn(4, 3, 16, 32) for _ in range(3))  # the window kernel: 4 x 4 windows, a bias and a mask
+wvar, walpha, wbias, wmask = torch.rand(4, 3, 16, 2) + 0.5, torch.rand(4, 3, 16), torch.randn(3, 16, 16), torch.zeros(2, 16, 16)
+out = A.fused.window_forward(wq, wk, wv, wvar, walpha, wbias, wmask, 4, 0.1, -2.0, 0.125)
+A.fused.window_backward(torch.randn_like(wq), wq, wk, wv, wvar, walpha, wbias, wmask, *out, 4, 0.1, -2.0, 0.125)
 rows = []
 for kernel, args, kw in launches:
     kwargs = dict(zip(kernel.arg_names, args), **{n: x for n, x in kw.items() if n not in ("num_warps", "num_stages")})
@@ -62,6 +66,8 @@ WRITES = {
     "_backward_dq_kernel": ["dalpha", "delta", "dq", "dvar"],
     "_backward_dkdv_kernel": ["dk", "dv"],
     "_gaug_backward_kernel": ["dq", "partial"],  # dq: the gradient through var and alpha, added in place
+    "_window_forward_kernel": ["lse", "o"],
+    "_window_backward_kernel": ["dalpha", "dk", "dq", "dv", "dvar", "partial"],
 }
 
 
@@ -73,7 +79,7 @@ def test_compile_sees_exactly_each_kernels_outputs():
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     if rows is None:
         pytest.skip("this torch has no identify_accessed_tensors (inductor's write analysis)")
-    assert len(rows) == 4 * 5 - 4  # the public op's launches twice, plus gaug's at rates 1 and 2
+    assert len(rows) == 4 * 5 - 4 + 2  # the public op's launches twice, gaug's at rates 1 and 2, the window kernel
     for name, find_radius, written in rows:
         want = WRITES[name] + (["radius"] if find_radius else [])
         assert written == sorted(want), (name, written)

@@ -152,9 +152,31 @@ def test_training_mode_and_every_block_gets_the_gaussian():
     assert (model(x) - want).abs().max() > 1e-7  # the Gaussian is seen far above the comparisons' 1e-10
 
 
-def test_triton_backend_is_refused_with_the_reason():
-    with pytest.raises(ValueError, match="no fused-kernel path yet"):
-        timm.create_model("locatswin_tiny", attn_backend="triton")
+@pytest.mark.parametrize("img,ws,depths,heads", CONFIGS)
+def test_the_window_kernel_matches_float64(device, img, ws, depths, heads):
+    """attn_backend="triton" (the window kernel: the relative position bias and the shift mask read
+    per tile) in float32 against the eager model in float64: the output and every parameter's
+    gradient, the relative position tables' included."""
+    torch.manual_seed(0)
+    kwargs = dict(img_size=img, window_size=ws, embed_dim=16, depths=depths, num_heads=heads, num_classes=5,
+                  drop_path_rate=0.0)
+    ref = timm.create_model("locatswin_tiny", attn_backend="eager", **kwargs).double()
+    ref.load_state_dict(_random_state(ref))
+    fused = timm.create_model("locatswin_tiny", attn_backend="triton", **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    fused.to(device)
+    x = torch.randn(2, 3, img, img, dtype=torch.float64)
+    outs = [m(x.to(device, next(m.parameters()).dtype)) for m in (fused, ref)]
+    for out in outs:
+        out.double().cpu().square().sum().backward()
+    assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()
+    grads = dict(ref.named_parameters())
+    for name, p in fused.named_parameters():
+        r = grads[name].grad
+        assert (p.grad.double().cpu() - r).norm() <= 1e-4 * r.norm() + 1e-12, name
+
+
+def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="attn_backend must be one of"):
         timm.create_model("locatswin_tiny", attn_backend="flash")
 

@@ -5,10 +5,15 @@
 - ``backward``: ``attention_backward`` (dq with dvar/dalpha, then dk/dv).
 - ``gaug``: ``gaug_forward`` / ``gaug_backward`` (var and alpha from the queries, one launch each
   way, and the skip radius).
+- ``window``: ``window_forward`` / ``window_backward`` (small windows with an additive bias and a
+  per-window mask, LocAt Swin: a window is one tile, one launch each way).
 - ``configs``: block sizes and constexpr flags per launch.
 """
 from .backward import attention_backward
 from .forward import attention_forward
+from . import window
 from .gaug import gaug_backward, gaug_forward
+from .window import window_backward, window_forward
 
-__all__ = ["attention_forward", "attention_backward", "gaug_forward", "gaug_backward"]
+__all__ = ["attention_forward", "attention_backward", "gaug_forward", "gaug_backward", "window_forward",
+           "window_backward", "window"]
