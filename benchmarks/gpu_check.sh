@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the GPU machine checks and times everything, writing under $OUT (default ./gpu_out):
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|table|bench|model|compiled|families|baseline|train ...]
+#   PYTHONPATH=. bash benchmarks/gpu_check.sh [tests|extremes|tune|table|bench|model|compiled|families|window|baseline|train ...]
 # (default: tests extremes bench model train). "baseline" needs .baseline/ (python -m locat_bench.baseline make REF).
 # "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
 # in a second call: the three kernels together outgrow one call).
@@ -28,6 +28,7 @@ for step in $steps; do
     families) timeout 560 python3 -m locat_bench.cli --model --modes eager \
                 --cases rope:base:224:128 jumbo:base:224:128 swin:tiny:224:128 --output "$OUT/families.json" \
                 > "$OUT/families.log" 2>&1 ;;
+    window)   timeout 300 python3 -m locat_bench.bench_window --output "$OUT/window.json" > "$OUT/window.log" 2>&1 ;;
     train)    timeout 240 python3 -m locat_bench.train_runs --output "$OUT/train.json" > "$OUT/train.log" 2>&1 ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac

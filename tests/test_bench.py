@@ -54,3 +54,11 @@ def test_model_cases_of_every_family_build_the_backbone_and_its_locat_model():
         bm.ModelCase.parse("deit:tiny:224:2")
     with pytest.raises(ValueError, match=r"\[family:\]size:img:batch"):
         bm.ModelCase.parse("tiny:224")
+
+
+def test_window_benchmark_says_it_needs_cuda(capsys, tmp_path):
+    from locat_bench import bench_window
+
+    with pytest.raises(SystemExit):
+        bench_window.main(["--output", str(tmp_path / "w.json")])
+    assert "needs CUDA" in capsys.readouterr().err
