@@ -109,6 +109,18 @@ def test_bad_bias_and_mask_fail_before_any_launch_naming_them(device):
         gaussian_attention(q9, k9, v9, var9, alpha9, (9, 9), backend="triton", attn_bias=torch.zeros(1, 81, 81))
 
 
+def test_fp16_within_twice_eager(device):
+    """fp16 (the interpreter runs it too; bf16 it cannot): each tensor's error against float64 at most
+    twice eager PyTorch's in fp16."""
+    inputs, mask = _inputs(4, 2, (7, 7), 32, 2, device, torch.float16)
+    inputs[5] = inputs[5].detach().half().requires_grad_()
+    do = torch.randn_like(inputs[0])
+    got, ref = _run("triton", inputs, mask.half(), do, (7, 7)), _reference(inputs, mask, do, (7, 7))
+    eager = _run("reference", inputs, mask.half(), do, (7, 7))
+    for name, g, r, e in zip(NAMES, got, ref, eager):
+        assert rel_err(g, r) <= 2 * rel_err(e, r), f"{name}: {rel_err(g, r):.2e} vs eager {rel_err(e, r):.2e}"
+
+
 LOW = [torch.bfloat16, torch.float16]
 
 
