@@ -100,15 +100,7 @@ def gaussian_attention(
     init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     eps = gaussian_eps(init_grid_size) if eps is None else float(eps)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    explicit_triton = backend == "triton"
-    backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
-    if windowed and backend == "triton":
-        reason = _window_refusal(q, num_prefix_tokens, rate)
-        if reason and explicit_triton:
-            raise ValueError(f"backend='triton' with attn_bias or window_mask: {reason}")
-        if reason:
-            warnings.warn(f"backend='auto' runs the dense-bias SDPA path: {reason}", stacklevel=2)
-            backend = "sdpa"
+    backend = _resolve(backend, q, num_prefix_tokens, rate, windowed)
     if backend == "reference":
         return gaussian_attention_reference(
             q, k, v, var, alpha, (gh, gw), num_prefix_tokens=num_prefix_tokens,
@@ -122,20 +114,8 @@ def gaussian_attention(
             bias = bias + extra.to(bias.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale)
     _check_triton(q, k, v)
-    if windowed:
-        if attn_bias is None:  # the kernel always reads a bias tile
-            attn_bias = q.new_zeros(q.shape[1], q.shape[2], q.shape[2], dtype=torch.float32)
-        params = (gw, eps, gaussian_clamp(init_grid_size), scale)
-        if torch.compiler.is_compiling():
-            return torch.ops.locat.window_attention(q, k, v, var, alpha.reshape(var.shape[:3]), attn_bias,
-                                                    window_mask, *params)[0]
-        return _WindowAttention.apply(q, k, v, var, alpha.reshape(var.shape[:3]), attn_bias, window_mask, *params)
-    if alpha.dim() == 4:
-        alpha = alpha.squeeze(-1)
-    params = (gw, num_prefix_tokens, eps, gaussian_clamp(init_grid_size), rate, scale)
-    if torch.compiler.is_compiling():
-        return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *params)[0]
-    return _GaussianAttention.apply(q, k, v, var, alpha, *params)
+    return _triton_attention(q, k, v, var, alpha, gw, num_prefix_tokens, eps, gaussian_clamp(init_grid_size), rate,
+                             scale, attn_bias, window_mask)
 
 
 def locat_attention(
@@ -154,6 +134,8 @@ def locat_attention(
     scale: float | None = None,
     backend: str = "auto",
     gaussian_queries: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    window_mask: Tensor | None = None,
 ) -> Tensor:
     """A LocAt attention layer's attention: var and alpha from the patch queries, then
     ``gaussian_attention``.
@@ -175,8 +157,14 @@ def locat_attention(
         gaussian_queries: the queries var and alpha are made from, (B, H, N, D) like q (default: q
             itself). RoPE-ViT passes its queries before the rotary embedding, as published; gradients
             flow to them through var and alpha, and to q through the attention.
+        attn_bias, window_mask: as for ``gaussian_attention`` (LocAt Swin's relative position bias and
+            shift mask); on the triton backend var and alpha come from their own kernel, then the
+            window kernel.
     """
     gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
+    windowed = attn_bias is not None or window_mask is not None
+    if windowed:
+        _check_window_bias(q, attn_bias, window_mask)
     D = q.shape[-1]
     if gaussian_queries is not None:
         if not isinstance(gaussian_queries, Tensor):
@@ -195,31 +183,29 @@ def locat_attention(
             raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
     init_grid_size = (gh, gw) if init_grid_size is None else as_pair(init_grid_size)
     scale = D ** -0.5 if scale is None else float(scale)
-    backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
+    backend = _resolve(backend, q, num_prefix_tokens, rate, windowed)
     P = num_prefix_tokens
     qg = q if gaussian_queries is None else gaussian_queries
     if backend != "triton":
         var, alpha = gaussian_parameters(qg[:, :, P:], log_var_weight, log_var_bias, log_alpha_weight,
                                          log_alpha_bias, (gh, gw), init_grid_size=init_grid_size, rate=rate)
-        return gaussian_attention(q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P,
-                                  init_grid_size=init_grid_size, rate=rate, scale=scale, backend=backend)
+        return gaussian_attention(q, k, v, var, alpha, (gh, gw), num_prefix_tokens=P, init_grid_size=init_grid_size,
+                                  rate=rate, scale=scale, backend=backend, attn_bias=attn_bias,
+                                  window_mask=window_mask)
     _check_triton(q, k, v)
     # Dynamo traces the computation itself (it warns about a cache in the traced path); eager calls hit the cache.
     eps, cmin, shift, var_scale = (_fused_constants.__wrapped__ if torch.compiler.is_compiling() else _fused_constants)(
         (gh, gw), init_grid_size)
     weights = (log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias)
-    compiling = torch.compiler.is_compiling()
-    if gaussian_queries is not None:  # var and alpha by their own kernels, then the attention on q
-        _check_triton(qg, k, v)
+    if gaussian_queries is not None or windowed:  # var and alpha by their own kernels, then the attention on q
+        if gaussian_queries is not None:
+            _check_triton(qg, k, v)
         gparams = (gh, gw, P, eps, cmin, shift, var_scale, rate)
-        var, alpha = (torch.ops.locat.gaussian_augmentation if compiling else _GaussianAugmentation.apply)(
-            qg, *weights, *gparams)
-        aparams = (gw, P, eps, cmin, rate, scale)
-        if compiling:
-            return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *aparams)[0]
-        return _GaussianAttention.apply(q, k, v, var, alpha, *aparams)
+        var, alpha = (torch.ops.locat.gaussian_augmentation if torch.compiler.is_compiling()
+                      else _GaussianAugmentation.apply)(qg, *weights, *gparams)
+        return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
-    if compiling:
+    if torch.compiler.is_compiling():
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     return _LocatAttention.apply(q, k, v, *weights, *params)
 
@@ -245,6 +231,40 @@ def resolve_backend(backend: str, q: Tensor) -> str:
         warnings.warn(f"backend='auto' runs the dense-bias SDPA path: {reason}", stacklevel=3)
         return "sdpa"
     return "triton"
+
+
+def _resolve(backend, q, num_prefix_tokens, rate, windowed) -> str:
+    """resolve_backend, and with attn_bias / window_mask the window kernel's limits: "auto" falls back
+    to sdpa with a warning, an explicit "triton" raises."""
+    explicit_triton = backend == "triton"
+    backend = resolve_backend(backend, q) if q.numel() else "reference"  # an empty batch: nothing to launch
+    if windowed and backend == "triton":
+        reason = _window_refusal(q, num_prefix_tokens, rate)
+        if reason and explicit_triton:
+            raise ValueError(f"backend='triton' with attn_bias or window_mask: {reason}")
+        if reason:
+            warnings.warn(f"backend='auto' runs the dense-bias SDPA path: {reason}", stacklevel=3)
+            return "sdpa"
+    return backend
+
+
+def _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask):
+    """The fused attention on checked inputs: the window kernel with attn_bias / window_mask, else the
+    grid kernels; the triton op under torch.compile, the autograd Function in eager calls."""
+    compiling = torch.compiler.is_compiling()
+    if alpha.dim() == 4:
+        alpha = alpha.squeeze(-1)
+    if attn_bias is not None or window_mask is not None:
+        if attn_bias is None:  # the kernel always reads a bias tile
+            attn_bias = q.new_zeros(q.shape[1], q.shape[2], q.shape[2], dtype=torch.float32)
+        params = (gw, eps, cmin, scale)
+        if compiling:
+            return torch.ops.locat.window_attention(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
+        return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, *params)
+    params = (gw, P, eps, cmin, rate, scale)
+    if compiling:
+        return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *params)[0]
+    return _GaussianAttention.apply(q, k, v, var, alpha, *params)
 
 
 # ----------------------------------------------------------------------------------------------

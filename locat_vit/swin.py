@@ -19,7 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.swin_transformer import SwinTransformer, WindowAttention, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from locat_kernels import gaussian_attention
+from locat_kernels import locat_attention
 
 from .attention import GaussianAugmentation
 from .locatvit import default_cfg, patch_refinement
@@ -69,14 +69,13 @@ class GaussianAugmentedWindowAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         B_, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        window = tuple(self.window_size)
-        var, alpha = self.gaug(q, window)
-        # the relative position bias (H, N, N) is shared by every window; the shift mask (nW, N, N) has one
-        # per window position and the batch runs over the positions: gaussian_attention's window_mask
+        # var and alpha from the window's queries (on the triton backend by their own kernel), the relative
+        # position bias (H, N, N) shared by every window, the shift mask (nW, N, N) one per window position
+        # with the batch running over the positions: locat_attention's attn_bias and window_mask
         backend = "reference" if self.backend == "eager" else self.backend
-        x = gaussian_attention(q, k, v, var, alpha, window, init_grid_size=self.gaug.init_grid_size,
-                               scale=self.scale, backend=backend, attn_bias=self._get_rel_pos_bias()[0],
-                               window_mask=mask)
+        x = locat_attention(q, k, v, *self.gaug.weights(), tuple(self.window_size),
+                            init_grid_size=self.gaug.init_grid_size, scale=self.scale, backend=backend,
+                            attn_bias=self._get_rel_pos_bias()[0], window_mask=mask)
         x = x.transpose(1, 2).reshape(B_, N, -1)
         return self.proj_drop(self.proj(x))
 

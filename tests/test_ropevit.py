@@ -131,7 +131,7 @@ def test_the_fused_path_matches_float64(device):
     fused.load_state_dict(ref.state_dict())
     fused.to(device)
     x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
-    outs = [m(x.to(device, next(m.parameters()).dtype)) for m in (fused, ref)]
+    outs = [m(x.to(next(m.parameters()).device, next(m.parameters()).dtype)) for m in (fused, ref)]
     for out in outs:
         out.double().cpu().square().sum().backward()
     assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()

@@ -166,7 +166,7 @@ def test_the_window_kernel_matches_float64(device, img, ws, depths, heads):
     fused.load_state_dict(ref.state_dict())
     fused.to(device)
     x = torch.randn(2, 3, img, img, dtype=torch.float64)
-    outs = [m(x.to(device, next(m.parameters()).dtype)) for m in (fused, ref)]
+    outs = [m(x.to(next(m.parameters()).device, next(m.parameters()).dtype)) for m in (fused, ref)]
     for out in outs:
         out.double().cpu().square().sum().backward()
     assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()

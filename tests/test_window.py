@@ -8,8 +8,8 @@ the bias gradient's partial sums are exercised); low precision needs CUDA.
 import pytest
 import torch
 
-from helpers import make_inputs, rel_err
-from locat_kernels import gaussian_attention
+from helpers import make_inputs, make_layers, rel_err
+from locat_kernels import gaussian_attention, locat_attention
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 NAMES = ("out", "dq", "dk", "dv", "dvar", "dalpha", "dbias")
@@ -50,6 +50,27 @@ def test_small_fp32_matches_float64(device, Bw, H, window, D, nW):
         # dbias sums Bw windows' dS: its rounding grows as sqrt(Bw) where it is 0 in exact arithmetic (N = 1)
         tol = 1e-5 * (Bw ** 0.5 if name == "dbias" else 1)
         assert rel_err(g, r) <= tol, f"{name}: {rel_err(g, r):.2e}"
+
+
+@pytest.mark.parametrize("window,nW", [((7, 7), 3), ((4, 6), 0)])
+def test_locat_attention_with_window_inputs_matches_float64(device, window, nW):
+    """``locat_attention`` with attn_bias and window_mask (LocAt Swin's call): var and alpha by the
+    Gaussian-augmentation kernel, then the window kernel; out and the gradients to q (both paths),
+    k, v, the four layer tensors and the bias against the float64 reference."""
+    (q, k, v, _, _, bias), mask = _inputs(6, 2, window, 16, nW, device)
+    inputs = [q, k, v, *make_layers(16, device=device), bias]
+    do = torch.randn_like(q)
+
+    def run(backend, ts, m):
+        out = locat_attention(*ts[:7], window, attn_bias=ts[7], window_mask=m, backend=backend)
+        return [out, *torch.autograd.grad(out, ts, do.to(out))]
+
+    got = run("triton", inputs, mask)
+    ref = run("reference", [t.detach().cpu().double().requires_grad_() for t in inputs],
+              None if mask is None else mask.cpu().double())
+    names = ("out", "dq", "dk", "dv", "dw_var", "db_var", "dw_alpha", "db_alpha", "dbias")
+    for name, g, r in zip(names, got, ref):
+        assert rel_err(g, r) <= 1e-5 * (6 ** 0.5 if name == "dbias" else 1), f"{name}: {rel_err(g, r):.2e}"
 
 
 def test_a_mask_alone_and_the_nan_poisoned_outputs(device, monkeypatch):
@@ -106,7 +127,7 @@ def test_bad_bias_and_mask_fail_before_any_launch_naming_them(device):
                            attn_bias=torch.zeros(2, 17, 17, device=device))
     q9, k9, v9, var9, alpha9 = make_inputs(1, 1, (9, 9), 0, 16, device=device)
     with pytest.raises(ValueError, match="at most 64 tokens, got N=81"):
-        gaussian_attention(q9, k9, v9, var9, alpha9, (9, 9), backend="triton", attn_bias=torch.zeros(1, 81, 81))
+        gaussian_attention(q9, k9, v9, var9, alpha9, (9, 9), backend="triton", attn_bias=torch.zeros(1, 81, 81, device=device))
 
 
 def test_fp16_within_twice_eager(device):
