@@ -248,3 +248,54 @@ def grid_row_terms(t, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.co
         b_e = tl.where(in_row, e[:, None], b_e)
         b_f = tl.where(in_row, tl.exp2(e + shift)[:, None], b_f)
     return b_e, b_f
+
+
+# The Gaussian augmentation's layers (var and alpha from the queries), shared by gaug.py's kernels and
+# the dq kernel, which takes their backward into its epilogue at rate 1.
+
+
+@triton.jit
+def gaug_preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D: tl.constexpr, D_PAD: tl.constexpr):
+    """The pre-activations of the two layers, ``qp w^T + b``, of (BLOCK, D_PAD) float32 queries:
+    (BLOCK,) each for var_r, var_c, alpha; and the three weight rows (D_PAD,) in float32 (zeros past D)."""
+    offs_d = tl.arange(0, D_PAD)
+    m_d = offs_d < D
+    w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    z_r = tl.sum(b_q * w_r[None, :], 1) + tl.load(b_var).to(tl.float32)
+    z_c = tl.sum(b_q * w_c[None, :], 1) + tl.load(b_var + 1).to(tl.float32)
+    y = tl.sum(b_q * w_a[None, :], 1) + tl.load(b_alpha).to(tl.float32)
+    return z_r, z_c, y, w_r, w_c, w_a
+
+
+@triton.jit
+def gaug_backward_rows(b_q, g_r, g_c, g_a, w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale,
+                       D: tl.constexpr, D_PAD: tl.constexpr):
+    """The gradient through var and alpha of (BLOCK, D_PAD) float32 (pooled) patch queries, given
+    d loss / d var_r, var_c, alpha per row (g_r, g_c, g_a; 0 on rows that are not patches): the
+    pre-activations' gradients ``dz_var = g var_scale s (1 - s)``, s = sigmoid(z - shift),
+    ``dz_alpha = g_a sigmoid(z_alpha)``, and the queries' gradient ``dz w`` (BLOCK, D_PAD)."""
+    z_r, z_c, y, w_r, w_c, w_a = gaug_preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+    s_r = tl.sigmoid(z_r - shift)
+    s_c = tl.sigmoid(z_c - shift)
+    dz_r = g_r * var_scale * s_r * (1.0 - s_r)
+    dz_c = g_c * var_scale * s_c * (1.0 - s_c)
+    dz_a = g_a * tl.sigmoid(y)
+    b_dq = dz_r[:, None] * w_r[None, :] + dz_c[:, None] * w_c[None, :] + dz_a[:, None] * w_a[None, :]
+    return b_dq, dz_r, dz_c, dz_a
+
+
+@triton.jit
+def store_layer_partial(p_out, b_q, dz_r, dz_c, dz_a, D: tl.constexpr, D_PAD: tl.constexpr):
+    """A program's share of the layer gradients, ``dw = sum dz qp`` and ``db = sum dz`` over its rows,
+    as the row ``[dw_r, dw_c, dw_a (D each), db_r, db_c, db_a]`` at ``p_out`` (gaug.layer_gradients
+    sums the rows)."""
+    offs_d = tl.arange(0, D_PAD)
+    m_d = offs_d < D
+    tl.store(p_out + offs_d, tl.sum(dz_r[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + D + offs_d, tl.sum(dz_c[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + 2 * D + offs_d, tl.sum(dz_a[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + 3 * D, tl.sum(dz_r, 0))
+    tl.store(p_out + 3 * D + 1, tl.sum(dz_c, 0))
+    tl.store(p_out + 3 * D + 2, tl.sum(dz_a, 0))
