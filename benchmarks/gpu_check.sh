@@ -5,7 +5,10 @@
 # "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
 # in a second call: the three kernels together outgrow one call).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
-# "tests" (the whole suite outgrew a 330 s limit in session 6) needs a device call of its own.
+# "tests" (the whole suite outgrew a 330 s limit in session 6; 470 s with -n 12 reached 69% in v9) needs a
+# device call of its own, or a subset of test files. The family tests need timm >= 1.0.31: where the machine has an
+# older one, carry it (pip download --no-deps timm==1.0.31; unzip the wheel into .devdeps/) and run with
+# PYTHONPATH=.:.devdeps.
 set -u
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"

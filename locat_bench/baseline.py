@@ -91,6 +91,26 @@ def run(args) -> dict:
         print(json.dumps(row), flush=True)
         op_rows.append(row)
 
+    gaug_rows = []  # the Gaussian augmentation's backward kernel alone (kernel time, graph replays)
+    for spec in args.gaug_shapes:
+        B, H, gh, gw, P, D, rate = (int(x) for x in spec.split(","))
+        q, dq = (torch.randn(B, H, P + gh * gw, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        dvar, dalpha = torch.randn(B, H, gh * gw, 2, device="cuda"), torch.randn(B, H, gh * gw, device="cuda")
+        layers = [0.3 * torch.randn(*shape, device="cuda") for shape in ((2, D), (2,), (1, D), (1,))]
+        row = dict(gaug_shape=spec)
+        grads = {}
+        for name, fused in (("after", locat_kernels.fused), ("before", locat_kernels_base.fused)):
+            def call(fused=fused, dq=dq.clone()):
+                return fused.gaug_backward(q, dq, dvar, dalpha, *layers, gh, gw, P, 0.5, 1.0, rate)
+            row[f"{name}_ms"] = cuda_median_ms(call, graph=True)
+            out = dq.clone()
+            grads[name] = [out, *fused.gaug_backward(q, out, dvar, dalpha, *layers, gh, gw, P, 0.5, 1.0, rate)]
+        row["max_rel_diff"] = max(((a.float() - b.float()).norm() / b.float().norm()).item()
+                                  for a, b in zip(grads["after"], grads["before"]))
+        row["after_over_before"] = row["after_ms"] / row["before_ms"]
+        print(json.dumps(row), flush=True)
+        gaug_rows.append(row)
+
     model_rows = []
     for spec in args.models:
         case = bm.ModelCase.parse(spec)
@@ -103,7 +123,7 @@ def run(args) -> dict:
             del before
             torch.cuda.empty_cache()
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
-    return dict(environment=env, baseline_ref=args.ref, op=op_rows, model=model_rows,
+    return dict(environment=env, baseline_ref=args.ref, op=op_rows, gaug_backward=gaug_rows, model=model_rows,
                 model_ratios=bm.ratios(model_rows))
 
 
@@ -119,6 +139,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="*", default=[
         "128,12,14,14,1,64", "256,3,14,14,1,64", "32,12,24,24,1,64", "16,12,32,32,1,64", "8,12,37,37,5,64",
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")
+    p.add_argument("--gaug-shapes", nargs="*", default=[], help="B,H,gh,gw,P,D,rate: the gaug backward kernel alone")
     p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
                    help="size:img:batch")
     p.add_argument("--modes", nargs="*", default=["eager"], choices=list(("eager", "compiled")))

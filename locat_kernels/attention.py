@@ -421,9 +421,6 @@ def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_sca
 
 def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
                     gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
-    if rate == 1:  # the layers' backward in the dq kernel's epilogue
-        return fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale,
-                                        traced, gaug=(wv, bv, wa, ba, shift, var_scale))
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
         do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced)
     dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced)

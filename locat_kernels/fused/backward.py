@@ -17,45 +17,28 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .gaug import layer_gradients
 from .tiles import (
-    LOG2E, _LOG2E, exponents, gaug_backward_rows, grid_col_exponents, grid_row_terms, load_rows, log2_bias,
-    near_grid_tiles, near_token_tiles, positions, program_rows, row_coefficients, store_layer_partial, store_rows,
-    tile_keys,
+    LOG2E, _LOG2E, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles,
+    near_token_tiles, positions, program_rows, row_coefficients, store_rows, tile_keys,
 )
 
 
 def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale,
-                       traced=False, gaug=None):
-    """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32.
-
-    ``gaug = (w_var, b_var, w_alpha, b_alpha, shift, var_scale)`` (rate 1, var and alpha made from q
-    by those layers, ``gaug.gaug_forward``): the dq kernel's epilogue carries dvar and dalpha on
-    through the layers instead of storing them (one pass over dq instead of ``gaug_backward``'s
-    second), and dq includes that path; returns dq, dk, dv and the four layer gradients."""
+                       traced=False):
+    """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32."""
     B, H, N, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = configs.empty((B, H, N), q, torch.float32)
     dq, dk, dv = (configs.empty((B, N, H, D), q).transpose(1, 2) for _ in range(3))
+    dvar = configs.empty(var.shape, q, torch.float32)
+    dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
-    programs = triton.cdiv(N, meta["BLOCK_M"]) * B * H
-    if gaug is None:
-        dvar = configs.empty(var.shape, q, torch.float32)
-        dalpha = configs.empty(alpha.shape, q, torch.float32)
-        partial, layers, shift, var_scale = dvar, (var, var, var, var), 0.0, 1.0  # GAUG off: never touched
-    else:
-        assert rate == 1, "the dq kernel's epilogue takes the layers' backward at rate 1 only"
-        *layers, shift, var_scale = gaug
-        partial = configs.empty((programs, 3 * D + 3), q, torch.float32)
-        dvar, dalpha = partial, partial  # GAUG: not stored
-    configs.launcher(_backward_dq_kernel, traced)[(programs,)](
-        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha, *layers, partial,
+    configs.launcher(_backward_dq_kernel, traced)[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
-        *dq.stride()[:3], *var.stride(), *alpha.stride(), *(dvar.stride() if gaug is None else (0,) * 4),
-        *(dalpha.stride() if gaug is None else (0,) * 3),
-        layers[0].stride(0), *common, shift, var_scale, GAUG=gaug is not None, **meta,
+        *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
     )
     meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
     configs.launcher(_backward_dkdv_kernel, traced)[(triton.cdiv(N, meta["BLOCK_N"]) * B * H,)](
@@ -63,8 +46,6 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,
     )
-    if gaug is not None:
-        return dq, dk, dv, *layer_gradients(partial, *layers)
     return dq, dk, dv, dvar, dalpha
 
 
@@ -145,25 +126,21 @@ def _dq_sweep(
 
 @triton.jit
 def _backward_dq_kernel(
-    q, k, v, var, alpha, radius, o, do, lse, delta, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial,
+    q, k, v, var, alpha, radius, o, do, lse, delta, dq, dvar, dalpha,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
-    stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan, stride_w,
-    H, N, GW, P, qk_scale, scale, eps, cmin, shift, var_scale,
+    stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
+    H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-    FULL_TILES: tl.constexpr, GAUG: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
 
     Owns BLOCK_M query rows: writes their delta, then loops over all keys (as the forward does) for
-    dq and the row reductions that give dvar and dalpha. With GAUG (rate 1; var and alpha made from
-    q by the layers ``w_var, b_var, w_alpha, b_alpha``) dvar and dalpha go on through the layers
-    (``tiles.gaug_backward_rows``): dq gets that path too, and the program's share of the layer
-    gradients is its row of ``partial``; dvar and dalpha are not stored.
+    dq and the row reductions that give dvar and dalpha.
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
@@ -213,27 +190,15 @@ def _backward_dq_kernel(
             b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
             RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
+    store_rows(dq + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
     # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
     # The patch rows from index math (see gaug._block_corners), not from row_coefficients' loads.
     is_patch_q = (offs_m >= P) & m_m
-    g_r = tl.where(is_patch_q, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), 0.0)  # d loss / d var_r
-    g_c = tl.where(is_patch_q, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), 0.0)
-    b_dq = b_dq * scale
-    if GAUG:
-        shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)
-        b_qf = b_q.to(tl.float32)
-        b_dqg, dz_r, dz_c, dz_a = gaug_backward_rows(
-            b_qf, g_r, g_c, tl.where(is_patch_q, b_dalpha, 0.0), w_var, b_var, w_alpha, b_alpha, stride_w, shift,
-            var_scale, D, D_PAD)
-        b_dq += b_dqg
-        store_layer_partial(partial + tl.program_id(0).to(tl.int64) * (3 * D + 3), b_qf, dz_r, dz_c, dz_a, D, D_PAD)
-    store_rows(dq + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, b_dq, m_m, D, D_PAD)
-    if not GAUG:
-        p = tl.where(is_patch_q, offs_m - P, 0)
-        p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
-        tl.store(p_dvar, g_r, mask=is_patch_q)
-        tl.store(p_dvar + stride_dvarc, g_c, mask=is_patch_q)
-        tl.store(dalpha + b * stride_dab + h * stride_dah + p * stride_dan, b_dalpha, mask=is_patch_q)
+    p = tl.where(is_patch_q, offs_m - P, 0)
+    p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
+    tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
+    tl.store(p_dvar + stride_dvarc, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), mask=is_patch_q)
+    tl.store(dalpha + b * stride_dab + h * stride_dah + p * stride_dan, b_dalpha, mask=is_patch_q)
 
 
 # ----------------------------------------------------------------------------------------------

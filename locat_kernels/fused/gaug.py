@@ -11,11 +11,9 @@ copy of qp, two linear layers, sigmoid, softplus, pooling and upsampling (about 
 through var and alpha. It adds ``dz w / RATE^2`` to dq's patch rows in place (dz the gradients of
 the linear layers' outputs, from the recomputed pre-activations), and reduces the weight and bias
 gradients per program (BLOCK_P pooled blocks of one (batch, head)) into a (programs, 3 D + 3) buffer
-that one ``sum`` finishes (``layer_gradients``): no atomics, deterministic. The four gradients are
+that one ``sum`` finishes: no atomics, deterministic. The four gradients are
 contiguous views of that sum, with the parameters' own strides (DistributedDataParallel's gradient
-buckets expect them). At rate 1 the locat path does the same in the dq kernel's epilogue instead
-(``backward.attention_backward`` with ``gaug``), so this kernel runs for rate 2 and for queries other
-than the attention's (RoPE-ViT, Swin's windows).
+buckets expect them).
 """
 from __future__ import annotations
 
@@ -24,7 +22,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tiles import gaug_backward_rows, gaug_preactivations, load_rows, nan_max, radius_from_maxima, store_layer_partial, store_rows
+from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
 
 _BLOCK_P = 64  # patches (or pooled blocks) per step of a program's loop
 
@@ -53,14 +51,7 @@ def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, n
         w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
         D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, BLOCK_P=_block_p(), num_warps=4,
     )
-    return layer_gradients(partial, w_var, b_var, w_alpha, b_alpha)
-
-
-def layer_gradients(partial, w_var, b_var, w_alpha, b_alpha):
-    """The four layer gradients from per-program rows ``[dw_r, dw_c, dw_a, db_r, db_c, db_a]``
-    (``tiles.store_layer_partial``): one sum, then contiguous views with the parameters' strides."""
-    D = w_var.shape[1]
-    g = partial.sum(0)  # (3 D + 3,)
+    g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
     return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
             g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
 
@@ -87,6 +78,21 @@ def _pooled_queries(q_base, stride_qn, p0, m, GW, P, D: tl.constexpr, D_PAD: tl.
             if i + j > 0:
                 b_q += load_rows(q_base, P + p0 + i * GW + j, stride_qn, m, D, D_PAD, True).to(tl.float32)
     return b_q * (1.0 / (RATE * RATE))
+
+
+@triton.jit
+def _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D: tl.constexpr, D_PAD: tl.constexpr):
+    """The pre-activations of the two layers, ``qp w^T + b``, of (BLOCK_P, D_PAD) float32 queries:
+    (BLOCK_P,) each for var_r, var_c, alpha; and the three weight rows (D_PAD,) in float32 (zeros past D)."""
+    offs_d = tl.arange(0, D_PAD)
+    m_d = offs_d < D
+    w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    z_r = tl.sum(b_q * w_r[None, :], 1) + tl.load(b_var).to(tl.float32)
+    z_c = tl.sum(b_q * w_c[None, :], 1) + tl.load(b_var + 1).to(tl.float32)
+    y = tl.sum(b_q * w_a[None, :], 1) + tl.load(b_alpha).to(tl.float32)
+    return z_r, z_c, y, w_r, w_c, w_a
 
 
 @triton.jit
@@ -121,7 +127,7 @@ def _gaug_forward_kernel(
         m = offs < NPR
         p0 = _block_corners(offs, GW, RATE)
         b_q = _pooled_queries(q_base, stride_qn, p0, m, GW, P, D, D_PAD, RATE)
-        z_r, z_c, y, _, _, _ = gaug_preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+        z_r, z_c, y, _, _, _ = _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
         var_r = var_scale * tl.sigmoid(z_r - shift)
         var_c = var_scale * tl.sigmoid(z_c - shift)
         a = _softplus(y)
@@ -150,8 +156,9 @@ def _gaug_backward_kernel(
     (batch, head) (many programs in flight: the work per row is small, the latency is not): adds the
     gradient through var and alpha to their dq rows and writes its row of the layer gradients.
 
-    Each block's dvar and dalpha are summed over its RATE^2 patches (``tiles.gaug_backward_rows``
-    gives dz and ``dz w``), whose queries then each get ``dz w / RATE^2``.
+    With z the pre-activations: ``dz_var = dvar var_scale s (1 - s)``, s = sigmoid(z - shift);
+    ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
+    then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``.
     """
     shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     bh, chunk = tl.program_id(0), tl.program_id(1)
@@ -175,13 +182,26 @@ def _gaug_backward_kernel(
             g_r += tl.load(dvar_base + 2 * p, mask=m, other=0.0)
             g_c += tl.load(dvar_base + 2 * p + 1, mask=m, other=0.0)
             g_a += tl.load(dalpha_base + p, mask=m, other=0.0)
-    b_dqp, dz_r, dz_c, dz_a = gaug_backward_rows(b_q, g_r, g_c, g_a, w_var, b_var, w_alpha, b_alpha, stride_w,
-                                                 shift, var_scale, D, D_PAD)
+    z_r, z_c, y, w_r, w_c, w_a = _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+    s_r = tl.sigmoid(z_r - shift)
+    s_c = tl.sigmoid(z_c - shift)
+    dz_r = g_r * var_scale * s_r * (1.0 - s_r)
+    dz_c = g_c * var_scale * s_c * (1.0 - s_c)
+    dz_a = g_a * tl.sigmoid(y)
+    b_dqp = dz_r[:, None] * w_r[None, :] + dz_c[:, None] * w_c[None, :] + dz_a[:, None] * w_a[None, :]
     b_dqp = b_dqp * (1.0 / (RATE * RATE))  # (BLOCK_P, D_PAD)
     for i in tl.static_range(RATE):
         for j in tl.static_range(RATE):
             rows = P + p0 + i * GW + j
             b_dq = load_rows(dq_base, rows, stride_dqn, m, D, D_PAD, True).to(tl.float32)
             store_rows(dq_base, rows, stride_dqn, b_dq + b_dqp, m, D, D_PAD)
-    row = bh.to(tl.int64) * tl.num_programs(1) + chunk
-    store_layer_partial(partial + row * (3 * D + 3), b_q, dz_r, dz_c, dz_a, D, D_PAD)
+    # this program's row of the layer gradients: [dw_r, dw_c, dw_a (D each), db_r, db_c, db_a]
+    p_out = partial + (bh.to(tl.int64) * tl.num_programs(1) + chunk) * (3 * D + 3)
+    offs_d = tl.arange(0, D_PAD)
+    m_d = offs_d < D
+    tl.store(p_out + offs_d, tl.sum(dz_r[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + D + offs_d, tl.sum(dz_c[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + 2 * D + offs_d, tl.sum(dz_a[:, None] * b_q, 0), mask=m_d)
+    tl.store(p_out + 3 * D, tl.sum(dz_r, 0))
+    tl.store(p_out + 3 * D + 1, tl.sum(dz_c, 0))
+    tl.store(p_out + 3 * D + 2, tl.sum(dz_a, 0))
