@@ -302,15 +302,20 @@ def _check(q, k, v, grid_size, num_prefix_tokens, rate):
     return gh, gw
 
 
+def _check_float_like_q(name, t, q):
+    """t is a tensor on q's device, float32 or q's dtype."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device != q.device:
+        raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    if t.dtype not in (torch.float32, q.dtype):
+        raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
+
+
 def _check_parameters(q, np_, *, var, alpha):
     B, H = q.shape[:2]
     for name, t in (("var", var), ("alpha", alpha)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-        if t.dtype not in (torch.float32, q.dtype):
-            raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
+        _check_float_like_q(name, t, q)
     if var.shape != (B, H, np_, 2):
         raise ValueError(f"var must have shape (B, H, gh*gw, 2) = {(B, H, np_, 2)}, got {tuple(var.shape)}")
     if alpha.shape not in ((B, H, np_), (B, H, np_, 1)):
@@ -323,12 +328,7 @@ def _check_window_bias(q, attn_bias, window_mask):
     for name, t, shape in (("attn_bias", attn_bias, (H, N, N)), ("window_mask", window_mask, None)):
         if t is None:
             continue
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
-        if t.dtype not in (torch.float32, q.dtype):
-            raise TypeError(f"{name} must be float32 or q's dtype {q.dtype}, got {t.dtype}")
+        _check_float_like_q(name, t, q)
         if shape is not None and tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape (H, N, N) = {shape}, one bias shared by the batch, "
                              f"got {tuple(t.shape)}")

@@ -98,3 +98,17 @@ def check_locatify(model, built, x, **kwargs):
     built.load_state_dict(after, strict=True)
     torch.testing.assert_close(out.eval()(x), built.eval()(x), rtol=0, atol=0)
     return out
+
+
+def check_fused_model(fused, ref, x):
+    """A model on the triton backend (float32, on its device) against the same weights in the eager
+    float64 model ``ref`` (CPU): the output within 1e-5 and every parameter's gradient within 1e-4
+    (relative), for the loss ``sum(out^2)`` on the float64 input ``x``."""
+    outs = [m(x.to(next(m.parameters()).device, next(m.parameters()).dtype)) for m in (fused, ref)]
+    for out in outs:
+        out.double().cpu().square().sum().backward()
+    assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()
+    grads = dict(ref.named_parameters())
+    for name, p in fused.named_parameters():
+        r = grads[name].grad
+        assert (p.grad.double().cpu() - r).norm() <= 1e-4 * r.norm() + 1e-12, name

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 
 import locat_vit
+from helpers import check_fused_model, check_locatify
 from locat_kernels import gaussian_bias
 
 
@@ -111,8 +112,6 @@ def test_the_gaussian_sees_the_queries_before_the_rotation(monkeypatch):
 
 
 def test_locatify_turns_timms_rope_vit_into_locat_keeping_every_weight():
-    from helpers import check_locatify
-
     eva = timm.create_model("vit_small_patch16_rope_mixed_224", img_size=32, embed_dim=192, num_heads=3,
                             num_classes=5).double()
     built = timm.create_model("locatvit_tiny_rope_mixed", img_size=32, num_classes=5, attn_backend="eager").double()
@@ -131,12 +130,5 @@ def test_the_fused_path_matches_float64(device):
     fused.load_state_dict(ref.state_dict())
     fused.to(device)
     x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
-    outs = [m(x.to(next(m.parameters()).device, next(m.parameters()).dtype)) for m in (fused, ref)]
-    for out in outs:
-        out.double().cpu().square().sum().backward()
-    assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()
-    grads = dict(ref.named_parameters())
-    for name, p in fused.named_parameters():
-        r = grads[name].grad
-        assert (p.grad.double().cpu() - r).norm() <= 1e-4 * r.norm() + 1e-12, name
+    check_fused_model(fused, ref, x)
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import locat_vit
+from helpers import check_fused_model, check_locatify
 from locat_kernels import gaussian_bias
 
 
@@ -166,14 +167,7 @@ def test_the_window_kernel_matches_float64(device, img, ws, depths, heads):
     fused.load_state_dict(ref.state_dict())
     fused.to(device)
     x = torch.randn(2, 3, img, img, dtype=torch.float64)
-    outs = [m(x.to(next(m.parameters()).device, next(m.parameters()).dtype)) for m in (fused, ref)]
-    for out in outs:
-        out.double().cpu().square().sum().backward()
-    assert (outs[0].detach().double().cpu() - outs[1]).norm() <= 1e-5 * outs[1].norm()
-    grads = dict(ref.named_parameters())
-    for name, p in fused.named_parameters():
-        r = grads[name].grad
-        assert (p.grad.double().cpu() - r).norm() <= 1e-4 * r.norm() + 1e-12, name
+    check_fused_model(fused, ref, x)
 
 
 def test_unknown_backend_is_refused():
@@ -182,8 +176,6 @@ def test_unknown_backend_is_refused():
 
 
 def test_locatify_turns_timms_swin_into_locat_swin_keeping_every_weight():
-    from helpers import check_locatify
-
     kwargs = dict(img_size=64, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4), num_classes=5,
                   drop_path_rate=0.0)
     swin = timm.create_model("swin_tiny_patch4_window7_224", **kwargs).double()
