@@ -333,7 +333,8 @@ def _check_window_bias(q, attn_bias, window_mask):
             raise ValueError(f"{name} must have shape (H, N, N) = {shape}, one bias shared by the batch, "
                              f"got {tuple(t.shape)}")
     if window_mask is not None:
-        if window_mask.dim() != 3 or tuple(window_mask.shape[1:]) != (N, N) or B % window_mask.shape[0]:
+        if window_mask.dim() != 3 or tuple(window_mask.shape[1:]) != (N, N) or not window_mask.shape[0] \
+                or B % window_mask.shape[0]:
             raise ValueError(f"window_mask must have shape (nW, N, N) = (nW, {N}, {N}) with the batch {B} a "
                              f"multiple of nW (batch element b takes window_mask[b % nW]), got "
                              f"{tuple(window_mask.shape)}")

@@ -119,6 +119,8 @@ def test_bad_bias_and_mask_fail_before_any_launch_naming_them(device):
         call(window_mask=torch.zeros(3, N, N, device=device))
     with pytest.raises(ValueError, match="window_mask must have shape"):
         call(window_mask=torch.zeros(2, N, N - 1, device=device))
+    with pytest.raises(ValueError, match="window_mask must have shape"):
+        call(window_mask=torch.zeros(0, N, N, device=device))  # no window position: not a division by zero
     with pytest.raises(ValueError, match="window_mask gets no gradient"):
         call(window_mask=mask.clone().requires_grad_())
     q5, k5, v5, var5, alpha5 = make_inputs(2, 2, (4, 4), 1, 16, device=device)
