@@ -38,7 +38,9 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head
                     (64, 128, 4, 2)],
     "backward_dkdv": [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2), (32, 128, 4, 2), (64, 32, 4, 3),
                       (32, 64, 4, 2), (32, 64, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2), (32, 32, 4, 2),
-                      (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 4, 2), (16, 128, 4, 2), (16, 64, 4, 3)],
+                      (32, 128, 4, 3), (32, 128, 8, 2), (64, 128, 4, 2), (16, 128, 4, 2), (16, 64, 4, 3),
+                      # without spills where the table's choices spill (python -m locat_bench.resources, v9)
+                      (32, 128, 8, 3), (32, 64, 4, 3), (16, 128, 4, 3)],
 }
 # Head-dim class 256 and fp32 (exact products: many registers): smaller tiles, every kernel.
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),

@@ -1,0 +1,153 @@
+"""Registers, spills and shared memory of each fused kernel at a shape, compiled for a GPU on any
+machine (no GPU needed): ``python -m locat_bench.resources --shapes 128,12,14,14,1,64``.
+
+For each shape (B,H,gh,gw,P,D) it runs the LocAt layer's launch sequence (``fused.gaug_forward``,
+``attention_forward``, ``attention_backward``: dq then dk/dv, ``gaug_backward``) with the launches
+recorded instead of run, compiles every recorded launch for the target with Triton's own compiler
+(``JITFunction.warmup`` under a stand-in driver that names the target), and reads ptxas's resource
+usage from the cubin (``cuobjdump -res-usage``, shipped with Triton). Per kernel: the launch config,
+registers per thread, STACK (bytes per thread of local memory: > 0 means spills), and the shared
+memory the launch needs. The configs are those the table gives on sm_90 (``--override`` swaps a
+kernel's). Run it without ``TRITON_INTERPRET``; it replaces Triton's driver for its whole process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+KERNELS = ("gaug_forward", "forward", "backward_dq", "backward_dkdv", "gaug_backward")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m locat_bench.resources", description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", nargs="+", required=True, help="B,H,gh,gw,P,D")
+    parser.add_argument("--rate", type=int, default=1, help="1, or 2 (the published rate-2 training mode)")
+    parser.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
+    parser.add_argument("--arch", type=int, default=90, help="compute capability to compile for (90: H100, H200)")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KERNEL=M,N,WARPS,STAGES",
+                        help="a config for backward_dq, backward_dkdv or forward instead of the table's")
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("compiling for a GPU needs TRITON_INTERPRET unset")
+    overrides = {}
+    for spec in args.override:
+        name, _, cfg = spec.partition("=")
+        try:
+            overrides[name] = tuple(int(x) for x in cfg.split(","))
+        except ValueError:
+            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES, got {spec!r}")
+        if name not in ("forward", "backward_dq", "backward_dkdv") or len(overrides[name]) != 4:
+            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES with KERNEL forward, backward_dq or "
+                         f"backward_dkdv, got {spec!r}")
+    rows = []
+    for spec in args.shapes:
+        try:
+            shape = tuple(int(x) for x in spec.split(","))
+            assert len(shape) == 6
+        except (ValueError, AssertionError):
+            parser.error(f"a shape is B,H,gh,gw,P,D, got {spec!r}")
+        for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides):
+            row = dict(shape=spec, rate=args.rate, dtype=args.dtype, **row)
+            print(f"{spec:>20} {row['kernel']:<14} config {str(row['config']):<18} regs {row['regs']:>3}  "
+                  f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB", flush=True)
+            rows.append(row)
+    if args.output:
+        env = dict(triton=triton.__version__, torch=torch.__version__, target=f"sm_{args.arch}",
+                   command="python -m locat_bench.resources " + " ".join(argv if argv is not None else sys.argv[1:]))
+        args.output.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+        print(f"wrote {args.output}")
+    return 0
+
+
+def resources(shape, rate: int, dtype, arch: int, overrides: dict) -> list[dict]:
+    """One row per launch of the LocAt layer's forward and backward at ``shape``."""
+    triton.runtime.driver.set_active(_TargetOnly(arch))
+    from locat_kernels import fused, gaussian_clamp, gaussian_eps
+    from locat_kernels.fused import configs
+
+    launches = []
+    launcher, saved = configs.launcher, dict(configs.OVERRIDES)
+    configs.launcher = lambda kernel, traced: _Recorder(kernel, launches)
+    configs.OVERRIDES.update(overrides)
+    try:
+        _, H, gh, gw, P, D = shape
+        N = P + gh * gw
+        q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)  # timm's views
+        layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
+        eps, cmin, scale = gaussian_eps((gh, gw)), gaussian_clamp((gh, gw)), D ** -0.5
+        # the launches are recorded, not run: each call gets inputs of the right shapes, not its predecessor's outputs
+        var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
+        radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
+        out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
+        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
+        fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
+        fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate,
+                                 scale)
+        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh, gw,
+                            P, 0.0, 1.0, rate)
+    finally:
+        configs.launcher = launcher
+        configs.OVERRIDES.clear()
+        configs.OVERRIDES.update(saved)
+    rows = []
+    for name, (kernel, grid, args, kwargs) in zip(KERNELS, launches):
+        compiled = kernel.warmup(*args, grid=grid, **kwargs)
+        usage = _resource_usage(compiled.asm["cubin"])
+        rows.append(dict(kernel=name, config=[kwargs.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")],
+                         regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
+                         flags={k: v for k, v in kwargs.items() if k in ("FACTORED", "ROWS", "COLS", "KEY_ROWS",
+                                                                          "KEY_COLS", "CLAMP", "RATE")}))
+    return rows
+
+
+class _TargetOnly:
+    """Enough of Triton's driver to compile for ``sm_<arch>`` without a GPU."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+class _Recorder:
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.kernel, grid, args, kwargs))
+
+
+def _resource_usage(cubin: bytes) -> dict:
+    """ptxas's REG, STACK, SHARED, LOCAL of the one function in a cubin."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        text = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
