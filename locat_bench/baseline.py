@@ -122,9 +122,13 @@ def run(args) -> dict:
                                         models=dict(before=before), repeats=args.repeats)
             del before
             torch.cuda.empty_cache()
+    before = locat_vit_base.LocAtViT(img_size=64, patch_size=16, embed_dim=192, depth=1, num_heads=3,
+                                     attn_backend="triton").cuda()
+    host = bm.layer_host_times("cuda", others=dict(before=before.blocks[0].attn))
+    print(json.dumps(host), flush=True)
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
     return dict(environment=env, baseline_ref=args.ref, op=op_rows, gaug_backward=gaug_rows, model=model_rows,
-                model_ratios=bm.ratios(model_rows))
+                model_ratios=bm.ratios(model_rows), host_times=host)
 
 
 def main(argv=None) -> int:

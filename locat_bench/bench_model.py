@@ -225,14 +225,15 @@ def ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
-def layer_host_times(device, calls: int = 200, rounds: int = 5) -> dict:
+def layer_host_times(device, calls: int = 200, rounds: int = 5, others: dict | None = None) -> dict:
     """Host microseconds per call of one attention layer on a tiny input (B = 1, 17 tokens, bf16
-    autocast, eager): LocAtViT-Tiny's ``blocks[0].attn`` (triton) and timm ViT-Tiny's. Calls run
-    back to back and the device keeps up, so the wall time per call is the host's. ``rounds`` of
-    ``calls`` per layer, the layers alternating; the median round, and the spread (max/min - 1)."""
+    autocast, eager): LocAtViT-Tiny's ``blocks[0].attn`` (triton), timm ViT-Tiny's, and ``others``
+    (name -> a layer of the same width). Calls run back to back and the device keeps up, so the wall
+    time per call is the host's. ``rounds`` of ``calls`` per layer, the layers alternating; the
+    median round, and the spread (max/min - 1); ratios over timm's layer."""
     case = ModelCase("tiny", 64, 1)
     layers = {"locat": build(case, "locat_triton", device).blocks[0].attn,
-              "timm": build(case, "vit", device).blocks[0].attn}
+              "timm": build(case, "vit", device).blocks[0].attn, **(others or {})}
     x = torch.randn(1, 17, 192, device=device, requires_grad=True)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
 
@@ -261,5 +262,8 @@ def layer_host_times(device, calls: int = 200, rounds: int = 5) -> dict:
             out[f"{name}_{kind}_us"] = sorted(runs)[len(runs) // 2]
             out[f"{name}_{kind}_spread"] = max(runs) / min(runs) - 1
     for kind in ("forward", "forward_backward"):
-        out[f"{kind}_over_timm"] = out[f"locat_{kind}_us"] / out[f"timm_{kind}_us"]
+        for name in layers:
+            if name != "timm":
+                prefix = "" if name == "locat" else f"{name}_"
+                out[f"{prefix}{kind}_over_timm"] = out[f"{name}_{kind}_us"] / out[f"timm_{kind}_us"]
     return out

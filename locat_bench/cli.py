@@ -112,6 +112,8 @@ def run_models(args, device: str, env: dict) -> int:
         print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
         for mode in modes:
             rows += bm.bench_case(case, variants, device, mode, log=lambda s: print(s, flush=True))
+        if not args.no_save and i + 1 < len(cases):  # a run cut short keeps the cases it finished
+            save(args, "model", env, rows, bm.ratios(rows) if device == "cuda" else [], complete=False)
     ratios = bm.ratios(rows) if device == "cuda" else []
     host = bm.layer_host_times(device) if device == "cuda" else None
     if ratios:

@@ -4,7 +4,10 @@
     python -m locat_bench.host_profile --compiled-step tiny:224:256 [--calls 20] [--output DIR]
 
 Default: eager forward+backward calls of one LocAt attention layer on a launch-bound tiny input
-(B = 1, 17 tokens, bf16 autocast). ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
+(B = 1, 17 tokens, bf16 autocast). ``--launches``: host microseconds per launch of each kernel of
+one ``locat_attention`` forward+backward on that input, through Triton's ``kernel[grid]``, through
+``configs.DirectLaunch`` and through the compiled kernel's launcher alone (JSON to ``--output``).
+``--compiled-step``: training steps (fused AdamW, bf16 autocast)
 of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
 time per step; the tables by own and by cumulative time go to ``DIR/cprofile_<size>_<variant>.txt``.
 """
@@ -27,9 +30,19 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, help="profiled calls (default 300 layer calls, 20 steps)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--compiled-step", metavar="SIZE:IMG:BATCH", help="profile compiled training steps instead")
-    parser.add_argument("--output", type=Path, default=Path("."), help="--compiled-step: folder for the tables")
+    parser.add_argument("--launches", action="store_true", help="time each kernel's launch paths instead")
+    parser.add_argument("--output", type=Path, default=Path("."),
+                        help="--compiled-step: folder for the tables; --launches: the JSON file")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.launches:
+        from locat_kernels.fused import configs
+
+        if device != "cuda":
+            parser.error("--launches needs CUDA (it launches the kernels)")
+        if not configs.DIRECT_LAUNCH:
+            parser.error("DirectLaunch is off here (LOCAT_DIRECT_LAUNCH=0, or a Triton it was not checked against)")
+        return _launches(args.output)
     if args.compiled_step:
         if device != "cuda":
             parser.error("--compiled-step needs CUDA (the triton backend under torch.compile)")
@@ -59,6 +72,59 @@ def _profile(fn, calls: int, top: int, *orders: str) -> str:
     for order in orders:
         stats.sort_stats(order).print_stats(top)
     return out.getvalue()
+
+
+def _launches(path: Path) -> int:
+    """Per kernel of one locat_attention forward+backward (B = 1, H = 3, 4 x 4 grid, 1 prefix token,
+    D = 64, bf16): host us per launch by Triton's path, by DirectLaunch, and by the compiled kernel's
+    launcher alone (the floor: no binding, no key); calls back to back, the device keeping up."""
+    import json
+
+    from locat_kernels import locat_attention
+    from locat_kernels.fused import configs
+
+    from .cli import environment
+
+    q, k, v = (torch.randn(1, 3, 17, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    weights = [(0.02 * torch.randn(*shape, device="cuda")).requires_grad_() for shape in ((2, 64), (2,), (1, 64), (1,))]
+    launches = []  # (kernel, grid, args, meta) of each launch of one call
+
+    class Record:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                launches.append((self.kernel, grid, args, meta))
+                self.kernel[grid](*args, **meta)
+            return launch
+
+    launcher, configs.launcher = configs.launcher, lambda kernel, traced: Record(kernel)
+    try:
+        locat_attention(q, k, v, *weights, (4, 4), num_prefix_tokens=1).sum().backward()
+    finally:
+        configs.launcher = launcher
+    rows = []
+    for kernel, grid, args, meta in launches:
+        direct = configs.DirectLaunch(kernel)
+        direct[grid](*args, **meta)  # its first launch: Triton's path, the compiled kernel kept
+        compiled, constexprs = next(iter(direct.compiled.values()))
+        g = (*grid, 1, 1)
+        stream = torch.cuda.current_stream().cuda_stream
+        row = dict(kernel=kernel.fn.__name__, arguments=len(args) + len(constexprs), grid=list(grid))
+        for name, fn in (("triton_us", lambda: kernel[grid](*args, **meta)),
+                         ("direct_launch_us", lambda: direct[grid](*args, **meta)),
+                         ("launcher_only_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
+                                                                   compiled.packed_metadata, None, None, None,
+                                                                   *args, *constexprs))):
+            row[name] = min(wall_ms(fn, 500, warmup=20) for _ in range(5)) * 1e3
+        print(f"{row['kernel']:<26} {row['arguments']:3d} arguments: Triton {row['triton_us']:6.1f} us, DirectLaunch "
+              f"{row['direct_launch_us']:6.1f}, launcher alone {row['launcher_only_us']:6.1f}", flush=True)
+        rows.append(row)
+    env = dict(environment("cuda"), command="python -m locat_bench.host_profile --launches --output " + str(path))
+    path.write_text(json.dumps(dict(environment=env, launches=rows), indent=1))
+    print(f"wrote {path}")
+    return 0
 
 
 def _compiled_steps(case: ModelCase, calls: int, top: int, folder: Path) -> int:

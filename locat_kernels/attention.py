@@ -201,13 +201,15 @@ def locat_attention(
         if gaussian_queries is not None:
             _check_triton(qg, k, v)
         gparams = (gh, gw, P, eps, cmin, shift, var_scale, rate)
-        var, alpha = (torch.ops.locat.gaussian_augmentation if torch.compiler.is_compiling()
-                      else _GaussianAugmentation.apply)(qg, *weights, *gparams)
+        if torch.compiler.is_compiling():
+            var, alpha = torch.ops.locat.gaussian_augmentation(qg, *weights, *gparams)
+        else:
+            var, alpha = _GaussianAugmentation.apply(qg, *weights, gparams)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
     if torch.compiler.is_compiling():
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
-    return _LocatAttention.apply(q, k, v, *weights, *params)
+    return _LocatAttention.apply(q, k, v, *weights, params)
 
 
 def resolve_backend(backend: str, q: Tensor) -> str:
@@ -260,11 +262,11 @@ def _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_b
         params = (gw, eps, cmin, scale)
         if compiling:
             return torch.ops.locat.window_attention(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
-        return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, *params)
+        return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, params)
     params = (gw, P, eps, cmin, rate, scale)
     if compiling:
         return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *params)[0]
-    return _GaussianAttention.apply(q, k, v, var, alpha, *params)
+    return _GaussianAttention.apply(q, k, v, var, alpha, params)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,7 +553,7 @@ class _GaussianAugmentation(torch.autograd.Function):
     """Eager var and alpha of ``locat_attention(..., gaussian_queries=...)`` on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, wv, bv, wa, ba, *params):
+    def forward(ctx, q, wv, bv, wa, ba, params):
         ctx.save_for_backward(q, wv, bv, wa, ba)
         ctx.params = params
         return _augmentation_forward(q, wv, bv, wa, ba, *params)
@@ -560,7 +562,7 @@ class _GaussianAugmentation(torch.autograd.Function):
     def backward(ctx, dvar, dalpha):
         q, *weights = ctx.saved_tensors
         grads = _augmentation_backward(q, dvar, dalpha, *weights, *ctx.params)
-        return (*grads,) + (None,) * len(ctx.params)
+        return *grads, None  # params: no gradient
 
 
 @torch.library.triton_op("locat::window_attention", mutates_args=())
@@ -602,7 +604,7 @@ class _WindowAttention(torch.autograd.Function):
     """Eager ``gaussian_attention`` with attn_bias / window_mask on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, k, v, var, alpha, bias, mask, *params):
+    def forward(ctx, q, k, v, var, alpha, bias, mask, params):
         out, lse = fused.window_forward(q, k, v, var, alpha, bias, mask, *params)
         ctx.save_for_backward(q, k, v, var, alpha, bias, mask, out, lse)
         ctx.params = params
@@ -611,7 +613,7 @@ class _WindowAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         grads = _window_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return (*grads, None) + (None,) * len(ctx.params)
+        return *grads, None, None  # the mask and params: no gradient
 
 
 class _GaussianAttention(torch.autograd.Function):
@@ -619,7 +621,7 @@ class _GaussianAttention(torch.autograd.Function):
     per call: forward 317 us through the custom op, 123 us this way, measured on an H100 machine)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, var, alpha, *params):
+    def forward(ctx, q, k, v, var, alpha, params):
         out, lse, radius = _gaussian_forward(q, k, v, var, alpha, *params)
         ctx.save_for_backward(q, k, v, var, alpha, out, lse, radius)
         ctx.params = params
@@ -628,14 +630,14 @@ class _GaussianAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         grads = _gaussian_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return (*grads,) + (None,) * len(ctx.params)
+        return *grads, None  # params: no gradient
 
 
 class _LocatAttention(torch.autograd.Function):
     """Eager ``locat_attention`` on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, k, v, wv, bv, wa, ba, *params):
+    def forward(ctx, q, k, v, wv, bv, wa, ba, params):
         out, lse, var, alpha, radius = _locat_forward(q, k, v, wv, bv, wa, ba, *params)
         ctx.save_for_backward(q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius)
         ctx.params = params
@@ -644,4 +646,4 @@ class _LocatAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         grads = _locat_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return (*grads,) + (None,) * len(ctx.params)
+        return *grads, None  # params: no gradient

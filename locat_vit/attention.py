@@ -85,6 +85,8 @@ class GaussianAugmentedAttention(nn.Module):
         self.scale = attn.scale
         for name, child in attn.named_children():  # qkv, q_norm, k_norm, norm, proj, (gate), ...
             self.add_module(name, child)
+        if "gate" not in self._modules:
+            self.gate = None  # a plain attribute: a missing module's lookup costs the host an exception per call
         self.init_grid_size = tuple(init_grid_size)
         self.grid_size = self.init_grid_size
         self.num_prefix_tokens = num_prefix_tokens
@@ -109,7 +111,7 @@ class GaussianAugmentedAttention(nn.Module):
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
-        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         rate = self.rate()

@@ -48,7 +48,7 @@ class GaussianAugmentedAttentionRope(GaussianAugmentedAttention):
                 is_causal: bool = False) -> Tensor:
         refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
-        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         P, rate = self.num_prefix_tokens, self.rate()

@@ -32,6 +32,26 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
     with pytest.raises(SystemExit):
         host_profile.main(["--compiled-step", "tiny:224:8"])
     assert "--compiled-step needs CUDA" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        host_profile.main(["--launches"])
+    assert "--launches needs CUDA" in capsys.readouterr().err
+
+
+def test_a_model_report_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    import json
+
+    path = tmp_path / "model.json"
+    seen = []
+    save = cli.save
+
+    def saved(args, kind, env, rows, ratios, **extra):  # what the file holds after each save
+        out = save(args, kind, env, rows, ratios, **extra)
+        seen.append((len(json.loads(out.read_text())["rows"]), extra.get("complete", True)))
+        return out
+
+    monkeypatch.setattr(cli, "save", saved)
+    assert cli.main(["--model", "--cases", "tiny:64:2", "tiny:64:2", "--output", str(path)]) == 0
+    assert seen == [(2, False), (4, True)]  # two variants per case: after the first case, then at the end
 
 
 def test_model_cases_of_every_family_build_the_backbone_and_its_locat_model():

@@ -20,6 +20,12 @@ import warnings
 from pathlib import Path
 
 import torch
+from triton.runtime import driver
+
+try:
+    from triton import knobs
+except ImportError:  # an older Triton: no DirectLaunch
+    knobs = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -179,16 +185,17 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
 
 
 def launcher(kernel, traced: bool):
-    """``kernel`` itself, or with ``traced`` (inside a ``torch.library.triton_op``) wrapped by
-    ``torch.library.wrap_triton`` so torch.compile sees the launch and emits it in its own code.
-    Inductor may type a float argument as fp64 there: each kernel casts its float scalars to fp32.
-    The interpreter cannot be traced: there a traced launch runs on real tensors and does nothing
-    on fake ones (the op's fake implementation is the same function)."""
-    if not traced:
+    """``kernel`` for ``kernel[grid](*args, **meta)``: with ``traced`` (inside a ``torch.library.triton_op``)
+    wrapped by ``torch.library.wrap_triton`` so torch.compile sees the launch and emits it in its own
+    code (Inductor may type a float argument as fp64 there: each kernel casts its float scalars to
+    fp32); in eager calls on a GPU its ``DirectLaunch`` (Triton's per-launch binding done once). The
+    interpreter cannot be traced: there a traced launch runs on real tensors and does nothing on fake
+    ones (the op's fake implementation is the same function)."""
+    if traced:
+        return _FakeSkippingLaunch(kernel) if INTERPRET else torch.library.wrap_triton(kernel)
+    if INTERPRET or not DIRECT_LAUNCH:
         return kernel
-    if not INTERPRET:
-        return torch.library.wrap_triton(kernel)
-    return _FakeSkippingLaunch(kernel)
+    return _direct_launch(kernel)
 
 
 class _FakeSkippingLaunch:
@@ -200,6 +207,89 @@ class _FakeSkippingLaunch:
             if not any(isinstance(a, torch._subclasses.FakeTensor) for a in args):
                 self.kernel[grid](*args, **kwargs)
         return launch
+
+
+class DirectLaunch:
+    """``kernel[grid](*args, **meta)`` for eager calls at a fraction of Triton's host time: on an H200
+    machine Triton's path took 34-65 us per launch of these kernels (24-66 arguments), the compiled
+    kernel's launcher alone 11-14 (``benchmarks/NOTES.md``, v10; ``python -m locat_bench.host_profile
+    --launches`` times the three).
+
+    Triton binds and specializes every argument on every launch. Here the compiled kernel that
+    Triton's own first launch returns is kept under a key finer than its specialization: the current
+    device, ``meta``'s values, every argument after the leading tensors (strides, sizes and scalars,
+    by value), and each leading tensor's dtype and address modulo 16. A later launch with the same key
+    calls the compiled kernel's launcher directly, with the arguments Triton's ``JITFunction.run``
+    would pass (the tensors and scalars, then the constexprs in the kernel's parameter order). Any
+    other key, and every launch while a Triton launch hook is set (profilers), takes Triton's path.
+    Arguments are laid out by call site: the leading tensors (or None) first, then no tensor."""
+
+    MAX_ENTRIES = 512  # shapes of one process; past it the cache starts over
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled = {}
+        self.n = 1  # leading tensors of the call site's arguments, found at its first launch
+
+    def __getitem__(self, grid):
+        return functools.partial(self.launch, grid)
+
+    def launch(self, grid, *args, **meta):
+        device = driver.active.get_current_device()
+        n = self.n
+        if not _tensor_or_none(args[n - 1]) or (n < len(args) and _tensor_or_none(args[n])):
+            n = self.n = next((i for i, a in enumerate(args) if not _tensor_or_none(a)), len(args))
+        key = (device, tuple(meta.values()), args[n:],
+               tuple(None if t is None else (t.dtype, t.data_ptr() % 16) for t in args[:n]))
+        entry = self.compiled.get(key)
+        if entry is None or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
+            kernel = self.kernel[grid](*args, **meta)
+            if entry is None and kernel is not None:
+                kernel = kernel.result() if hasattr(kernel, "result") else kernel
+                params = self.kernel.params[len(args):]
+                if all(p.is_constexpr for p in params):  # else: Triton's path every time
+                    if len(self.compiled) >= self.MAX_ENTRIES:
+                        self.compiled.clear()
+                    self.compiled[key] = (kernel, tuple(meta[p.name] if p.name in meta else p.default for p in params))
+            return
+        kernel, constexprs = entry
+        grid = (*grid, 1, 1)
+        kernel.run(grid[0], grid[1], grid[2], driver.active.get_current_stream(device), kernel.function,
+                   kernel.packed_metadata, None, None, None, *args, *constexprs)
+
+
+def _hooked(hook) -> bool:
+    """Whether a Triton launch hook is set: a function (Triton 3.6), or a HookChain with calls (3.8)."""
+    return bool(getattr(hook, "calls", hook is not None))
+
+
+def _tensor_or_none(a) -> bool:
+    return a is None or isinstance(a, torch.Tensor)
+
+
+@functools.cache
+def _direct_launch(kernel) -> DirectLaunch:
+    return DirectLaunch(kernel)
+
+
+def _triton_launches_as_expected() -> bool:
+    """Whether this Triton's ``JITFunction.run`` calls the compiled kernel's launcher the way
+    ``DirectLaunch`` does (checked in its source; Triton 3.6 and 3.8 do)."""
+    import inspect
+
+    from triton.runtime.jit import JITFunction
+
+    try:
+        source = " ".join(inspect.getsource(JITFunction.run).split())
+    except (OSError, TypeError):
+        return False
+    return ("kernel.run(grid_0, grid_1, grid_2, stream, kernel.function, kernel.packed_metadata, launch_metadata, "
+            "knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound_args.values())") in source
+
+
+# Eager launches through DirectLaunch (LOCAT_DIRECT_LAUNCH=0: always Triton's own path).
+DIRECT_LAUNCH = (knobs is not None and not INTERPRET and os.environ.get("LOCAT_DIRECT_LAUNCH", "1") != "0"
+                 and _triton_launches_as_expected())
 
 
 # Tests set this: every output starts as NaN, so an element a kernel fails to write shows.

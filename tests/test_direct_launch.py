@@ -1,0 +1,160 @@
+"""configs.DirectLaunch: eager launches that skip Triton's per-call binding once a launch's key is known.
+
+The CPU tests drive it with a stand-in kernel (what reaches Triton's path, what goes to the compiled
+kernel's launcher and with which arguments); the CUDA test runs the op both ways and asks for the
+same bits.
+"""
+import inspect
+
+import pytest
+import torch
+
+from locat_kernels import locat_attention
+from locat_kernels.fused import configs
+
+from helpers import make_layers
+
+
+class _Param:
+    def __init__(self, name, is_constexpr, default=inspect.Parameter.empty):
+        self.name, self.is_constexpr, self.default = name, is_constexpr, default
+
+
+class _Compiled:
+    function, packed_metadata = "function", "packed_metadata"
+
+    def __init__(self, log):
+        self.log = log
+
+    def run(self, *args):
+        self.log.append(("direct", args))
+
+
+class _Kernel:
+    """A JITFunction's surface: params, kernel[grid](*args, **meta) returning the compiled kernel."""
+    params = [_Param("x", False), _Param("n", False), _Param("scale", False), _Param("BLOCK", True),
+              _Param("FLAG", True, default=False)]
+
+    def __init__(self):
+        self.log = []
+        self.compiled = _Compiled(self.log)
+
+    def __getitem__(self, grid):
+        def run(*args, **meta):
+            self.log.append(("triton", grid, args, meta))
+            return self.compiled
+        return run
+
+
+class _Driver:
+    class active:
+        get_current_device = staticmethod(lambda: 0)
+        get_current_stream = staticmethod(lambda device: 1234)
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    if configs.knobs is None:
+        pytest.skip("this Triton has no knobs (DirectLaunch is off)")
+    monkeypatch.setattr(configs, "driver", _Driver)
+    return _Kernel()
+
+
+def test_a_known_key_goes_to_the_compiled_launcher(kernel):
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    launch[(3,)](x, 5, 0.5, BLOCK=16, num_warps=4)
+    assert [e[0] for e in kernel.log] == ["triton"]
+    launch[(3, 2)](x, 5, 0.5, BLOCK=16, num_warps=4)
+    # Triton's JITFunction.run arguments: grid, stream, function, metadata, launch metadata and the
+    # two hooks (None), the arguments, then the constexprs in parameter order (FLAG's default).
+    assert kernel.log[-1] == ("direct", (3, 2, 1, 1234, "function", "packed_metadata", None, None, None,
+                                         x, 5, 0.5, 16, False))
+
+
+@pytest.mark.parametrize("change", ["int", "float", "dtype", "alignment", "meta", "options"])
+def test_any_other_key_takes_tritons_path_first(kernel, change):
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    base = dict(args=(x, 5, 0.5), meta=dict(BLOCK=16, num_warps=4))
+    other = {"int": dict(base, args=(x, 6, 0.5)), "float": dict(base, args=(x, 5, 0.25)),
+             "dtype": dict(base, args=(x.double(), 5, 0.5)), "alignment": dict(base, args=(x[1:], 5, 0.5)),
+             "meta": dict(base, meta=dict(BLOCK=32, num_warps=4)),
+             "options": dict(base, meta=dict(BLOCK=16, num_warps=8))}[change]
+    assert x[1:].data_ptr() % 16  # a float32 view one element in: not 16-byte aligned
+    for call in (base, base, other, other):
+        launch[(1,)](*call["args"], **call["meta"])
+    assert [e[0] for e in kernel.log] == ["triton", "direct", "triton", "direct"]
+    assert kernel.log[-1][1][9:12] == other["args"]
+
+
+def test_a_launch_hook_takes_tritons_path(kernel, monkeypatch):
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    for _ in range(2):
+        launch[(1,)](x, 5, 0.5, BLOCK=16)
+    hooks = configs.knobs.runtime.launch_enter_hook
+
+    def hook(metadata):
+        pass
+    if hasattr(hooks, "calls"):  # Triton >= 3.7: a chain of hooks
+        monkeypatch.setattr(hooks, "calls", [hook])
+    else:
+        monkeypatch.setattr(configs.knobs.runtime, "launch_enter_hook", hook)
+    launch[(1,)](x, 5, 0.5, BLOCK=16)
+    assert [e[0] for e in kernel.log] == ["triton", "direct", "triton"]
+
+
+def test_a_runtime_argument_passed_by_keyword_is_never_cached(kernel):
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    for _ in range(3):
+        launch[(1,)](x, 5, scale=0.5, BLOCK=16)
+    assert [e[0] for e in kernel.log] == ["triton"] * 3
+
+
+def test_the_cache_is_bounded(kernel, monkeypatch):
+    monkeypatch.setattr(configs.DirectLaunch, "MAX_ENTRIES", 4)
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    for n in range(10):
+        launch[(1,)](x, n, 0.5, BLOCK=16)
+    assert len(launch.compiled) <= 4
+
+
+def test_this_triton_launches_as_direct_launch_expects():
+    import triton
+
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    if not (3, 6) <= version <= (3, 8):
+        pytest.skip(f"checked against Triton 3.6 to 3.8; {triton.__version__} is checked at import instead")
+    assert configs._triton_launches_as_expected()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launches on a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_direct_launches_give_tritons_bits(monkeypatch, dtype):
+    if not configs.DIRECT_LAUNCH:
+        pytest.skip("DirectLaunch is off for this Triton")
+    from locat_kernels.fused import forward
+    B, H, gh, gw, P, D = 2, 3, 6, 5, 1, 64
+    N = P + gh * gw
+    layers = make_layers(D, device="cuda")
+    # q, k, v as views of one qkv tensor, then a copy one element in (not 16-byte aligned)
+    qkv = torch.randn(B, N, 3, H, D + 1, device="cuda", dtype=dtype)
+
+    def run(offset):
+        q, k, v = (t.detach().requires_grad_() for t in qkv[..., offset:offset + D].permute(2, 0, 3, 1, 4).unbind(0))
+        weights = [w.detach().requires_grad_() for w in layers]
+        out = locat_attention(q, k, v, *weights, (gh, gw), num_prefix_tokens=P, backend="triton")
+        out.backward(torch.ones_like(out))
+        return [out, q.grad, k.grad, v.grad, *(w.grad for w in weights)]
+
+    results = {}
+    for direct in (False, True):
+        monkeypatch.setattr(configs, "DIRECT_LAUNCH", direct)
+        results[direct] = [run(offset) for offset in (0, 1, 0, 1)]  # the second round of each: a cached key
+    assert len(configs._direct_launch(forward._forward_kernel).compiled) >= 2
+    for ours, triton_path in zip(results[True], results[False]):
+        for a, b in zip(ours, triton_path):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
