@@ -203,13 +203,17 @@ def locat_attention(
         gparams = (gh, gw, P, eps, cmin, shift, var_scale, rate)
         if torch.compiler.is_compiling():
             var, alpha = torch.ops.locat.gaussian_augmentation(qg, *weights, *gparams)
-        else:
+        elif _recorded(qg, *weights):
             var, alpha = _GaussianAugmentation.apply(qg, *weights, gparams)
+        else:
+            var, alpha = _augmentation_forward(qg, *weights, *gparams)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
     if torch.compiler.is_compiling():
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
-    return _LocatAttention.apply(q, k, v, *weights, params)
+    if _recorded(q, k, v, *weights):
+        return _LocatAttention.apply(q, k, v, *weights, params)
+    return _locat_forward(q, k, v, *weights, *params)[0]
 
 
 def resolve_backend(backend: str, q: Tensor) -> str:
@@ -250,9 +254,16 @@ def _resolve(backend, q, num_prefix_tokens, rate, windowed) -> str:
     return backend
 
 
+def _recorded(*tensors) -> bool:
+    """Whether autograd records an eager call on ``tensors``: else (inference, no_grad) the launches run
+    without an autograd Function, whose node and saved tensors cost host time per call."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask):
     """The fused attention on checked inputs: the window kernel with attn_bias / window_mask, else the
-    grid kernels; the triton op under torch.compile, the autograd Function in eager calls."""
+    grid kernels; the triton op under torch.compile, in eager calls the autograd Function where a
+    gradient is recorded, else the launches alone."""
     compiling = torch.compiler.is_compiling()
     if alpha.dim() == 4:
         alpha = alpha.squeeze(-1)
@@ -262,11 +273,15 @@ def _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_b
         params = (gw, eps, cmin, scale)
         if compiling:
             return torch.ops.locat.window_attention(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
-        return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, params)
+        if _recorded(q, k, v, var, alpha, attn_bias):
+            return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, params)
+        return fused.window_forward(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
     params = (gw, P, eps, cmin, rate, scale)
     if compiling:
         return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *params)[0]
-    return _GaussianAttention.apply(q, k, v, var, alpha, params)
+    if _recorded(q, k, v, var, alpha):
+        return _GaussianAttention.apply(q, k, v, var, alpha, params)
+    return _gaussian_forward(q, k, v, var, alpha, *params)[0]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -145,3 +145,42 @@ def test_cuda_matches_float64(request, shape, dtype):
     inputs = _inputs(B, H, grid, P, D, "cuda", dtype)
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), locat=True, grid_size=grid,
                              num_prefix_tokens=P, rate=rate)
+
+
+@pytest.mark.parametrize("call", ["locat", "gaussian_queries", "window", "gaussian_attention"])
+def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, monkeypatch, call):
+    """Under no_grad, or on inputs that need no gradient, the launches run without the autograd
+    Function (none is called: each raises here), with the recorded call's output to the bit."""
+    import locat_kernels.attention as attention
+
+    grid, P, D = (4, 6), 1, 16
+    q, k, v, var, alpha = make_inputs(2, 2, grid, 0 if call == "window" else P, D, device=device)
+    layers = make_layers(D, device=device)
+    N = q.shape[2]
+    bias = (0.5 * torch.randn(2, N, N, device=device)).requires_grad_()
+    mask = torch.where(torch.rand(1, N, N, device=device) < 0.3, -100.0, 0.0)
+
+    def op(q, k, v, var, alpha, layers, bias):
+        if call == "gaussian_attention":
+            return gaussian_attention(q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="triton")
+        if call == "window":
+            return locat_attention(q, k, v, *layers, grid, attn_bias=bias, window_mask=mask, backend="triton")
+        return locat_attention(q, k, v, *layers, grid, num_prefix_tokens=P, backend="triton",
+                               gaussian_queries=q.detach() * 0.5 if call == "gaussian_queries" else None)
+
+    recorded = op(q, k, v, var, alpha, layers, bias)
+    assert recorded.grad_fn is not None
+
+    class Refused:
+        @staticmethod
+        def apply(*args):
+            raise AssertionError("an autograd Function was called without a gradient to record")
+
+    for name in ("_LocatAttention", "_GaussianAttention", "_WindowAttention", "_GaussianAugmentation"):
+        monkeypatch.setattr(attention, name, Refused)
+    with torch.no_grad():
+        out = op(q, k, v, var, alpha, layers, bias)
+    assert torch.equal(out, recorded.detach())
+    detached = [t.detach() for t in (q, k, v, var, alpha)]
+    out = op(*detached, [t.detach() for t in layers], bias.detach())
+    assert out.grad_fn is None and torch.equal(out, recorded.detach())
