@@ -87,23 +87,8 @@ def _launches(path: Path) -> int:
 
     q, k, v = (torch.randn(1, 3, 17, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     weights = [(0.02 * torch.randn(*shape, device="cuda")).requires_grad_() for shape in ((2, 64), (2,), (1, 64), (1,))]
-    launches = []  # (kernel, grid, args, meta) of each launch of one call
-
-    class Record:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **meta):
-                launches.append((self.kernel, grid, args, meta))
-                self.kernel[grid](*args, **meta)
-            return launch
-
-    launcher, configs.launcher = configs.launcher, lambda kernel, traced: Record(kernel)
-    try:
+    with configs.recorded_launches(run=True) as launches:
         locat_attention(q, k, v, *weights, (4, 4), num_prefix_tokens=1).sum().backward()
-    finally:
-        configs.launcher = launcher
     rows = []
     for kernel, grid, args, meta in launches:
         direct = configs.DirectLaunch(kernel)

@@ -77,28 +77,26 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict) -> list[dict]
     from locat_kernels import fused, gaussian_clamp, gaussian_eps
     from locat_kernels.fused import configs
 
-    launches = []
-    launcher, saved = configs.launcher, dict(configs.OVERRIDES)
-    configs.launcher = lambda kernel, traced: _Recorder(kernel, launches)
+    _, H, gh, gw, P, D = shape
+    N = P + gh * gw
+    q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)  # timm's views
+    layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
+    eps, cmin, scale = gaussian_eps((gh, gw)), gaussian_clamp((gh, gw)), D ** -0.5
+    # the launches are recorded, not run: each call gets inputs of the right shapes, not its predecessor's outputs
+    var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
+    radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
+    out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
+    saved = dict(configs.OVERRIDES)
     configs.OVERRIDES.update(overrides)
     try:
-        _, H, gh, gw, P, D = shape
-        N = P + gh * gw
-        q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)  # timm's views
-        layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
-        eps, cmin, scale = gaussian_eps((gh, gw)), gaussian_clamp((gh, gw)), D ** -0.5
-        # the launches are recorded, not run: each call gets inputs of the right shapes, not its predecessor's outputs
-        var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
-        radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
-        out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
-        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
-        fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
-        fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate,
-                                 scale)
-        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh, gw,
-                            P, 0.0, 1.0, rate)
+        with configs.recorded_launches() as launches:
+            fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
+            fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
+            fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin,
+                                     rate, scale)
+            fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
+                                gw, P, 0.0, 1.0, rate)
     finally:
-        configs.launcher = launcher
         configs.OVERRIDES.clear()
         configs.OVERRIDES.update(saved)
     rows = []
@@ -129,14 +127,6 @@ class _TargetOnly:
 
     def get_active_torch_device(self):
         return torch.device("cpu")
-
-
-class _Recorder:
-    def __init__(self, kernel, launches):
-        self.kernel, self.launches = kernel, launches
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launches.append((self.kernel, grid, args, kwargs))
 
 
 def _resource_usage(cubin: bytes) -> dict:

@@ -29,11 +29,8 @@ if not torch.cuda.is_available():
 import locat_kernels.attention as A
 from locat_kernels.fused import configs
 
-launches = []
-class _Record:  # records each launch instead of running it
-    def __init__(self, kernel): self.kernel = kernel
-    def __getitem__(self, grid): return lambda *args, **kw: launches.append((self.kernel, args, kw))
-configs.launcher = lambda kernel, traced: _Record(kernel)
+recording = configs.recorded_launches()  # each launch recorded instead of run
+launches = recording.__enter__()
 
 q, k, v = (torch.randn(2, 3, 21, 64) for _ in range(3))
 layers = [torch.randn(2, 64), torch.randn(2), torch.randn(1, 64), torch.randn(1)]
@@ -51,7 +48,7 @@ wvar, walpha, wbias, wmask = torch.rand(4, 3, 16, 2) + 0.5, torch.rand(4, 3, 16)
 out = A.fused.window_forward(wq, wk, wv, wvar, walpha, wbias, wmask, 4, 0.1, -2.0, 0.125)
 A.fused.window_backward(torch.randn_like(wq), wq, wk, wv, wvar, walpha, wbias, wmask, *out, 4, 0.1, -2.0, 0.125)
 rows = []
-for kernel, args, kw in launches:
+for kernel, _, args, kw in launches:
     kwargs = dict(zip(kernel.arg_names, args), **{n: x for n, x in kw.items() if n not in ("num_warps", "num_stages")})
     written = identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes
     rows.append([kernel.fn.__name__, kw.get("FIND_RADIUS", False),

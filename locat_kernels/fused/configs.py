@@ -13,6 +13,7 @@ interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a single small
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -207,6 +208,32 @@ class _FakeSkippingLaunch:
             if not any(isinstance(a, torch._subclasses.FakeTensor) for a in args):
                 self.kernel[grid](*args, **kwargs)
         return launch
+
+
+@contextlib.contextmanager
+def recorded_launches(run: bool = False):
+    """Within the block, every launch through ``launcher`` is appended to the yielded list as
+    ``(kernel, grid, args, meta)``, and runs only with ``run`` (tools that inspect or time the
+    launches of a call: ``locat_bench.resources``, ``host_profile --launches``, the tests)."""
+    launches = []
+
+    class Record:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                launches.append((self.kernel, grid, args, meta))
+                if run:
+                    self.kernel[grid](*args, **meta)
+            return launch
+
+    global launcher
+    saved, launcher = launcher, lambda kernel, traced: Record(kernel)
+    try:
+        yield launches
+    finally:
+        launcher = saved
 
 
 class DirectLaunch:
