@@ -6,9 +6,8 @@
 # "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
 # in a second call: the three kernels together outgrow one call).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
-# "tests" runs the kernel files (v10: 156 passed in 174 s with -n 8); "tests_models" the rest but the fuzz (v10: 430 s
-# with -n 14 reached 52%; likely each worker's CPU tests taking every core: now one thread per worker, and the
-# slowest tests listed). The family tests need timm >= 1.0.31: where the machine has an older one, carry it
+# "tests" runs the kernel files (v10: 156 passed in 174 s with -n 8); "tests_models" the rest but the fuzz (v11: 161
+# passed, 9 skipped in 66 s with one CPU thread per worker; v10 without that reached 52% in 430 s). The family tests need timm >= 1.0.31: where the machine has an older one, carry it
 # (pip download --no-deps timm==1.0.31; unzip the wheel into .devdeps/) and run with PYTHONPATH=.:.devdeps.
 set -u
 OUT=${OUT:-gpu_out}

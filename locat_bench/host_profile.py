@@ -1,11 +1,13 @@
 """Where the host time goes: cProfile, the top functions by own time.
 
-    python -m locat_bench.host_profile [--calls 300] [--top 25]
+    python -m locat_bench.host_profile [--calls 300] [--top 25] [--forward]
     python -m locat_bench.host_profile --compiled-step tiny:224:256 [--calls 20] [--output DIR]
 
 Default: eager forward+backward calls of one LocAt attention layer on a launch-bound tiny input
-(B = 1, 17 tokens, bf16 autocast). ``--launches``: host microseconds per launch of each kernel of
-one ``locat_attention`` forward+backward on that input, through Triton's ``kernel[grid]``, through
+(B = 1, 17 tokens, bf16 autocast), with the wall time per call (500 calls); ``--forward``: forward
+calls (recording the gradient, as in training) of that layer and of timm's ``Attention``, a table
+each. ``--launches``: host microseconds per launch of each kernel of one ``locat_attention``
+forward+backward on that input, through Triton's ``kernel[grid]``, through
 ``configs.DirectLaunch`` and through the compiled kernel's launcher alone (JSON to ``--output``).
 ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
 of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
@@ -31,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--compiled-step", metavar="SIZE:IMG:BATCH", help="profile compiled training steps instead")
     parser.add_argument("--launches", action="store_true", help="time each kernel's launch paths instead")
+    parser.add_argument("--forward", action="store_true", help="forward calls only, the LocAt layer's and timm's")
     parser.add_argument("--output", type=Path, default=Path("."),
                         help="--compiled-step: folder for the tables; --launches: the JSON file")
     args = parser.parse_args(argv)
@@ -47,17 +50,21 @@ def main(argv=None) -> int:
         if device != "cuda":
             parser.error("--compiled-step needs CUDA (the triton backend under torch.compile)")
         return _compiled_steps(ModelCase.parse(args.compiled_step), args.calls or 20, args.top, args.output)
-    layer = build(ModelCase("tiny", 64, 1), "locat_triton" if device == "cuda" else "locat_sdpa", device).blocks[0].attn
+    case = ModelCase("tiny", 64, 1)
+    layer = build(case, "locat_triton" if device == "cuda" else "locat_sdpa", device).blocks[0].attn
     x = torch.randn(1, 17, 192, device=device, requires_grad=True)
 
-    def step():
+    def forward(layer):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-            y = layer(x)
-        y.sum().backward()
+            return layer(x)
 
-    for _ in range(20):
-        step()
-    print(_profile(step, args.calls or 300, args.top, "tottime"))
+    steps = {"locat forward+backward": lambda: forward(layer).sum().backward()}
+    if args.forward:
+        timm_layer = build(case, "vit", device).blocks[0].attn
+        steps = {"locat forward": lambda: forward(layer), "timm forward": lambda: forward(timm_layer)}
+    for name, step in steps.items():
+        print(f"=== {name}: {wall_ms(step, 500, warmup=20) * 1e3:.1f} us per call (wall)")
+        print(_profile(step, args.calls or 300, args.top, "tottime"))
     return 0
 
 

@@ -18,14 +18,15 @@ def cpu_median_ms(fn, reps: int) -> float:
 
 
 def wall_ms(fn, calls: int, warmup: int = 3) -> float:
-    """Wall-clock ms per call of ``calls`` calls after ``warmup``, the device synchronized at both ends."""
+    """Wall-clock ms per call of ``calls`` calls after ``warmup``, the device (if any) synchronized at both ends."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(warmup):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t = time.perf_counter()
     for _ in range(calls):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t) / calls * 1e3
 
 

@@ -29,6 +29,9 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
 
     assert host_profile.main(["--calls", "3", "--top", "5"]) == 0
     assert "Ordered by: internal time" in capsys.readouterr().out
+    assert host_profile.main(["--calls", "3", "--top", "5", "--forward"]) == 0
+    out = capsys.readouterr().out
+    assert "=== locat forward" in out and "=== timm forward" in out and "us per call (wall)" in out
     with pytest.raises(SystemExit):
         host_profile.main(["--compiled-step", "tiny:224:8"])
     assert "--compiled-step needs CUDA" in capsys.readouterr().err

@@ -85,6 +85,21 @@ def test_gradcheck_all_inputs():
     assert torch.autograd.gradcheck(fn, (q, k, v, var, alpha))
 
 
+def test_gradcheck_with_the_window_bias():
+    """The reference's gradients to Swin's relative position bias (H, N, N), added over every
+    window, and to q, var, alpha beside it, against finite differences (the kernel's bias gradient
+    is tested against this reference: tests/test_window.py)."""
+    B, H, gh, gw, nW, D = 4, 2, 2, 2, 2, 4
+    N = gh * gw
+    q, k, v = (torch.randn(B, H, N, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    var = (torch.rand(B, H, N, 2, dtype=torch.float64) + 0.3).requires_grad_()
+    alpha = torch.rand(B, H, N, dtype=torch.float64).requires_grad_()
+    bias = (0.5 * torch.randn(H, N, N, dtype=torch.float64)).requires_grad_()
+    mask = torch.where(torch.rand(nW, N, N) < 0.3, -100.0, 0.0).double()
+    fn = lambda *t: gaussian_attention_reference(*t[:5], (gh, gw), attn_bias=t[5], window_mask=mask)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v, var, alpha, bias))
+
+
 def test_reference_keeps_float64():
     q = torch.randn(1, 1, 5, 4, dtype=torch.float64)
     var = torch.ones(1, 1, 4, 2, dtype=torch.float64)
