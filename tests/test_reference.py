@@ -87,8 +87,8 @@ def test_gradcheck_all_inputs():
 
 def test_gradcheck_with_the_window_bias():
     """The reference's gradients to Swin's relative position bias (H, N, N), added over every
-    window, and to q, var, alpha beside it, against finite differences (the kernel's bias gradient
-    is tested against this reference: tests/test_window.py)."""
+    window with a shift mask, and to q, k, v, var and alpha beside it, against finite differences
+    (the kernel's bias gradient is tested against this reference: tests/test_window.py)."""
     B, H, gh, gw, nW, D = 4, 2, 2, 2, 2, 4
     N = gh * gw
     q, k, v = (torch.randn(B, H, N, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
