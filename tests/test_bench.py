@@ -85,3 +85,12 @@ def test_window_benchmark_says_it_needs_cuda(capsys, tmp_path):
     with pytest.raises(SystemExit):
         bench_window.main(["--output", str(tmp_path / "w.json")])
     assert "needs CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
+def test_kernel_profile_says_it_needs_cuda(capsys):
+    from locat_bench import kernel_profile
+
+    with pytest.raises(SystemExit):
+        kernel_profile.main(["--shapes", "2,2,4,4,1,16"])
+    assert "need CUDA" in capsys.readouterr().err

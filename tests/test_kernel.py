@@ -107,6 +107,56 @@ def test_factored_dkdv_gaussian_matches_float64(request, device, monkeypatch, gr
                              num_prefix_tokens=P, rate=rate, init_grid_size=init)
 
 
+@pytest.mark.parametrize("grid,P,rate,factored", [((7, 7), 1, 1, False), ((4, 6), 5, 2, True), ((20, 3), 0, 1, True),
+                                                 ((3, 16), 1, 1, False)])
+def test_radius_below_minus_gh_leaves_no_gaussian(device, monkeypatch, grid, P, rate, factored):
+    """The kernels given a radius below -gh (``locat_bench.kernel_profile``'s "no_gaussian" variant)
+    skip the Gaussian on every key tile and stay in bounds: out and dq, dk, dv equal the float64
+    reference with alpha = 0, grid and token tiles, prefix tokens, rate 2; on (3, 16) the interpreter's
+    grid tiles are full (no bounds masks), so a far range past the last tile would show."""
+    from locat_kernels import fused, gaussian_clamp, gaussian_eps
+
+    monkeypatch.setattr(configs, "FACTORED_DKDV", factored)
+    monkeypatch.setattr(configs, "POISON_OUTPUTS", True)
+    q, k, v, var, alpha = (t.detach() for t in make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0)))
+    do = torch.randn_like(q)
+    radius = torch.full((4,), -(grid[0] + 2), dtype=torch.int32, device=device)
+    common = (grid[1], P, gaussian_eps(grid), gaussian_clamp(grid), rate, 16 ** -0.5)
+    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, *common)
+    dq, dk, dv, _, _ = fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common)
+    ref = run(gaussian_attention_reference, [t.double().cpu().requires_grad_() for t in (q, k, v, var, 0 * alpha)],
+              do.double().cpu(), grid_size=grid, num_prefix_tokens=P, rate=rate)
+    for name, got, want in zip(NAMES, (out, dq, dk, dv), ref):
+        assert rel_err(got, want) < 1e-5, name
+
+
+@pytest.mark.parametrize("grid,P,rate", [((8, 8), 1, 1), ((10, 3), 3, 1), ((4, 8), 2, 2)])
+def test_dkdv_prefix_keys_in_a_tile_of_their_own(request, device, grid, P, rate):
+    """Where the prefix tokens would add a key tile, the dk/dv kernel tiles the keys from the first
+    patch and gives the prefix keys a BLOCK_P tile of their own (SPLIT_PREFIX): exact against float64,
+    rate 2 included (under the interpreter's 16-key tiles and fp32's 32-key tiles alike)."""
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
+    meta = configs.launch_meta("backward_dkdv", inputs[0], grid[1], P, -8.0, rate)
+    assert meta["SPLIT_PREFIX"], meta
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
+
+
+def test_split_prefix_only_where_the_prefix_adds_a_key_tile():
+    """ViT-B at 384 px (577 tokens, 64-key tiles): 9 patch tiles and a prefix tile, not 10 token tiles
+    whose last holds one key; at 224 px with 128-key tiles (197 tokens: 2 tiles either way) and
+    without prefix tokens the tiles stay token tiles."""
+    q = torch.empty(1, 1, 1, 64, device="meta")
+    configs.OVERRIDES["backward_dkdv"] = (64, 64, 4, 2)
+    try:
+        assert configs.launch_meta("backward_dkdv", q.expand(1, 1, 577, 64), 24, 1, -8.0, 1)["SPLIT_PREFIX"]
+        assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 576, 64), 24, 0, -8.0, 1)["SPLIT_PREFIX"]
+        configs.OVERRIDES["backward_dkdv"] = (16, 128, 4, 3)
+        assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 197, 64), 14, 1, -8.0, 1)["SPLIT_PREFIX"]
+    finally:
+        del configs.OVERRIDES["backward_dkdv"]
+
+
 def test_factored_key_rows_hold_every_key_tile():
     """KEY_ROWS covers the quantized rows of every key tile's patches (counted from the first
     patch's), at every tile start, grid width, rate and prefix, brute force."""

@@ -41,7 +41,9 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
     )
     meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    configs.launcher(_backward_dkdv_kernel, traced)[(triton.cdiv(N, meta["BLOCK_N"]) * B * H,)](
+    key_tiles = (triton.cdiv(N - num_prefix_tokens, meta["BLOCK_N"]) + 1 if meta["SPLIT_PREFIX"]
+                 else triton.cdiv(N, meta["BLOCK_N"]))
+    configs.launcher(_backward_dkdv_kernel, traced)[(key_tiles * B * H,)](
         q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,
@@ -298,15 +300,65 @@ def _backward_dkdv_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """grid: (cdiv(N, BLOCK_N) * B * H,), one program per (key tile, batch*head).
+    """grid: (key tiles * B * H,), one program per (key tile, batch*head), key tiles fastest.
 
-    Owns BLOCK_N key rows and loops over all queries: the prefix queries as tiles of BLOCK_P (no
-    bias), then the patch queries in tiles of BLOCK_M aligned at token P (far, near, far; no bounds
-    masks when BLOCK_M divides the patch count): ``dv = P^T dO``, ``dk = scale * dS^T q``. Needs the
-    delta written by the dq kernel. With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS)
+    Key tiles of BLOCK_N tokens from token 0, cdiv(N, BLOCK_N) per (batch, head); with SPLIT_PREFIX
+    (set where the prefix tokens would add a tile: 577 tokens in 64-key tiles) cdiv(N - P, BLOCK_N)
+    tiles of BLOCK_N patches from token P, no bounds masks where BLOCK_N divides the patch count, then
+    one tile of the BLOCK_P prefix keys, which get no bias. Each program is ``_dkdv_keys``: dk, dv of
+    its keys over all queries. EVEN_N: the key tiles need no bounds masks. Needs the delta written by
+    the dq kernel.
+    """
+    pid = tl.program_id(0)
+    if SPLIT_PREFIX:
+        num = tl.cdiv(N - P, BLOCK_N) + 1
+        first = P
+    else:
+        num = tl.cdiv(N, BLOCK_N)
+        first = 0
+    bh, tile = pid // num, pid % num
+    if SPLIT_PREFIX and tile == num - 1:
+        _dkdv_keys(
+            q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
+            stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
+            stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh, stride_varn,
+            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh, 0, P,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False, EVEN_PATCHES=EVEN_PATCHES,
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
+            NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
+    else:
+        _dkdv_keys(
+            q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
+            stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
+            stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh, stride_varn,
+            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
+            first + tile * BLOCK_N, N,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N, EVEN_PATCHES=EVEN_PATCHES,
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
+            NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+
+
+@triton.jit
+def _dkdv_keys(
+    q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
+    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, end_n,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_KEYS: tl.constexpr,
+    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
+    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """dk, dv of the BLOCK_N keys from token ``start_n`` (those before ``end_n``) of (batch*head) ``bh``:
+    loops over all queries, the prefix queries as tiles of BLOCK_P (no bias), then the patch queries
+    in tiles of BLOCK_M aligned at token P (far, near, far; no bounds masks when BLOCK_M divides the
+    patch count; NEAR = False: all far, for the prefix keys): ``dv = P^T dO``, ``dk = scale * dS^T q``.
+    With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS)
     the Gaussian of a near tile is ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS
     quantized grid rows from ``row0`` and KEY_COLS columns, so a query tile needs the exp2 of
     (KEY_ROWS + KEY_COLS) x BLOCK_M row and column factors, not of every logit; one-hot fp16 matrices
@@ -316,10 +368,12 @@ def _backward_dkdv_kernel(
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
-    bh, b, h, start_n, offs_n, m_n = program_rows(N, H, BLOCK_N)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    m_n = offs_n < end_n
 
-    b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_N)
-    b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_N)
+    b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_KEYS)
+    b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_KEYS)
     row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
     # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
     row0 = ((tl.maximum(start_n - P, 0) // GW) // RATE * RATE).to(tl.float32)
@@ -345,7 +399,10 @@ def _backward_dkdv_kernel(
             col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD,
             HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
             KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
-    near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
+    if NEAR:
+        near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
+    else:
+        near_lo, near_hi = 0, 0
     b_dk, b_dv = _dkdv_sweep(
         b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base,
         stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,

@@ -144,18 +144,19 @@ def near_rows(start, size, radius, N, GW, P, RATE: tl.constexpr):
 @triton.jit
 def near_token_tiles(start, size, radius, N, GW, P, first, RATE: tl.constexpr, BLOCK: tl.constexpr):
     """The near rows as tiles [lo, hi) of BLOCK tokens counted from token ``first`` (0: token
-    tiles; P: patch tiles)."""
+    tiles; P: patch tiles). A negative radius below -GH leaves none near (kernel_profile's ablation)."""
     row_lo, row_hi = near_rows(start, size, radius, N, GW, P, RATE)
-    lo = (P - first + tl.maximum(row_lo, 0) * GW) // BLOCK
-    hi = tl.minimum(tl.cdiv(P - first + tl.maximum(row_hi, 0) * GW, BLOCK), tl.cdiv(N - first, BLOCK))
+    num = tl.cdiv(N - first, BLOCK)
+    lo = tl.minimum((P - first + tl.maximum(row_lo, 0) * GW) // BLOCK, num)
+    hi = tl.minimum(tl.cdiv(P - first + tl.maximum(row_hi, 0) * GW, BLOCK), num)
     return lo, tl.maximum(hi, lo)
 
 
 @triton.jit
 def near_grid_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.constexpr, T):
-    """The near rows as grid tiles [lo, hi) of ROWS rows each, out of T."""
+    """The near rows as grid tiles [lo, hi) of ROWS rows each, out of T (none for a radius below -GH)."""
     row_lo, row_hi = near_rows(start, size, radius, N, GW, P, RATE)
-    lo = tl.maximum(row_lo, 0) // ROWS
+    lo = tl.minimum(tl.maximum(row_lo, 0) // ROWS, T)
     hi = tl.minimum(tl.cdiv(tl.maximum(row_hi, 0), ROWS), T)
     return lo, tl.maximum(hi, lo)
 
@@ -248,3 +249,4 @@ def grid_row_terms(t, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.co
         b_e = tl.where(in_row, e[:, None], b_e)
         b_f = tl.where(in_row, tl.exp2(e + shift)[:, None], b_f)
     return b_e, b_f
+
