@@ -170,6 +170,9 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
         **cfg,
     )
+    # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
+    block_p = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"], max(16, 1 << (P - 1).bit_length()))
+    meta.update(BLOCK_P=block_p)
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile.
@@ -177,14 +180,11 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())
-        # Key tiles from the first patch, the prefix keys a small tile of their own, where the prefix would
-        # otherwise add a tile (577 tokens in 64-key tiles: 10 tiles, the last holding one key).
-        split = P > 0 and -(-(N - P) // cfg["BLOCK_N"]) < -(-N // cfg["BLOCK_N"])
+        # Key tiles from the first patch and the prefix keys one BLOCK_P tile of their own, where the prefix
+        # would otherwise add a tile (577 tokens in 64-key tiles: 10 tiles, the last holding one key) and fits one.
+        split = 0 < P <= block_p and -(-(N - P) // cfg["BLOCK_N"]) < -(-N // cfg["BLOCK_N"])
         meta.update(EVEN_N=(N - P if split else N) % cfg["BLOCK_N"] == 0, EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0,
                     FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split)
-    # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
-    loop_block = cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"]
-    meta.update(BLOCK_P=min(loop_block, max(16, 1 << (P - 1).bit_length())))
     return meta
 
 
