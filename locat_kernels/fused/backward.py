@@ -7,8 +7,10 @@ two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the ro
 keys in the forward's layouts. The dk/dv kernel owns key rows and loops over the prefix queries, then
 over query tiles aligned at the first patch (no bounds masks where the tile divides the patch
 count), the Gaussian per logit or, for 16-bit inputs on grids up to 32 wide, factored into row and
-column factors spread to the keys by one-hot matmuls (``_backward_dkdv_kernel``). dq, dk, dv are stored
-as (B, N, H, D) like the forward's out; dvar and dalpha in float32.
+column factors spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add
+a key tile, its key tiles start at the first patch and the prefix keys get a small tile of their own
+(``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and dalpha
+in float32.
 """
 from __future__ import annotations
 
@@ -358,9 +360,9 @@ def _dkdv_keys(
     loops over all queries, the prefix queries as tiles of BLOCK_P (no bias), then the patch queries
     in tiles of BLOCK_M aligned at token P (far, near, far; no bounds masks when BLOCK_M divides the
     patch count; NEAR = False: all far, for the prefix keys): ``dv = P^T dO``, ``dk = scale * dS^T q``.
-    With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS)
-    the Gaussian of a near tile is ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS
-    quantized grid rows from ``row0`` and KEY_COLS columns, so a query tile needs the exp2 of
+    With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS) the Gaussian of a near tile is
+    ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS quantized grid
+    rows from ``row0`` and KEY_COLS columns, so a query tile needs the exp2 of
     (KEY_ROWS + KEY_COLS) x BLOCK_M row and column factors, not of every logit; one-hot fp16 matrices
     ``sel_r`` (BLOCK_N, KEY_ROWS) and ``sel_c`` (BLOCK_N, KEY_COLS), built once, spread them to the
     keys on the tensor cores (each factor rounded to fp16, 2^-11 relative: the dense path's bias

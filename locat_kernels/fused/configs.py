@@ -171,8 +171,8 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         **cfg,
     )
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
-    block_p = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"], max(16, 1 << (P - 1).bit_length()))
-    meta.update(BLOCK_P=block_p)
+    block_p = meta["BLOCK_P"] = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"],
+                                    max(16, 1 << (P - 1).bit_length()))
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile.

@@ -249,4 +249,3 @@ def grid_row_terms(t, row_q, nh_r, lo_r, shift, RATE: tl.constexpr, CLAMP: tl.co
         b_e = tl.where(in_row, e[:, None], b_e)
         b_f = tl.where(in_row, tl.exp2(e + shift)[:, None], b_f)
     return b_e, b_f
-
