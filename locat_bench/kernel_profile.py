@@ -8,17 +8,22 @@ two variants: "gaussian", as the op runs, and "no_gaussian", the same launches w
 and SDPA without a bias, forward and backward. Each kernel's device time per call from
 ``torch.profiler`` over ``--calls`` calls. With ``--ncu`` each of the three runs once between
 ``cudaProfilerStart`` / ``Stop`` and nothing is timed: for ``ncu --profile-from-start off ...``.
+``--switch NAME=V1,V2`` runs the fused variants once per value of ``configs.NAME`` (A/B in one process,
+e.g. ``FACTORED_DKDV='auto',False``), the variant named ``gaussian[NAME=V1]``.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from locat_kernels import fused, gaussian_clamp, gaussian_eps
+from locat_kernels.fused import configs
 
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
 from .cli import environment
@@ -50,6 +55,29 @@ def op_calls(shape: Shape, dtype, regime: str) -> dict:
     return dict(gaussian=fused_call(radius), no_gaussian=fused_call(no_radius), sdpa=sdpa)
 
 
+def switched(calls: dict, switch, values):
+    """(name, call) of each fused call under each value of ``configs.<switch>`` (set while it runs), then SDPA."""
+    for value in values:
+        for name, call in calls.items():
+            if name != "sdpa":
+                yield (f"{name}[{switch}={value}]" if switch else name), _under(call, switch, value)
+    yield "sdpa", calls["sdpa"]
+
+
+def _under(call, switch, value):
+    if switch is None:
+        return call
+
+    def run():
+        saved = getattr(configs, switch)
+        setattr(configs, switch, value)
+        try:
+            call()
+        finally:
+            setattr(configs, switch, saved)
+    return run
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locat_bench.kernel_profile", description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", required=True, help="names or B,H,gh,gw,P,D")
@@ -58,14 +86,25 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--output", type=Path, help="JSON of every kernel's ms per call")
     parser.add_argument("--ncu", action="store_true", help="run each variant once inside a cudaProfiler range")
+    parser.add_argument("--switch", metavar="NAME=V1,V2",
+                        help="the fused variants once per value of configs.NAME (Python literals)")
     args = parser.parse_args(argv)
+    switch, values = None, [None]
+    if args.switch:
+        switch, _, spec = args.switch.partition("=")
+        try:
+            values = [ast.literal_eval(v) for v in spec.split(",")]
+        except (ValueError, SyntaxError):
+            parser.error(f"--switch takes NAME=V1,V2 with Python literals, got {args.switch!r}")
+        if not hasattr(configs, switch) or not switch.isupper():
+            parser.error(f"--switch: configs has no switch {switch!r}")
     if not torch.cuda.is_available():
         parser.error("kernel profiles need CUDA")
     known = {s.name: s for s in GPU_SHAPES}
     rows = []
     for spec in args.shapes:
         shape = known[spec] if spec in known else Shape.parse(spec)
-        for variant, call in op_calls(shape, DTYPES[args.dtype], args.regime).items():
+        for variant, call in switched(op_calls(shape, DTYPES[args.dtype], args.regime), switch, values):
             for _ in range(3):  # compile and warm up outside the profiled range
                 call()
             torch.cuda.synchronize()
@@ -83,7 +122,9 @@ def main(argv=None) -> int:
                              dtype=args.dtype, regime=args.regime, variant=variant, gpu_busy_ms=r["gpu_busy_ms"],
                              kernels=r["kernels"]))
     if args.output and not args.ncu:
-        args.output.write_text(json.dumps(dict(environment=environment("cuda"), rows=rows), indent=1))
+        env = dict(environment("cuda"), command="python -m locat_bench.kernel_profile " + " ".join(
+            argv if argv is not None else sys.argv[1:]))
+        args.output.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
     return 0
 
 

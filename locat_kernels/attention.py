@@ -383,6 +383,9 @@ def _triton_refusal(q) -> str | None:
         return f"the triton kernels take dtypes {TRITON_DTYPES}, got {q.dtype}"
     if D % 8 or not 8 <= D <= configs.MAX_HEAD_DIM:
         return f"the triton kernels take a head_dim that is a multiple of 8 up to {configs.MAX_HEAD_DIM}, got {D}"
+    if q.shape[-2] > configs.MAX_TOKENS:
+        return (f"the triton kernels take at most {configs.MAX_TOKENS} tokens (grid positions in float32), "
+                f"got {q.shape[-2]}")
     return None
 
 

@@ -94,3 +94,22 @@ def test_kernel_profile_says_it_needs_cuda(capsys):
     with pytest.raises(SystemExit):
         kernel_profile.main(["--shapes", "2,2,4,4,1,16"])
     assert "need CUDA" in capsys.readouterr().err
+
+
+def test_kernel_profile_switch_sets_and_restores_configs(capsys):
+    """``--switch NAME=V1,V2``: each fused call runs under each value, SDPA once, the setting restored
+    after each call; a name configs lacks, or a value that is not a literal, is refused by name."""
+    from locat_bench import kernel_profile
+    from locat_kernels.fused import configs
+
+    seen = []
+    calls = dict(gaussian=lambda: seen.append(("g", configs.MAX_GRID_ROWS)),
+                 sdpa=lambda: seen.append(("s", configs.MAX_GRID_ROWS)))
+    before = configs.MAX_GRID_ROWS
+    names = [name for name, call in kernel_profile.switched(calls, "MAX_GRID_ROWS", [2, 7]) if call() or True]
+    assert names == ["gaussian[MAX_GRID_ROWS=2]", "gaussian[MAX_GRID_ROWS=7]", "sdpa"]
+    assert seen == [("g", 2), ("g", 7), ("s", before)] and configs.MAX_GRID_ROWS == before
+    for bad, message in (("NO_SUCH=1", "no switch 'NO_SUCH'"), ("MAX_GRID_ROWS=x y", "Python literals")):
+        with pytest.raises(SystemExit):
+            kernel_profile.main(["--shapes", "2,2,4,4,1,16", "--switch", bad])
+        assert message in capsys.readouterr().err

@@ -56,6 +56,11 @@ def test_triton_backend_checks(device):
     x = torch.randn(1, 2, 13, 16, dtype=torch.float64, device=device)
     with pytest.raises(TypeError, match="take dtypes"):
         _call(q=x, k=x, v=x, var=var.double(), alpha=alpha.double())
+    n = (1 << 22) + 1  # one token past the kernels' limit, as expanded views: no memory
+    x = torch.zeros(1, 1, 1, 16, device=device).expand(1, 2, n, 16)
+    var, alpha = torch.ones(1, 1, 1, 2, device=device).expand(1, 2, n - 1, 2), torch.ones(1, 2, n - 1, device=device)
+    with pytest.raises(ValueError, match="at most 4194304 tokens .* got 4194305"):
+        gaussian_attention(x, x, x, var, alpha, (1, n - 1), num_prefix_tokens=1, backend="triton")
 
 
 def test_auto_falls_back_where_triton_does_not_take_the_input(device):

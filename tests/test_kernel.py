@@ -5,10 +5,13 @@ ViT sizes need CUDA and skip cleanly without it.
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from helpers import NAMES, assert_matches_reference, make_inputs, make_layers, rel_err, run
 from locat_kernels import gaussian_attention, gaussian_attention_reference
 from locat_kernels.fused import configs
+from locat_kernels.fused.tiles import positions
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -177,6 +180,36 @@ def test_factored_key_rows_hold_every_key_tile():
                                 assert max(rows) - rows[0] < meta["KEY_ROWS"], (block_n, gw, rate, P, start)
         finally:
             del configs.OVERRIDES["backward_dkdv"]
+
+
+@triton.jit
+def _positions_kernel(row, col, is_patch, N, GW, P, RATE: tl.constexpr, PATCHES: tl.constexpr,
+                      IN_BOUNDS: tl.constexpr, BLOCK: tl.constexpr):
+    """grid: (tokens / BLOCK,); tiles.positions of BLOCK tokens per program (from token P with PATCHES)."""
+    offs = P * PATCHES + tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    r, c, m, _ = positions(offs, N, GW, P, RATE, False, PATCHES, IN_BOUNDS)
+    tl.store(row + offs, r.to(tl.int32))
+    tl.store(col + offs, c.to(tl.int32))
+    tl.store(is_patch + offs, m.to(tl.int32))
+
+
+@pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)], ids=["any", "patches", "in_bounds"])
+def test_positions_divide_exactly_up_to_2_pow_22(device, flags):
+    """``tiles.positions`` divides by the grid width through a float32 reciprocal: row and column equal
+    integer division for every patch index below 2^22, at widths 1 to 4096 (odd, prime, powers of two),
+    rates 1 and 2, a prefix, and each mask variant (tokens past N with PATCHES: the last patch's)."""
+    patches, in_bounds = flags
+    P, block = 3, 1 << 16
+    for gw in (1, 3, 14, 24, 37, 64, 97, 1021, 4096):
+        for rate in (1, 2):
+            N = P + (1 << 22) - (0 if in_bounds else 5)  # IN_BOUNDS: whole blocks, no token past N
+            offs = torch.arange(P * patches, P * patches + triton.cdiv(N - P * patches, block) * block, device=device)
+            row, col, is_patch = (torch.full((offs[-1] + 1,), -1, dtype=torch.int32, device=device) for _ in range(3))
+            _positions_kernel[(len(offs) // block,)](row, col, is_patch, N, gw, P, rate, patches, in_bounds, block)
+            p = (offs - P).clamp(0, N - 1 - P) if patches else torch.where((offs >= P) & (offs < N), offs - P, 0)
+            assert torch.equal(row[offs], (p // gw // rate * rate).int()), (gw, rate)
+            assert torch.equal(col[offs], (p % gw // rate * rate).int()), (gw, rate)
+            assert torch.equal(is_patch[offs].bool(), (offs >= P) & (offs < N)), (gw, rate)
 
 
 def test_alpha_with_trailing_dim_and_float64_reference_dtype(device):

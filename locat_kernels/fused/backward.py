@@ -80,7 +80,7 @@ def _dq_tiles(
                 b_g = b_fr * b_c
                 b_ec_t = b_ec
             else:
-                row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, False)
+                row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, False)
                 b_er, b_ec_t = exponents(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None],
                                          lo_r[:, None], lo_c[:, None], row_k[None, :], col_k[None, :], CLAMP)
                 b_g = tl.exp2(b_er + b_ec_t)
@@ -219,7 +219,8 @@ def _dkdv_tiles(
     KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
-    transposed (keys x queries); with BIAS the Gaussian: per logit, or with FACTORED as
+    transposed (keys x queries); with BIAS (patch tiles only: their coefficients load without masks,
+    ``row_coefficients``' PATCHES) the Gaussian: per logit, or with FACTORED as
     ``(sel_r @ f_r) * (sel_c @ f_c)``, the row and column factors of each query against the key
     tile's KEY_ROWS rows (from ``row0``) and KEY_COLS columns spread to the keys by one-hot matmuls."""
     for t in range(t_lo, t_hi):
@@ -236,7 +237,8 @@ def _dkdv_tiles(
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
         if BIAS:
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
-                var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+                var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE,
+                PATCHES=True, IN_BOUNDS=not MASKED)
             if FACTORED:
                 rows = row0 + tl.arange(0, KEY_ROWS).to(tl.float32)
                 cols = tl.arange(0, KEY_COLS).to(tl.float32)
@@ -376,7 +378,7 @@ def _dkdv_keys(
 
     b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_KEYS)
     b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_KEYS)
-    row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
+    row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, not CLAMP)
     # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
     row0 = ((tl.maximum(start_n - P, 0) // GW) // RATE * RATE).to(tl.float32)
     if FACTORED:

@@ -83,7 +83,7 @@ def _forward_tiles(
                 _, b_f = grid_row_terms(t, row_q, nh_r, lo_r, log2_amp, RATE, CLAMP, ROWS, COLS, BLOCK_N)
                 b_g = b_f * b_c
             else:
-                row_k, col_k, is_patch_k = positions(offs_n, N, GW, P, RATE, not CLAMP)
+                row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, not CLAMP)
                 b_g = tl.exp2(log2_bias(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None],
                                         lo_r[:, None], lo_c[:, None], log2_amp[:, None], row_k[None, :],
                                         col_k[None, :], is_patch_k[None, :], CLAMP, HAS_PREFIX))

@@ -36,34 +36,54 @@ def program_rows(N, H, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def positions(offs, N, GW, P, RATE: tl.constexpr, FAR: tl.constexpr):
-    """Row and column (float32) of tokens ``offs``, quantized to RATE, and whether each is a patch.
+def positions(offs, N, GW, P, RATE: tl.constexpr, FAR: tl.constexpr, PATCHES: tl.constexpr = False,
+              IN_BOUNDS: tl.constexpr = False):
+    """Row and column (float32) of tokens ``offs``, quantized to RATE, whether each is a patch, and
+    its patch index (0 off patches).
 
     With FAR, non-patch tokens (prefix, or beyond N) sit at +inf: their Gaussian factor is exactly 0.
+    PATCHES: the caller knows every token is at or after the first patch (tokens past N then take the
+    last patch's position); IN_BOUNDS as well that every token is before N: fewer masks. ``p // GW``
+    through a float32 reciprocal: exact while p < 2^22 (the error of ``(p + 1/2) / GW`` stays below
+    ``1/(2 GW)``).
     """
     p = offs - P
-    is_patch = (p >= 0) & (offs < N)
-    p = tl.where(is_patch, p, 0)
-    row = ((p // GW) // RATE * RATE).to(tl.float32)
-    col = ((p % GW) // RATE * RATE).to(tl.float32)
+    if PATCHES and IN_BOUNDS:
+        is_patch = tl.full(offs.shape, 1, tl.int1)
+    elif PATCHES:
+        is_patch = offs < N
+        p = tl.minimum(p, N - 1 - P)
+    else:
+        is_patch = (p >= 0) & (offs < N)
+        p = tl.where(is_patch, p, 0)
+    r = ((p.to(tl.float32) + 0.5) * (1.0 / GW)).to(tl.int32)
+    row = (r // RATE * RATE).to(tl.float32)
+    col = ((p - r * GW) // RATE * RATE).to(tl.float32)
     if FAR:
         row = tl.where(is_patch, row, float("inf"))
         col = tl.where(is_patch, col, float("inf"))
-    return row, col, is_patch
+    return row, col, is_patch, p
 
 
 @triton.jit
 def row_coefficients(var, alpha, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an,
-                     RATE: tl.constexpr):
-    """Per query row: position, ``nh`` and ``lo`` per axis, alpha (0 off patches), is-patch.
-    ``var`` and ``alpha`` point at this program's (batch, head)."""
-    row, col, is_patch = positions(offs_m, N, GW, P, RATE, False)
-    p = tl.where(is_patch, offs_m - P, 0)
-    p_var = var + p * stride_varn
-    inv_r = _LOG2E / (tl.load(p_var, mask=is_patch, other=1.0).to(tl.float32) + eps)
-    inv_c = _LOG2E / (tl.load(p_var + stride_varc, mask=is_patch, other=1.0).to(tl.float32) + eps)
-    a = tl.load(alpha + p * stride_an, mask=is_patch, other=0.0).to(tl.float32)
-    return row, col, -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c, a, is_patch
+                     RATE: tl.constexpr, PATCHES: tl.constexpr = False, IN_BOUNDS: tl.constexpr = False):
+    """Per query row: position, ``nh`` and ``lo`` per axis, alpha, is-patch. ``var`` and ``alpha``
+    point at this program's (batch, head). Alpha is 0 off patches, except with PATCHES (see
+    ``positions``; the dk/dv kernel's patch query tiles), where rows past N read the last patch's
+    var and alpha: no load masks."""
+    row, col, is_patch, p = positions(offs_m, N, GW, P, RATE, False, PATCHES, IN_BOUNDS)
+    if PATCHES:
+        v_r = tl.load(var + p * stride_varn)
+        v_c = tl.load(var + p * stride_varn + stride_varc)
+        a = tl.load(alpha + p * stride_an)
+    else:
+        v_r = tl.load(var + p * stride_varn, mask=is_patch, other=1.0)
+        v_c = tl.load(var + p * stride_varn + stride_varc, mask=is_patch, other=1.0)
+        a = tl.load(alpha + p * stride_an, mask=is_patch, other=0.0)
+    inv_r = _LOG2E / (v_r.to(tl.float32) + eps)
+    inv_c = _LOG2E / (v_c.to(tl.float32) + eps)
+    return row, col, -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c, a.to(tl.float32), is_patch
 
 
 @triton.jit

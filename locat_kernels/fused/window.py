@@ -98,7 +98,7 @@ def _window_logits(
     m_n = offs < N
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
         var_base, alpha_base, offs, N, GW, 0, eps, cmin, stride_varn, stride_varc, stride_an, 1)
-    row_k, col_k, _ = positions(offs, N, GW, 0, 1, False)
+    row_k, col_k, _, _ = positions(offs, N, GW, 0, 1, False)
     b_er, b_ec = exponents(row_q[:, None], col_q[:, None], nh_r[:, None], nh_c[:, None], lo_r[:, None],
                            lo_c[:, None], row_k[None, :], col_k[None, :], CLAMP)
     b_g = tl.exp2(b_er + b_ec)  # (BLOCK, BLOCK): the Gaussian's factor without alpha
