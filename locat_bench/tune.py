@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="JSON of every timing")
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--shapes", nargs="*", help="sweep: shape names or B,H,gh,gw,P,D (default: all)")
-    parser.add_argument("--configs", nargs="*", help="only these candidates, as BLOCK_M,BLOCK_N,warps,stages")
+    parser.add_argument("--configs", nargs="*", help="sweep: these configs instead of the kernel's candidates; "
+                        "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages")
     parser.add_argument("--default-switch", action="store_true",
                         help="sweep: only the default layout (grid tiles, factored dk/dv), not the A/B")
     parser.add_argument("--table", action="store_true", help="time the config table's entries for this GPU")
@@ -83,9 +84,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.write and not args.table:
         parser.error("--write goes with --table")
+    try:
+        only = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
+    except ValueError:
+        only = None
+    if args.configs and (only is None or any(len(c) != 4 for c in only)):
+        parser.error(f"--configs takes BLOCK_M,BLOCK_N,warps,stages per config, got {args.configs}")
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
-    only = {tuple(int(x) for x in c.split(",")) for c in args.configs} if args.configs else None
     command = "python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     env = dict(environment("cuda"), command=command)
     rows = []
@@ -114,9 +120,8 @@ def main(argv=None) -> int:
             for kernel in args.kernels:
                 switch, values = SWITCHES[kernel]
                 for value in (getattr(configs, switch),) if args.default_switch else values:
-                    for cand in CANDIDATES[kernel]:
-                        if not only or cand in only:
-                            timer(kernel, spec, torch.bfloat16, cand, switch, value)
+                    for cand in only or CANDIDATES[kernel]:  # --configs: exactly those, in order
+                        timer(kernel, spec, torch.bfloat16, cand, switch, value)
     args.output.write_text(json.dumps(dict(environment=env, regime=args.regime, rows=rows), indent=1))
     return 0
 

@@ -89,3 +89,16 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
                for e in json.loads(path.read_text())["archs"]["sm_80"]["entries"]}
     assert "not measured on sm_80" in sources[unmeasured]
     assert all("Test GPU" in sources[k] for k in winners)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
+def test_tune_names_a_bad_configs_argument(capsys):
+    """``--configs`` takes four integers per config; anything else is refused naming the flag (before
+    the CUDA check), not a traceback."""
+    for bad in (["64,64,4"], ["64,64,4,x"]):
+        with pytest.raises(SystemExit):
+            tune.main(["--output", "t.json", "--configs", *bad])
+        assert "--configs takes BLOCK_M,BLOCK_N,warps,stages" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tune.main(["--output", "t.json", "--configs", "64,64,4,3"])
+    assert "tuning needs CUDA" in capsys.readouterr().err
