@@ -194,15 +194,15 @@ def _positions_kernel(row, col, is_patch, N, GW, P, RATE: tl.constexpr, PATCHES:
 
 
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)], ids=["any", "patches", "in_bounds"])
-def test_positions_divide_exactly_up_to_2_pow_22(device, flags):
+def test_positions_divide_exactly_up_to_2_pow_20(device, flags):
     """``tiles.positions`` divides by the grid width through a float32 reciprocal: row and column equal
-    integer division for every patch index below 2^22, at widths 1 to 4096 (odd, prime, powers of two),
+    integer division for every patch index below 2^20 (configs.MAX_TOKENS), at widths 1 to 4096 (odd, prime, powers of two),
     rates 1 and 2, a prefix, and each mask variant (tokens past N with PATCHES: the last patch's)."""
     patches, in_bounds = flags
     P, block = 3, 1 << 16
     for gw in (1, 3, 14, 24, 37, 64, 97, 1021, 4096):
         for rate in (1, 2):
-            N = P + (1 << 22) - (0 if in_bounds else 5)  # IN_BOUNDS: whole blocks, no token past N
+            N = P + configs.MAX_TOKENS - (0 if in_bounds else 5)  # IN_BOUNDS: whole blocks, no token past N
             offs = torch.arange(P * patches, P * patches + triton.cdiv(N - P * patches, block) * block, device=device)
             row, col, is_patch = (torch.full((offs[-1] + 1,), -1, dtype=torch.int32, device=device) for _ in range(3))
             _positions_kernel[(len(offs) // block,)](row, col, is_patch, N, gw, P, rate, patches, in_bounds, block)

@@ -39,13 +39,13 @@ def program_rows(N, H, BLOCK: tl.constexpr):
 def positions(offs, N, GW, P, RATE: tl.constexpr, FAR: tl.constexpr, PATCHES: tl.constexpr = False,
               IN_BOUNDS: tl.constexpr = False):
     """Row and column (float32) of tokens ``offs``, quantized to RATE, whether each is a patch, and
-    its patch index (0 off patches).
+    its patch index (0 off patches; with PATCHES, past N the last patch's).
 
     With FAR, non-patch tokens (prefix, or beyond N) sit at +inf: their Gaussian factor is exactly 0.
     PATCHES: the caller knows every token is at or after the first patch (tokens past N then take the
     last patch's position); IN_BOUNDS as well that every token is before N: fewer masks. ``p // GW``
-    through a float32 reciprocal: exact while p < 2^22 (the error of ``(p + 1/2) / GW`` stays below
-    ``1/(2 GW)``).
+    through a float32 reciprocal: exact while p < 2^20 (the reciprocal within 2 ulp, the product
+    rounded: ``(p + 1/2) / GW`` off by less than the ``1/(2 GW)`` its fraction keeps from an integer).
     """
     p = offs - P
     if PATCHES and IN_BOUNDS:
