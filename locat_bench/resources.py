@@ -8,7 +8,11 @@ recorded instead of run, compiles every recorded launch for the target with Trit
 usage from the cubin (``cuobjdump -res-usage``, shipped with Triton). Per kernel: the launch config,
 registers per thread, STACK (bytes per thread of local memory: > 0 means spills), and the shared
 memory the launch needs. The configs are those the table gives on sm_90 (``--override`` swaps a
-kernel's). Run it without ``TRITON_INTERPRET``; it replaces Triton's driver for its whole process.
+kernel's). ``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
+(one per backward branch, in address order: a sweep's far / near / far ranges) with the instructions
+of each body and its most frequent opcodes, the count that tells a lean loop from a heavy one before
+any GPU time (benchmarks/NOTES.md, v13). Run it without ``TRITON_INTERPRET``; it replaces Triton's
+driver for its whole process.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -37,6 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability to compile for (90: H100, H200)")
     parser.add_argument("--override", nargs="*", default=[], metavar="KERNEL=M,N,WARPS,STAGES",
                         help="a config for backward_dq, backward_dkdv or forward instead of the table's")
+    parser.add_argument("--loops", action="store_true", help="also each kernel's loops: instructions per iteration")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -58,10 +64,13 @@ def main(argv=None) -> int:
             assert len(shape) == 6
         except (ValueError, AssertionError):
             parser.error(f"a shape is B,H,gh,gw,P,D, got {spec!r}")
-        for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides):
+        for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides, args.loops):
             row = dict(shape=spec, rate=args.rate, dtype=args.dtype, **row)
             print(f"{spec:>20} {row['kernel']:<14} config {str(row['config']):<18} regs {row['regs']:>3}  "
                   f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB", flush=True)
+            for i, loop in enumerate(row.get("loops", [])):
+                ops = ", ".join(f"{op} {n}" for op, n in loop["opcodes"].items())
+                print(f"{'':>22}loop {i}: {loop['instructions']:5d} instructions ({ops})")
             rows.append(row)
     if args.output:
         env = dict(triton=triton.__version__, torch=torch.__version__, target=f"sm_{args.arch}",
@@ -71,8 +80,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def resources(shape, rate: int, dtype, arch: int, overrides: dict) -> list[dict]:
-    """One row per launch of the LocAt layer's forward and backward at ``shape``."""
+def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool = False) -> list[dict]:
+    """One row per launch of the LocAt layer's forward and backward at ``shape`` (with ``loops``, each
+    kernel's ``sass_loops`` too)."""
     triton.runtime.driver.set_active(_TargetOnly(arch))
     from locat_kernels import fused, gaussian_clamp, gaussian_eps
     from locat_kernels.fused import configs
@@ -107,7 +117,25 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict) -> list[dict]
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
                          flags={k: v for k, v in kwargs.items() if k in ("FACTORED", "ROWS", "COLS", "KEY_ROWS",
                                                                           "KEY_COLS", "CLAMP", "RATE")}))
+        if loops:
+            rows[-1]["loops"] = sass_loops(_cuobjdump(compiled.asm["cubin"], "-sass"))
     return rows
+
+
+def sass_loops(sass: str, top: int = 8) -> list[dict]:
+    """The loops of one kernel's SASS listing: one per backward branch, in address order, each with the
+    instructions of its body (branch target to the branch) and its ``top`` most frequent opcodes."""
+    instrs = [(int(addr, 16), text) for addr, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    index = {addr: i for i, (addr, _) in enumerate(instrs)}
+    loops = []
+    for i, (addr, text) in enumerate(instrs):
+        branch = re.search(r"\bBRA\s+(?:`\()?(0x[0-9a-f]+)", text)
+        target = int(branch.group(1), 16) if branch else None
+        if target is not None and target < addr and target in index:
+            body = [t for _, t in instrs[index[target]:i + 1]]
+            ops = Counter(re.sub(r"^@!?U?PT?\d*\s+", "", t).split()[0].split(".")[0] for t in body)
+            loops.append(dict(instructions=len(body), opcodes=dict(ops.most_common(top))))
+    return loops
 
 
 class _TargetOnly:
@@ -131,12 +159,17 @@ class _TargetOnly:
 
 def _resource_usage(cubin: bytes) -> dict:
     """ptxas's REG, STACK, SHARED, LOCAL of the one function in a cubin."""
+    text = _cuobjdump(cubin, "-res-usage")
+    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+
+
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """What Triton's bundled cuobjdump prints for a cubin with ``flag``."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "kernel.cubin"
         path.write_bytes(cubin)
-        text = subprocess.run([str(tool), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
-    return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+        return subprocess.run([str(tool), flag, str(path)], capture_output=True, text=True, check=True).stdout
 
 
 if __name__ == "__main__":

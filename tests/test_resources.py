@@ -18,7 +18,7 @@ def test_reports_each_kernels_resources(tmp_path):
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     out = tmp_path / "res.json"
     done = subprocess.run([sys.executable, "-m", "locat_bench.resources", "--shapes", "2,2,4,4,1,16", "--rate", "2",
-                           "--override", "backward_dkdv=32,32,4,2", "--output", str(out)],
+                           "--override", "backward_dkdv=32,32,4,2", "--loops", "--output", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -27,6 +27,29 @@ def test_reports_each_kernels_resources(tmp_path):
         assert 16 <= r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] > 0, r
     dkdv = rows[3]
     assert dkdv["config"] == [32, 32, 4, 2] and dkdv["flags"]["RATE"] == 2  # the override and the rate arrive
+    for r in rows[1:4]:  # --loops: each attention kernel's far / near / far sweep, the near range the heaviest
+        loops = [loop["instructions"] for loop in r["loops"]]
+        assert len(loops) >= 3 and max(loops) > min(loops) > 0, (r["kernel"], r["loops"])
+        assert all(sum(loop["opcodes"].values()) <= loop["instructions"] for loop in r["loops"])
+
+
+def test_sass_loops_reads_back_edges():
+    """A listing with one forward and two backward branches (a loop inside a loop): two loops, their
+    bodies counted from the branch target to the branch, opcodes without predicates or modifiers."""
+    from locat_bench.resources import sass_loops
+
+    sass = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FFMA R2, R3, R4, R5 ;
+        /*0020*/               @P0 FMUL.FTZ R2, R2, R2 ;
+        /*0030*/               @P1 BRA 0x10 ;
+        /*0040*/              @!P2 BRA 0x60 ;
+        /*0050*/                   MUFU.EX2 R2, R2 ;
+        /*0060*/                   BRA 0x0 ;
+        /*0070*/                   EXIT ;
+    """
+    assert sass_loops(sass) == [dict(instructions=3, opcodes={"FFMA": 1, "FMUL": 1, "BRA": 1}),
+                                dict(instructions=7, opcodes={"BRA": 3, "MOV": 1, "FFMA": 1, "FMUL": 1, "MUFU": 1})]
 
 
 def test_refuses_bad_arguments_by_name():
