@@ -196,8 +196,9 @@ def _positions_kernel(row, col, is_patch, N, GW, P, RATE: tl.constexpr, PATCHES:
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (True, True)], ids=["any", "patches", "in_bounds"])
 def test_positions_divide_exactly_up_to_2_pow_20(device, flags):
     """``tiles.positions`` divides by the grid width through a float32 reciprocal: row and column equal
-    integer division for every patch index below 2^20 (configs.MAX_TOKENS), at widths 1 to 4096 (odd, prime, powers of two),
-    rates 1 and 2, a prefix, and each mask variant (tokens past N with PATCHES: the last patch's)."""
+    integer division for every patch index below 2^20 (configs.MAX_TOKENS), at widths 1 to 4096 (odd,
+    prime, powers of two), rates 1 and 2, a prefix, and each mask variant (tokens past N with PATCHES:
+    the last patch's)."""
     patches, in_bounds = flags
     P, block = 3, 1 << 16
     for gw in (1, 3, 14, 24, 37, 64, 97, 1021, 4096):
