@@ -96,6 +96,19 @@ def test_kernel_profile_says_it_needs_cuda(capsys):
     assert "need CUDA" in capsys.readouterr().err
 
 
+def test_tune_gaug_checks_shapes_then_needs_cuda(capsys, tmp_path):
+    """``tune_gaug`` refuses a malformed shape by name (before anything runs), and without CUDA says so."""
+    from locat_bench import tune_gaug
+
+    with pytest.raises(SystemExit):
+        tune_gaug.main(["--output", str(tmp_path / "g.json"), "--shapes", "2,2,4,4,1,16"])
+    assert "seven integers" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            tune_gaug.main(["--output", str(tmp_path / "g.json"), "--shapes", "2,2,4,4,1,16,1"])
+        assert "needs CUDA" in capsys.readouterr().err
+
+
 def test_kernel_profile_switch_sets_and_restores_configs(capsys):
     """``--switch NAME=V1,V2``: each fused call runs under each value, SDPA once, the setting restored
     after each call; a name configs lacks, or a value that is not a literal, is refused by name."""

@@ -69,7 +69,7 @@ def _dq_tiles(
     dS g, dS g e_r and dS g e_c, the Gaussian from the column tables ``b_ec`` (e_c) and ``b_c``
     (its exp2) on grid tiles, per logit on token tiles."""
     for t in range(t_lo, t_hi):
-        offs_n, m_n = tile_keys(t, N, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
         b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
         b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)

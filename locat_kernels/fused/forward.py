@@ -73,7 +73,7 @@ def _forward_tiles(
     """Online softmax over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS the Gaussian,
     on grid tiles as the row factor times the column table ``b_c``, on token tiles per logit."""
     for t in range(t_lo, t_hi):
-        offs_n, m_n = tile_keys(t, N, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
         b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
         b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)

@@ -24,7 +24,13 @@ import triton.language as tl
 from . import configs
 from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
 
-_BLOCK_P = 64  # patches (or pooled blocks) per step of a program's loop
+# (BLOCK_P patches or pooled blocks per program step, num_warps) of each launch, by rate (H200, model shapes
+# and strides: results/gaug_sweep_v14_H200.json). The backward does little work per patch row: at rate 1
+# one warp on 16 patches (many programs in flight, reductions within a warp) ran 23-35% faster than
+# (64, 4); at rate 2 (four patch rows per block) (64, 2) ran 7% faster. The forward's (64, 4) is within 12%
+# of each shape's best.
+FORWARD_CONFIG = {1: (64, 4), 2: (64, 4)}
+BACKWARD_CONFIG = {1: (16, 1), 2: (64, 2)}
 
 
 def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate,
@@ -36,7 +42,7 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
     configs.launcher(_gaug_forward_kernel, traced)[(B * H,)](
         q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, *q.stride()[:3], w_var.stride(0),
         H, gh, gw, num_prefix_tokens, shift, var_scale, eps,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, BLOCK_P=_block_p(), num_warps=4,
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, rate),
     )
     return var, alpha, radius
 
@@ -44,20 +50,22 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
 def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
                   rate, traced=False):
     B, H, _, D = q.shape
-    chunks = triton.cdiv((gh // rate) * (gw // rate), _block_p())
+    config = _config(BACKWARD_CONFIG, rate)
+    chunks = triton.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
     partial = configs.empty((B * H * chunks, 3 * D + 3), q, torch.float32)
     configs.launcher(_gaug_backward_kernel, traced)[(B * H, chunks)](
         q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
         w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, BLOCK_P=_block_p(), num_warps=4,
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, **config,
     )
     g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
     return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
             g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
 
 
-def _block_p():
-    return 16 if configs.INTERPRET else _BLOCK_P
+def _config(table, rate):
+    block_p, warps = (16, 1) if configs.INTERPRET else table[min(rate, 2)]
+    return dict(BLOCK_P=block_p, num_warps=warps)
 
 
 @triton.jit

@@ -208,7 +208,7 @@ def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr
 
 
 @triton.jit
-def tile_keys(t, N, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+def tile_keys(t, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
     """Token offsets of key tile ``t`` and which slots hold a key. ROWS = 0: token tile ``t`` of
     BLOCK_N consecutive tokens before ``end``. Else grid tile ``t`` of the patches: its first ROWS
     COLS slots hold ROWS grid rows, slot s the patch at grid row ``t ROWS + s // COLS``, column
@@ -221,9 +221,9 @@ def tile_keys(t, N, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOC
             col = s % COLS
             offs = P + row * GW + col
             valid = (col < GW) & (row < GH)
-        else:  # packed: COLS = GW
+        else:  # packed: COLS = GW; a slot's row in the tile is loop-invariant, so one compare a tile
             offs = P + t * (ROWS * COLS) + s
-            valid = (s < ROWS * COLS) & (offs < N)
+            valid = (s < ROWS * COLS) & (s // COLS < GH - t * ROWS)
     else:
         offs = t * BLOCK_N + s
         valid = offs < end
