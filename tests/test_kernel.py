@@ -162,6 +162,27 @@ def test_split_prefix_only_where_the_prefix_adds_a_key_tile():
         del configs.OVERRIDES["backward_dkdv"]
 
 
+@pytest.mark.parametrize("kernel", ["forward", "backward_dq"])
+def test_prefix_rows_get_a_program_of_their_own(monkeypatch, kernel):
+    """The forward and dq split their query tiles the same way: at 384 px (577 tokens, 64-query tiles)
+    9 patch tiles with no bounds masks and one program of the prefix row, not 10 tiles whose last holds
+    one token; at 224 px with 128-query tiles (2 tiles either way), without prefix tokens, and with more
+    prefix tokens than a BLOCK_P program holds, token tiles from 0. The float64 cases of SMALL run the
+    split under the interpreter ((8, 8) and (3, 16) with 1 prefix token, (10, 3) with 3)."""
+    q = torch.empty(1, 1, 1, 64, device="meta")
+
+    def meta(n, gw, p, config=(64, 64, 4, 3)):
+        monkeypatch.setitem(configs.OVERRIDES, kernel, config)
+        m = configs.launch_meta(kernel, q.expand(1, 1, n, 64), gw, p, -8.0, 1)
+        return m["SPLIT_PREFIX"], m["EVEN_M"], configs.query_tiles(n, p, m)
+
+    assert meta(577, 24, 1) == (True, True, 10)  # 9 patch tiles + the prefix program
+    assert meta(576, 24, 0) == (False, True, 9)
+    assert meta(576 + 17, 24, 17) == (True, True, 10)  # BLOCK_P 32 (next_pow2(17)) holds them
+    assert meta(576 + 65, 24, 65) == (False, False, 11)  # more than BLOCK_P (at most BLOCK_N) holds
+    assert meta(197, 14, 1, (128, 64, 4, 3)) == (False, False, 2)
+
+
 def test_factored_key_rows_hold_every_key_tile():
     """KEY_ROWS covers the quantized rows of every key tile's patches (counted from the first
     patch's), at every tile start, grid width, rate and prefix, brute force."""

@@ -21,7 +21,7 @@ import triton.language as tl
 from . import configs
 from .tiles import (
     LOG2E, _LOG2E, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles,
-    near_token_tiles, positions, program_rows, row_coefficients, store_rows, tile_keys,
+    near_token_tiles, positions, program_tile, row_coefficients, store_rows, tile_keys,
 )
 
 
@@ -37,7 +37,7 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
-    configs.launcher(_backward_dq_kernel, traced)[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+    configs.launcher(_backward_dq_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
         q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
@@ -137,35 +137,70 @@ def _backward_dq_kernel(
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
     H, N, GW, P, qk_scale, scale, eps, cmin,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-    FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """grid: (cdiv(N, BLOCK_M) * B * H,), one program per (query tile, batch*head).
-
-    Owns BLOCK_M query rows: writes their delta, then loops over all keys (as the forward does) for
-    dq and the row reductions that give dvar and dalpha.
+    """grid: (query tiles * B * H,), one program per (query tile, batch*head), tiles as the forward's
+    (``_forward_kernel``: with SPLIT_PREFIX the patches' tiles from token P, then the BLOCK_P prefix
+    rows, which have no bias). Each program is ``_dq_rows``.
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
-    bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
+    bh, _, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
+    q_base, k_base = q + b * stride_qb + h * stride_qh, k + b * stride_kb + h * stride_kh
+    v_base, o_base = v + b * stride_vb + h * stride_vh, o + b * stride_ob + h * stride_oh
+    do_base, dq_base = do + b * stride_dob + h * stride_doh, dq + b * stride_dqb + h * stride_dqh
+    var_base, alpha_base = var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah
+    dvar_base, dalpha_base = dvar + b * stride_dvarb + h * stride_dvarh, dalpha + b * stride_dab + h * stride_dah
+    row_base = bh.to(tl.int64) * N
+    if is_prefix:
+        _dq_rows(
+            q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
+            dq_base, dvar_base, dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn,
+            stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale,
+            scale, eps, cmin, -GH - 2, 0, P,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_P,
+            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+    else:
+        _dq_rows(
+            q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
+            dq_base, dvar_base, dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn,
+            stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale,
+            scale, eps, cmin, tl.load(radius + bh), start_m, N,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
-    b_q = load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_N)
-    b_o = load_rows(o + b * stride_ob + h * stride_oh, offs_m, stride_on, m_m, D, D_PAD, not EVEN_N)
-    b_do = load_rows(do + b * stride_dob + h * stride_doh, offs_m, stride_don, m_m, D, D_PAD, not EVEN_N)
-    p_lse = lse + bh.to(tl.int64) * N + offs_m
-    b_lse = tl.load(p_lse) if EVEN_N else tl.load(p_lse, mask=m_m, other=0.0)
+
+@triton.jit
+def _dq_rows(
+    q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse_base, delta_base, dq_base, dvar_base,
+    dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, stride_varn, stride_varc,
+    stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale, scale, eps, cmin, r, start_m, end_m,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """The BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one (batch, head) (the
+    bases point at it): writes their delta, then loops over all keys (as the forward does) for dq and
+    the row reductions that give dvar and dalpha; the Gaussian on the tiles within radius ``r``."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    m_m = offs_m < end_m
+    b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_M)
+    b_o = load_rows(o_base, offs_m, stride_on, m_m, D, D_PAD, not EVEN_M)
+    b_do = load_rows(do_base, offs_m, stride_don, m_m, D, D_PAD, not EVEN_M)
+    b_lse = tl.load(lse_base + offs_m) if EVEN_M else tl.load(lse_base + offs_m, mask=m_m, other=0.0)
     b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
-    tl.store(delta + bh.to(tl.int64) * N + offs_m, b_delta, mask=m_m)
-
+    tl.store(delta_base + offs_m, b_delta, mask=m_m)
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
-        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-        offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
-    r = tl.load(radius + bh)
+        var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
 
-    k_base = k + b * stride_kb + h * stride_kh
-    v_base = v + b * stride_vb + h * stride_vh
     b_dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     b_dalpha = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g
     b_sum_r = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g e_r
@@ -194,15 +229,15 @@ def _backward_dq_kernel(
             b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
             RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
-    store_rows(dq + b * stride_dqb + h * stride_dqh, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
+    store_rows(dq_base, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
     # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
     # The patch rows from index math (see gaug._block_corners), not from row_coefficients' loads.
     is_patch_q = (offs_m >= P) & m_m
     p = tl.where(is_patch_q, offs_m - P, 0)
-    p_dvar = dvar + b * stride_dvarb + h * stride_dvarh + p * stride_dvarn
+    p_dvar = dvar_base + p * stride_dvarn
     tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
     tl.store(p_dvar + stride_dvarc, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), mask=is_patch_q)
-    tl.store(dalpha + b * stride_dab + h * stride_dah + p * stride_dan, b_dalpha, mask=is_patch_q)
+    tl.store(dalpha_base + p * stride_dan, b_dalpha, mask=is_patch_q)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,15 +351,8 @@ def _backward_dkdv_kernel(
     its keys over all queries. EVEN_N: the key tiles need no bounds masks. Needs the delta written by
     the dq kernel.
     """
-    pid = tl.program_id(0)
-    if SPLIT_PREFIX:
-        num = tl.cdiv(N - P, BLOCK_N) + 1
-        first = P
-    else:
-        num = tl.cdiv(N, BLOCK_N)
-        first = 0
-    bh, tile = pid // num, pid % num
-    if SPLIT_PREFIX and tile == num - 1:
+    bh, _, is_prefix, start_n = program_tile(N, P, BLOCK_N, SPLIT_PREFIX)
+    if is_prefix:
         _dkdv_keys(
             q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
             stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
@@ -338,8 +366,7 @@ def _backward_dkdv_kernel(
             q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
             stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
             stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh, stride_varn,
-            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
-            first + tile * BLOCK_N, N,
+            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N, EVEN_PATCHES=EVEN_PATCHES,
             CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
             NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)

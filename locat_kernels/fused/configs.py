@@ -164,7 +164,6 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
     gh = (N - P) // gw
     meta = dict(
         D=D, D_PAD=padded_head_dim(D), HAS_PREFIX=P > 0, RATE=rate,
-        EVEN_N=N % cfg["BLOCK_M"] == 0 and N % cfg["BLOCK_N"] == 0,  # no bounds masks
         # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
         # fp32 inputs get exact products (no tf32); the flag is ignored for fp16/bf16 operands.
@@ -176,8 +175,14 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
                                     max(16, 1 << (P - 1).bit_length()))
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
-        # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile.
-        meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0)
+        # Query tiles from the first patch and the prefix rows a program of BLOCK_P rows, where the prefix
+        # would otherwise add a tile (577 tokens in 64-query tiles: 10 tiles, the last holding one token).
+        split = 0 < P <= block_p and -(-(N - P) // cfg["BLOCK_M"]) < -(-N // cfg["BLOCK_M"])
+        # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile. EVEN_M: the query
+        # tiles need no bounds masks; EVEN_N: the token key tiles neither.
+        meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0,
+                    SPLIT_PREFIX=split, EVEN_M=(N - P if split else N) % cfg["BLOCK_M"] == 0,
+                    EVEN_N=N % cfg["BLOCK_N"] == 0)
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())
@@ -187,6 +192,14 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         meta.update(EVEN_N=(N - P if split else N) % cfg["BLOCK_N"] == 0, EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0,
                     FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split)
     return meta
+
+
+def query_tiles(N: int, P: int, meta: dict) -> int:
+    """Programs per (batch, head) of the forward and dq kernels: query tiles of BLOCK_M, and with
+    SPLIT_PREFIX the patches' tiles plus one program of the prefix rows."""
+    if meta["SPLIT_PREFIX"]:
+        return -(-(N - P) // meta["BLOCK_M"]) + 1
+    return -(-N // meta["BLOCK_M"])
 
 
 def launcher(kernel, traced: bool):

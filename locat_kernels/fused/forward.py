@@ -28,7 +28,7 @@ import triton.language as tl
 from . import configs
 from .tiles import (
     LOG2E, _LOG2E, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles, near_token_tiles,
-    positions, program_rows, radius_of, row_coefficients, tile_keys,
+    positions, program_tile, radius_of, row_coefficients, tile_keys,
 )
 
 
@@ -42,7 +42,7 @@ def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, c
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
     meta = configs.launch_meta("forward", q, gw, num_prefix_tokens, cmin, rate)
-    configs.launcher(_forward_kernel, traced)[(triton.cdiv(N, meta["BLOCK_M"]) * B * H,)](
+    configs.launcher(_forward_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
         q, k, v, var, alpha, radius, out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         *var.stride(), *alpha.stride(),
@@ -130,39 +130,72 @@ def _forward_kernel(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, eps, cmin,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-    FULL_TILES: tl.constexpr, FIND_RADIUS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """grid: (cdiv(N, BLOCK_M) * B * H,), query tiles fastest so neighbours share K/V in L2.
+    """grid: (query tiles * B * H,), query tiles fastest so neighbours share K/V in L2.
 
     A program owns BLOCK_M query rows of one (batch, head): one pass over all keys, then stores
-    their out rows and lse. With FIND_RADIUS it reads its (batch, head)'s var and alpha maxima for
-    the radius (cheaper than a launch) and the first query tile's program stores it.
+    their out rows and lse. Query tiles of BLOCK_M tokens from token 0, cdiv(N, BLOCK_M) of them; with
+    SPLIT_PREFIX (set where the prefix tokens would add a tile: 577 tokens in 64-query tiles)
+    cdiv(N - P, BLOCK_M) tiles of patches from token P, then one program of the BLOCK_P prefix rows,
+    which have no bias (every key tile far). EVEN_M: the patch (or token) tiles need no row masks;
+    EVEN_N: N is a multiple of BLOCK_N. With FIND_RADIUS each patch program reads its (batch, head)'s
+    var and alpha maxima for the radius (cheaper than a launch) and the first stores it.
     """
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
-    bh, b, h, start_m, offs_m, m_m = program_rows(N, H, BLOCK_M)
+    bh, tile, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
-
-    b_q = load_rows(q + b * stride_qb + h * stride_qh, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_N)
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
-        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-        offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
-    log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
-    if FIND_RADIUS:
-        if CLAMP:  # the clamp keeps far biases at their floor: no skipping
-            r = GH
-        else:
-            r = radius_of(var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah,
-                          stride_varn, stride_an, N - P, eps, GH)
-        tl.store(radius + bh, r, mask=start_m == 0)
+    q_base, o_base = q + b * stride_qb + h * stride_qh, o + b * stride_ob + h * stride_oh
+    k_base, v_base = k + b * stride_kb + h * stride_kh, v + b * stride_vb + h * stride_vh
+    var_base, alpha_base = var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah
+    lse_base = lse + bh.to(tl.int64) * N
+    if is_prefix:
+        _forward_rows(
+            q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
+            stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, -GH - 2, 0, P,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_P,
+            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
-        r = tl.load(radius + bh)
+        if FIND_RADIUS:
+            if CLAMP:  # the clamp keeps far biases at their floor: no skipping
+                r = GH
+            else:
+                r = radius_of(var_base, alpha_base, stride_varn, stride_an, N - P, eps, GH)
+            tl.store(radius + bh, r, mask=tile == 0)
+        else:
+            r = tl.load(radius + bh)
+        _forward_rows(
+            q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
+            stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, N,
+            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
-    k_base = k + b * stride_kb + h * stride_kh
-    v_base = v + b * stride_vb + h * stride_vh
+
+@triton.jit
+def _forward_rows(
+    q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn, stride_on,
+    stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, end_m,
+    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
+    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    """out and lse of the BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one
+    (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    m_m = offs_m < end_m
+    b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_M)
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
+        var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+    log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
+
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
@@ -191,11 +224,10 @@ def _forward_kernel(
 
     b_acc = b_acc / b_l[:, None]
     offs_d = tl.arange(0, D_PAD)
-    p_o = o + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
-    p_lse = lse + bh.to(tl.int64) * N + offs_m
-    if EVEN_N and D == D_PAD:
-        tl.store(p_o, b_acc.to(o.dtype.element_ty))
-        tl.store(p_lse, b_m + tl.log2(b_l))
+    p_o = o_base + offs_m[:, None] * stride_on + offs_d[None, :]
+    if EVEN_M and D == D_PAD:
+        tl.store(p_o, b_acc.to(o_base.dtype.element_ty))
+        tl.store(lse_base + offs_m, b_m + tl.log2(b_l))
     else:
-        tl.store(p_o, b_acc.to(o.dtype.element_ty), mask=m_m[:, None] & (offs_d < D)[None, :])
-        tl.store(p_lse, b_m + tl.log2(b_l), mask=m_m)
+        tl.store(p_o, b_acc.to(o_base.dtype.element_ty), mask=m_m[:, None] & (offs_d < D)[None, :])
+        tl.store(lse_base + offs_m, b_m + tl.log2(b_l), mask=m_m)

@@ -23,16 +23,21 @@ _RADIUS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (
 
 
 @triton.jit
-def program_rows(N, H, BLOCK: tl.constexpr):
-    """This program's (batch*head) ``bh``, its batch and head (int64), and the BLOCK rows of N it
-    owns: first row, offsets, in-bounds mask. Programs run row tiles fastest, so the tiles of one
-    (batch, head) run together and share its K/V (or Q/dO) in L2."""
+def program_tile(N, P, BLOCK: tl.constexpr, SPLIT_PREFIX: tl.constexpr):
+    """This program's (batch*head) ``bh``, its tile index, whether it is the prefix tokens' program and
+    the first token of its tile. Tiles of BLOCK tokens from token 0, cdiv(N, BLOCK) per (batch, head);
+    with SPLIT_PREFIX cdiv(N - P, BLOCK) tiles from token P (the patches), then one program of the P
+    prefix tokens. Tiles run fastest, so those of one (batch, head) run together and share its K/V
+    (or Q/dO) in L2."""
     pid = tl.program_id(0)
-    num = tl.cdiv(N, BLOCK)
-    bh = pid // num
-    start = (pid % num) * BLOCK
-    offs = start + tl.arange(0, BLOCK)
-    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), start, offs, offs < N
+    if SPLIT_PREFIX:
+        num = tl.cdiv(N - P, BLOCK) + 1
+        first = P
+    else:
+        num = tl.cdiv(N, BLOCK)
+        first = 0
+    bh, tile = pid // num, pid % num
+    return bh, tile, SPLIT_PREFIX and tile == num - 1, first + tile * BLOCK
 
 
 @triton.jit
