@@ -25,10 +25,10 @@ _RADIUS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (
 @triton.jit
 def program_tile(N, P, BLOCK: tl.constexpr, SPLIT_PREFIX: tl.constexpr):
     """This program's (batch*head) ``bh``, its tile index, whether it is the prefix tokens' program and
-    the first token of its tile. Tiles of BLOCK tokens from token 0, cdiv(N, BLOCK) per (batch, head);
-    with SPLIT_PREFIX cdiv(N - P, BLOCK) tiles from token P (the patches), then one program of the P
-    prefix tokens. Tiles run fastest, so those of one (batch, head) run together and share its K/V
-    (or Q/dO) in L2."""
+    the first token of its tile (the prefix program's rows are simply 0 to P). Tiles of BLOCK tokens
+    from token 0, cdiv(N, BLOCK) per (batch, head); with SPLIT_PREFIX cdiv(N - P, BLOCK) tiles from
+    token P (the patches), then one program of the P prefix tokens. Tiles run fastest, so those of one
+    (batch, head) run together and share its K/V (or Q/dO) in L2."""
     pid = tl.program_id(0)
     if SPLIT_PREFIX:
         num = tl.cdiv(N - P, BLOCK) + 1
