@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 
 from locat_kernels import gaussian_attention
 
-from .cli import environment
+from .cli import write_rows
 from .timing import cuda_median_ms
 
 # Swin-T at 224 px, batch 128: 56/28/14/7 px maps in 7 x 7 windows; 3/6/12/24 heads of 32
@@ -38,9 +37,7 @@ def main(argv=None) -> int:
         row = dict(shape=spec, **time_shape(*(int(x) for x in spec.split(","))))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    env = dict(environment("cuda"), command="python -m locat_bench.bench_window " +
-               " ".join(argv if argv is not None else sys.argv[1:]))
-    args.output.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+    write_rows(args.output, "locat_bench.bench_window", argv, rows)
     print(f"wrote {args.output}")
     return 0
 

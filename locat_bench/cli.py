@@ -194,6 +194,14 @@ def environment(device: str) -> dict:
     )
 
 
+def write_rows(path, module: str, argv, rows: list[dict]) -> None:
+    """``{"environment", "rows"}`` JSON at ``path``: this CUDA machine's environment with the command that
+    made the rows, ``python -m MODULE ARGS`` (``argv``, or this process's arguments when None)."""
+    args = argv if argv is not None else sys.argv[1:]
+    env = dict(environment("cuda"), command=f"python -m {module} " + " ".join(args))
+    Path(path).write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+
+
 def print_ratios(ratios: list[dict]) -> None:
     print("\ntime over the floor (SDPA without bias; lower is better): CUDA-graph replays, plain calls; and over locat:")
     keys = ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor", "fwd_plain_ms_over_floor", "fwd_bwd_plain_ms_over_floor",

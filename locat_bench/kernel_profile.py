@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
-import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +24,7 @@ from locat_kernels import fused, gaussian_clamp, gaussian_eps
 from locat_kernels.fused import configs
 
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
-from .cli import environment
+from .cli import write_rows
 from .profile_step import profile_fn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -122,9 +120,7 @@ def main(argv=None) -> int:
                              dtype=args.dtype, regime=args.regime, variant=variant, gpu_busy_ms=r["gpu_busy_ms"],
                              kernels=r["kernels"]))
     if args.output and not args.ncu:
-        env = dict(environment("cuda"), command="python -m locat_bench.kernel_profile " + " ".join(
-            argv if argv is not None else sys.argv[1:]))
-        args.output.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+        write_rows(args.output, "locat_bench.kernel_profile", argv, rows)
     return 0
 
 

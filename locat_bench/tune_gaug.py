@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
 import torch
 
 from locat_kernels.fused import gaug
 
-from .cli import environment
+from .cli import write_rows
 from .timing import cuda_median_ms
 
 CANDIDATES = list(itertools.product((16, 32, 64, 128), (1, 2, 4)))  # (BLOCK_P, num_warps)
@@ -76,9 +75,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         parser.error("tuning the gaug kernels needs CUDA")
     rows = [row for kernel in args.kernels for spec in args.shapes for row in sweep(kernel, spec)]
-    env = dict(environment("cuda"), command="python -m locat_bench.tune_gaug " + " ".join(
-        argv if argv is not None else sys.argv[1:]))
-    args.output.write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+    write_rows(args.output, "locat_bench.tune_gaug", argv, rows)
     return 0
 
 

@@ -96,6 +96,16 @@ def test_kernel_profile_says_it_needs_cuda(capsys):
     assert "need CUDA" in capsys.readouterr().err
 
 
+def test_write_rows_records_the_command(monkeypatch, tmp_path):
+    """The GPU tools' JSON: the rows, and the environment with the command that made them."""
+    import json
+
+    monkeypatch.setattr(cli, "environment", lambda device: dict(device=device))
+    cli.write_rows(tmp_path / "r.json", "locat_bench.tune_gaug", ["--shapes", "1,2"], [dict(ms=0.5)])
+    assert json.loads((tmp_path / "r.json").read_text()) == dict(
+        environment=dict(device="cuda", command="python -m locat_bench.tune_gaug --shapes 1,2"), rows=[dict(ms=0.5)])
+
+
 def test_tune_gaug_checks_shapes_then_needs_cuda(capsys, tmp_path):
     """``tune_gaug`` refuses a malformed shape by name (before anything runs), and without CUDA says so."""
     from locat_bench import tune_gaug

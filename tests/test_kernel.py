@@ -145,21 +145,18 @@ def test_dkdv_prefix_keys_in_a_tile_of_their_own(request, device, grid, P, rate)
                              rate=rate)
 
 
-def test_split_prefix_only_where_the_prefix_adds_a_key_tile():
+def test_split_prefix_only_where_the_prefix_adds_a_key_tile(monkeypatch):
     """ViT-B at 384 px (577 tokens, 64-key tiles): 9 patch tiles and a prefix tile, not 10 token tiles
     whose last holds one key; at 224 px with 128-key tiles (197 tokens: 2 tiles either way), without
     prefix tokens, and with more prefix tokens than one BLOCK_P tile holds, the tiles stay token tiles."""
     q = torch.empty(1, 1, 1, 64, device="meta")
-    configs.OVERRIDES["backward_dkdv"] = (64, 64, 4, 2)
-    try:
-        assert configs.launch_meta("backward_dkdv", q.expand(1, 1, 577, 64), 24, 1, -8.0, 1)["SPLIT_PREFIX"]
-        assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 576, 64), 24, 0, -8.0, 1)["SPLIT_PREFIX"]
-        meta = configs.launch_meta("backward_dkdv", q.expand(1, 1, 576 + 65, 64), 24, 65, -8.0, 1)
-        assert meta["BLOCK_P"] < 65 and not meta["SPLIT_PREFIX"]
-        configs.OVERRIDES["backward_dkdv"] = (16, 128, 4, 3)
-        assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 197, 64), 14, 1, -8.0, 1)["SPLIT_PREFIX"]
-    finally:
-        del configs.OVERRIDES["backward_dkdv"]
+    monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (64, 64, 4, 2))
+    assert configs.launch_meta("backward_dkdv", q.expand(1, 1, 577, 64), 24, 1, -8.0, 1)["SPLIT_PREFIX"]
+    assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 576, 64), 24, 0, -8.0, 1)["SPLIT_PREFIX"]
+    meta = configs.launch_meta("backward_dkdv", q.expand(1, 1, 576 + 65, 64), 24, 65, -8.0, 1)
+    assert meta["BLOCK_P"] < 65 and not meta["SPLIT_PREFIX"]
+    monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (16, 128, 4, 3))
+    assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 197, 64), 14, 1, -8.0, 1)["SPLIT_PREFIX"]
 
 
 @pytest.mark.parametrize("kernel", ["forward", "backward_dq"])
