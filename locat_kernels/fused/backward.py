@@ -67,14 +67,19 @@ def _dq_tiles(
 ):
     """dq over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS also the row sums of
     dS g, dS g e_r and dS g e_c, the Gaussian from the column tables ``b_ec`` (e_c) and ``b_c``
-    (its exp2) on grid tiles, per logit on token tiles."""
+    (its exp2) on grid tiles, per logit on token tiles. Where a grid tile is one grid row, g = f c
+    with the row factor f and exponent e_r one per query, so they leave the sums: f sum_j dS c_j
+    (1, e_r, e_c,j)."""
     for t in range(t_lo, t_hi):
         offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
         b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
         b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
         b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
-        if BIAS:
+        if BIAS and ROWS == 1:  # one grid row a tile: b_er, b_fr (BLOCK_M, 1)
+            b_er, b_fr = grid_row_terms(t, row_q, nh_r, lo_r, 0.0, RATE, CLAMP, ROWS, COLS, BLOCK_N)
+            b_s = tl.fma(amp[:, None] * b_fr, b_c, b_s)
+        elif BIAS:
             if ROWS:
                 b_er, b_fr = grid_row_terms(t, row_q, nh_r, lo_r, 0.0, RATE, CLAMP, ROWS, COLS, BLOCK_N)
                 b_g = b_fr * b_c
@@ -92,7 +97,14 @@ def _dq_tiles(
             b_p = tl.where(m_n[None, :], b_p, 0.0)
         b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
-        if BIAS:
+        if BIAS and ROWS == 1:  # f and e_r out of the sums (docstring)
+            f, e_r = tl.reshape(b_fr, [b_fr.shape[0]]), tl.reshape(b_er, [b_er.shape[0]])
+            b_w = b_ds * b_c
+            s_w = tl.sum(b_w, 1)
+            b_dalpha += f * s_w
+            b_sum_r += f * e_r * s_w
+            b_sum_c += f * tl.sum(b_w * b_ec, 1)
+        elif BIAS:
             b_dsg = b_ds * b_g
             b_dalpha += tl.sum(b_dsg, 1)
             b_sum_r += tl.sum(b_dsg * b_er, 1)
