@@ -194,6 +194,23 @@ def environment(device: str) -> dict:
     )
 
 
+def parse_switch(text: str) -> tuple[str, list]:
+    """``NAME=V1,V2`` (Python literals) -> (NAME, [V1, V2]): a ``locat_kernels.fused.configs`` switch and
+    the values to A/B it under (``--switch`` of kernel_profile and tune); ValueError naming the problem."""
+    import ast
+
+    from locat_kernels.fused import configs
+
+    name, _, spec = text.partition("=")
+    try:
+        values = [ast.literal_eval(v) for v in spec.split(",")]
+    except (ValueError, SyntaxError):
+        raise ValueError(f"--switch takes NAME=V1,V2 with Python literals, got {text!r}") from None
+    if not name.isupper() or not hasattr(configs, name):
+        raise ValueError(f"--switch: configs has no switch {name!r}")
+    return name, values
+
+
 def write_rows(path, module: str, argv, rows: list[dict]) -> None:
     """``{"environment", "rows"}`` JSON at ``path``: this CUDA machine's environment with the command that
     made the rows, ``python -m MODULE ARGS`` (``argv``, or this process's arguments when None)."""

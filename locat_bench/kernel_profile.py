@@ -14,7 +14,6 @@ e.g. ``FACTORED_DKDV='auto',False``), the variant named ``gaussian[NAME=V1]``.
 from __future__ import annotations
 
 import argparse
-import ast
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from locat_kernels import fused, gaussian_clamp, gaussian_eps
 from locat_kernels.fused import configs
 
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
-from .cli import write_rows
+from .cli import parse_switch, write_rows
 from .profile_step import profile_fn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -89,13 +88,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     switch, values = None, [None]
     if args.switch:
-        switch, _, spec = args.switch.partition("=")
         try:
-            values = [ast.literal_eval(v) for v in spec.split(",")]
-        except (ValueError, SyntaxError):
-            parser.error(f"--switch takes NAME=V1,V2 with Python literals, got {args.switch!r}")
-        if not hasattr(configs, switch) or not switch.isupper():
-            parser.error(f"--switch: configs has no switch {switch!r}")
+            switch, values = parse_switch(args.switch)
+        except ValueError as e:
+            parser.error(str(e))
     if not torch.cuda.is_available():
         parser.error("kernel profiles need CUDA")
     known = {s.name: s for s in GPU_SHAPES}

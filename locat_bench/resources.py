@@ -8,7 +8,8 @@ recorded instead of run, compiles every recorded launch for the target with Trit
 usage from the cubin (``cuobjdump -res-usage``, shipped with Triton). Per kernel: the launch config,
 registers per thread, STACK (bytes per thread of local memory: > 0 means spills), and the shared
 memory the launch needs. The configs are those the table gives on sm_90 (``--override`` swaps a
-kernel's). ``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
+kernel's; ``--switch NAME=VALUE`` sets a ``configs`` switch while the launches are recorded).
+``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
 (one per backward branch, in address order: a sweep's far / near / far ranges) with the instructions
 of each body and its most frequent opcodes, the count that tells a lean loop from a heavy one before
 any GPU time (benchmarks/NOTES.md, v13). Run it without ``TRITON_INTERPRET``; it replaces Triton's
@@ -30,6 +31,8 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
+from .cli import parse_switch
+
 KERNELS = ("gaug_forward", "forward", "backward_dq", "backward_dkdv", "gaug_backward")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -42,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability to compile for (90: H100, H200)")
     parser.add_argument("--override", nargs="*", default=[], metavar="KERNEL=M,N,WARPS,STAGES",
                         help="a config for backward_dq, backward_dkdv or forward instead of the table's")
+    parser.add_argument("--switch", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="configs switches set while the launches are recorded (Python literals)")
     parser.add_argument("--loops", action="store_true", help="also each kernel's loops: instructions per iteration")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
@@ -57,6 +62,15 @@ def main(argv=None) -> int:
         if name not in ("forward", "backward_dq", "backward_dkdv") or len(overrides[name]) != 4:
             parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES with KERNEL forward, backward_dq or "
                          f"backward_dkdv, got {spec!r}")
+    switches = {}
+    for spec in args.switch:
+        try:
+            name, values = parse_switch(spec)
+        except ValueError as e:
+            parser.error(str(e))
+        if len(values) != 1:
+            parser.error(f"--switch takes one value a switch here, got {spec!r}")
+        switches[name] = values[0]
     rows = []
     for spec in args.shapes:
         try:
@@ -64,7 +78,7 @@ def main(argv=None) -> int:
             assert len(shape) == 6
         except (ValueError, AssertionError):
             parser.error(f"a shape is B,H,gh,gw,P,D, got {spec!r}")
-        for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides, args.loops):
+        for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides, args.loops, switches):
             row = dict(shape=spec, rate=args.rate, dtype=args.dtype, **row)
             print(f"{spec:>20} {row['kernel']:<14} config {str(row['config']):<18} regs {row['regs']:>3}  "
                   f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB", flush=True)
@@ -80,9 +94,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool = False) -> list[dict]:
+def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool = False,
+              switches: dict | None = None) -> list[dict]:
     """One row per launch of the LocAt layer's forward and backward at ``shape`` (with ``loops``, each
-    kernel's ``sass_loops`` too)."""
+    kernel's ``sass_loops`` too), under ``configs`` switches ``switches`` (name -> value)."""
     triton.runtime.driver.set_active(_TargetOnly(arch))
     from locat_kernels import fused, gaussian_clamp, gaussian_eps
     from locat_kernels.fused import configs
@@ -98,6 +113,9 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
     out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
     saved = dict(configs.OVERRIDES)
     configs.OVERRIDES.update(overrides)
+    saved_switches = {name: getattr(configs, name) for name in switches or {}}
+    for name, value in (switches or {}).items():
+        setattr(configs, name, value)
     try:
         with configs.recorded_launches() as launches:
             fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
@@ -109,6 +127,8 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
     finally:
         configs.OVERRIDES.clear()
         configs.OVERRIDES.update(saved)
+        for name, value in saved_switches.items():
+            setattr(configs, name, value)
     rows = []
     for name, (kernel, grid, args, kwargs) in zip(KERNELS, launches):
         compiled = kernel.warmup(*args, grid=grid, **kwargs)

@@ -4,7 +4,8 @@
 backward launchers under each dq config (dk/dv at its default) and each dk/dv config (dq at its
 default); the forward and dq configs both with grid-shaped key tiles and with token tiles
 (``configs.GRID_TILES``), the dk/dv configs with and without the factored Gaussian
-(``configs.FACTORED_DKDV``). Prints the medians and writes them as JSON (``--output``).
+(``configs.FACTORED_DKDV``); ``--switch NAME=V1,V2``: under those values of that switch instead. Prints
+the medians and writes them as JSON (``--output``).
 
 **Table** (``--table``): every entry of the config table (``locat_kernels/fused/configs.json``) for
 this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
@@ -28,7 +29,7 @@ from locat_kernels import fused, gaussian_clamp, gaussian_eps
 from locat_kernels.fused import configs
 
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
-from .cli import environment
+from .cli import environment, parse_switch
 
 CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head_dim <= 128
     "forward": [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
@@ -78,6 +79,8 @@ def main(argv=None) -> int:
                         "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages")
     parser.add_argument("--default-switch", action="store_true",
                         help="sweep: only the default layout (grid tiles, factored dk/dv), not the A/B")
+    parser.add_argument("--switch", metavar="NAME=V1,V2",
+                        help="sweep: A/B this configs switch (Python literals) instead of each kernel's default one")
     parser.add_argument("--table", action="store_true", help="time the config table's entries for this GPU")
     parser.add_argument("--write", type=Path, metavar="TABLE",
                         help="--table: write the winners into this table file (e.g. locat_kernels/fused/configs.json)")
@@ -90,6 +93,12 @@ def main(argv=None) -> int:
         only = None
     if args.configs and (only is None or any(len(c) != 4 for c in only)):
         parser.error(f"--configs takes BLOCK_M,BLOCK_N,warps,stages per config, got {args.configs}")
+    ab = None  # (switch, values) of --switch
+    if args.switch:
+        try:
+            ab = parse_switch(args.switch)
+        except ValueError as e:
+            parser.error(str(e))
     if not torch.cuda.is_available():
         parser.error("tuning needs CUDA")
     command = "python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -118,7 +127,7 @@ def main(argv=None) -> int:
         for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
             spec = f"{shape.B},{shape.H},{shape.grid[0]},{shape.grid[1]},{shape.P},{shape.D}"
             for kernel in args.kernels:
-                switch, values = SWITCHES[kernel]
+                switch, values = ab or SWITCHES[kernel]
                 for value in (getattr(configs, switch),) if args.default_switch else values:
                     for cand in only or CANDIDATES[kernel]:  # --configs: exactly those, in order
                         timer(kernel, spec, torch.bfloat16, cand, switch, value)

@@ -132,7 +132,37 @@ def test_kernel_profile_switch_sets_and_restores_configs(capsys):
     names = [name for name, call in kernel_profile.switched(calls, "MAX_GRID_ROWS", [2, 7]) if call() or True]
     assert names == ["gaussian[MAX_GRID_ROWS=2]", "gaussian[MAX_GRID_ROWS=7]", "sdpa"]
     assert seen == [("g", 2), ("g", 7), ("s", before)] and configs.MAX_GRID_ROWS == before
+    from locat_bench import tune
+
     for bad, message in (("NO_SUCH=1", "no switch 'NO_SUCH'"), ("MAX_GRID_ROWS=x y", "Python literals")):
         with pytest.raises(SystemExit):
             kernel_profile.main(["--shapes", "2,2,4,4,1,16", "--switch", bad])
         assert message in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # tune's sweep takes the same --switch
+            tune.main(["--output", "unused.json", "--switch", bad])
+        assert message in capsys.readouterr().err
+
+
+def test_tune_sweep_times_every_shape_under_each_switch_value(monkeypatch, tmp_path):
+    """The sweep: each shape x kernel x switch value x config timed once, ``--switch`` in place of each
+    kernel's own switch for every shape (not only the first), the rows written as JSON."""
+    import json
+
+    from locat_bench import tune
+
+    timed = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tune, "environment", lambda device: dict(device=device))
+    monkeypatch.setattr(tune, "time_config", lambda kernel, spec, dtype, cand, regime, switch, value: (
+        timed.append((spec, kernel, switch, value, cand)), (1.0, ""))[1])
+    out = tmp_path / "t.json"
+    shapes = ["2,2,4,4,1,16", "1,2,3,5,0,32"]
+    assert tune.main(["--output", str(out), "--kernels", "forward", "backward_dkdv", "--shapes", *shapes,
+                      "--configs", "16,16,1,1", "32,16,4,2", "--switch", "MAX_GRID_ROWS=2,4"]) == 0
+    assert timed == [(spec, kernel, "MAX_GRID_ROWS", value, cand) for spec in shapes
+                     for kernel in ("forward", "backward_dkdv") for value in (2, 4)
+                     for cand in ((16, 16, 1, 1), (32, 16, 4, 2))]
+    assert len(json.loads(out.read_text())["rows"]) == len(timed)
+    timed.clear()  # without --switch: each kernel's own A/B
+    tune.main(["--output", str(out), "--kernels", "backward_dkdv", "--shapes", shapes[0], "--configs", "16,16,1,1"])
+    assert [t[2:4] for t in timed] == [("FACTORED_DKDV", "auto"), ("FACTORED_DKDV", False)]

@@ -18,7 +18,8 @@ def test_reports_each_kernels_resources(tmp_path):
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     out = tmp_path / "res.json"
     done = subprocess.run([sys.executable, "-m", "locat_bench.resources", "--shapes", "2,2,4,4,1,16", "--rate", "2",
-                           "--override", "backward_dkdv=32,32,4,2", "--loops", "--output", str(out)],
+                           "--override", "backward_dkdv=32,32,4,2", "--switch", "FACTORED_DKDV=False", "--loops",
+                           "--output", str(out)],
                           env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -26,7 +27,8 @@ def test_reports_each_kernels_resources(tmp_path):
     for r in rows:
         assert 16 <= r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] > 0, r
     dkdv = rows[3]
-    assert dkdv["config"] == [32, 32, 4, 2] and dkdv["flags"]["RATE"] == 2  # the override and the rate arrive
+    # the override, the rate and the switch arrive (bf16 on a 4-wide grid would take the factored Gaussian)
+    assert dkdv["config"] == [32, 32, 4, 2] and dkdv["flags"]["RATE"] == 2 and not dkdv["flags"]["FACTORED"]
     for r in rows[1:4]:  # --loops: each attention kernel's far / near / far sweep, the near range the heaviest
         loops = [loop["instructions"] for loop in r["loops"]]
         assert len(loops) >= 3 and max(loops) > min(loops) > 0, (r["kernel"], r["loops"])
@@ -56,7 +58,9 @@ def test_refuses_bad_arguments_by_name():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     for args, message in ((["--shapes", "2,2,4"], "a shape is B,H,gh,gw,P,D"),
-                          (["--shapes", "2,2,4,4,1,16", "--override", "dq=1,2"], "--override takes")):
+                          (["--shapes", "2,2,4,4,1,16", "--override", "dq=1,2"], "--override takes"),
+                          (["--shapes", "2,2,4,4,1,16", "--switch", "NO_SUCH=1"], "no switch 'NO_SUCH'"),
+                          (["--shapes", "2,2,4,4,1,16", "--switch", "GRID_TILES=True,False"], "one value")):
         done = subprocess.run([sys.executable, "-m", "locat_bench.resources", *args], env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
