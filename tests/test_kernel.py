@@ -160,13 +160,17 @@ def test_split_prefix_only_where_the_prefix_adds_a_key_tile(monkeypatch):
     whose last holds one key; at 224 px with 128-key tiles (197 tokens: 2 tiles either way), without
     prefix tokens, and with more prefix tokens than one BLOCK_P tile holds, the tiles stay token tiles."""
     q = torch.empty(1, 1, 1, 64, device="meta")
+    def meta(n, gw, p):
+        m = configs.launch_meta("backward_dkdv", q.expand(1, 1, n, 64), gw, p, -8.0, 1)
+        return m["SPLIT_PREFIX"], configs.key_tiles(n, p, m)
+
     monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (64, 64, 4, 2))
-    assert configs.launch_meta("backward_dkdv", q.expand(1, 1, 577, 64), 24, 1, -8.0, 1)["SPLIT_PREFIX"]
-    assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 576, 64), 24, 0, -8.0, 1)["SPLIT_PREFIX"]
-    meta = configs.launch_meta("backward_dkdv", q.expand(1, 1, 576 + 65, 64), 24, 65, -8.0, 1)
-    assert meta["BLOCK_P"] < 65 and not meta["SPLIT_PREFIX"]
+    assert meta(577, 24, 1) == (True, 10)  # 9 patch tiles + the prefix keys' tile
+    assert meta(576, 24, 0) == (False, 9)
+    assert meta(576 + 65, 24, 65) == (False, 11)  # more prefix keys than BLOCK_P holds
+    assert configs.launch_meta("backward_dkdv", q.expand(1, 1, 576 + 65, 64), 24, 65, -8.0, 1)["BLOCK_P"] < 65
     monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (16, 128, 4, 3))
-    assert not configs.launch_meta("backward_dkdv", q.expand(1, 1, 197, 64), 14, 1, -8.0, 1)["SPLIT_PREFIX"]
+    assert meta(197, 14, 1) == (False, 2)
 
 
 @pytest.mark.parametrize("kernel", ["forward", "backward_dq"])

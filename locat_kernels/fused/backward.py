@@ -43,9 +43,7 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
     )
     meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    key_tiles = (triton.cdiv(N - num_prefix_tokens, meta["BLOCK_N"]) + 1 if meta["SPLIT_PREFIX"]
-                 else triton.cdiv(N, meta["BLOCK_N"]))
-    configs.launcher(_backward_dkdv_kernel, traced)[(key_tiles * B * H,)](
+    configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta) * B * H,)](
         q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,

@@ -177,7 +177,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # Query tiles from the first patch and the prefix rows a program of BLOCK_P rows, where the prefix
         # would otherwise add a tile (577 tokens in 64-query tiles: 10 tiles, the last holding one token).
-        split = 0 < P <= block_p and -(-(N - P) // cfg["BLOCK_M"]) < -(-N // cfg["BLOCK_M"])
+        split = _split_prefix(N, P, cfg["BLOCK_M"], block_p)
         # ROWS = 0: token tiles. FULL_TILES: no padding slot and no partial last tile. EVEN_M: the query
         # tiles need no bounds masks; EVEN_N: the token key tiles neither.
         meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0,
@@ -188,18 +188,33 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())
         # Key tiles from the first patch and the prefix keys one BLOCK_P tile of their own, where the prefix
         # would otherwise add a tile (577 tokens in 64-key tiles: 10 tiles, the last holding one key) and fits one.
-        split = 0 < P <= block_p and -(-(N - P) // cfg["BLOCK_N"]) < -(-N // cfg["BLOCK_N"])
+        split = _split_prefix(N, P, cfg["BLOCK_N"], block_p)
         meta.update(EVEN_N=(N - P if split else N) % cfg["BLOCK_N"] == 0, EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0,
                     FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split)
     return meta
 
 
+def _split_prefix(N: int, P: int, block: int, block_p: int) -> bool:
+    """Whether tiles of ``block`` tokens start at the first patch and the P prefix tokens get a program of
+    their own: where they fit its BLOCK_P and would otherwise add a tile."""
+    return 0 < P <= block_p and -(-(N - P) // block) < -(-N // block)
+
+
+def _tiles(N: int, P: int, block: int, split: bool) -> int:
+    """Programs per (batch, head): tiles of ``block`` tokens, with ``split`` the patches' plus the prefix's."""
+    return -(-(N - P) // block) + 1 if split else -(-N // block)
+
+
 def query_tiles(N: int, P: int, meta: dict) -> int:
     """Programs per (batch, head) of the forward and dq kernels: query tiles of BLOCK_M, and with
     SPLIT_PREFIX the patches' tiles plus one program of the prefix rows."""
-    if meta["SPLIT_PREFIX"]:
-        return -(-(N - P) // meta["BLOCK_M"]) + 1
-    return -(-N // meta["BLOCK_M"])
+    return _tiles(N, P, meta["BLOCK_M"], meta["SPLIT_PREFIX"])
+
+
+def key_tiles(N: int, P: int, meta: dict) -> int:
+    """Programs per (batch, head) of the dk/dv kernel: key tiles of BLOCK_N, and with SPLIT_PREFIX the
+    patches' tiles plus one of the prefix keys."""
+    return _tiles(N, P, meta["BLOCK_N"], meta["SPLIT_PREFIX"])
 
 
 def launcher(kernel, traced: bool):
