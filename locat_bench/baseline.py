@@ -58,6 +58,7 @@ def run(args) -> dict:
     from .cli import environment
     from .timing import cuda_median_ms
 
+    locat_kernels.set_fp32_precision(args.fp32_precision)
     ops = {
         "after": lambda q, k, v, var, alpha, s: locat_kernels.gaussian_attention(
             q, k, v, var, alpha, s.grid, num_prefix_tokens=s.P, backend="triton"),
@@ -69,11 +70,11 @@ def run(args) -> dict:
     for spec in args.shapes:
         s = Shape.parse(spec)
         try:
-            inputs = make_inputs(s, args.regime, torch.bfloat16, "cuda")
+            inputs = make_inputs(s, args.regime, getattr(torch, args.dtype), "cuda")
         except torch.cuda.OutOfMemoryError:
             continue
         do = torch.randn_like(inputs[0])
-        row = dict(shape=spec, regime=args.regime)
+        row = dict(shape=spec, regime=args.regime, dtype=args.dtype, fp32_precision=args.fp32_precision)
         for name, fn in ops.items():
             if name == "before" and s.D not in (16, 32, 64, 128):
                 continue
@@ -140,6 +141,10 @@ def main(argv=None) -> int:
     p = sub.add_parser("run")
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--regime", default="broad", choices=["broad", "init"])
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="the op's inputs")
+    p.add_argument("--fp32-precision", default="ieee", choices=["ieee", "tf32x3"],
+                   help="this tree's products of fp32 inputs (locat_kernels.set_fp32_precision); the baseline "
+                   "keeps its own")
     p.add_argument("--shapes", nargs="*", default=[
         "128,12,14,14,1,64", "256,3,14,14,1,64", "32,12,24,24,1,64", "16,12,32,32,1,64", "8,12,37,37,5,64",
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")

@@ -1,13 +1,14 @@
 """Where the host time goes: cProfile, the top functions by own time.
 
-    python -m locat_bench.host_profile [--calls 300] [--top 25] [--forward]
+    python -m locat_bench.host_profile [--calls 300] [--top 25] [--forward | --op]
     python -m locat_bench.host_profile --compiled-step tiny:224:256 [--calls 20] [--output DIR]
 
 Default: eager forward+backward calls of one LocAt attention layer on a launch-bound tiny input
 (B = 1, 17 tokens, bf16 autocast), with the wall time per call (500 calls); ``--forward``: forward
 calls (recording the gradient, as in training) of that layer and of timm's ``Attention``, a table
-each. ``--launches``: host microseconds per launch of each kernel of one ``locat_attention``
-forward+backward on that input, through Triton's ``kernel[grid]``, through
+each; ``--op``: forward+backward calls of the op alone and of SDPA without a bias on that input.
+``--launches``: host microseconds per launch of each kernel of one ``locat_attention`` forward+backward
+on that input, through Triton's ``kernel[grid]``, through
 ``configs.DirectLaunch`` and through the compiled kernel's launcher alone (JSON to ``--output``).
 ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
 of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
@@ -34,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compiled-step", metavar="SIZE:IMG:BATCH", help="profile compiled training steps instead")
     parser.add_argument("--launches", action="store_true", help="time each kernel's launch paths instead")
     parser.add_argument("--forward", action="store_true", help="forward calls only, the LocAt layer's and timm's")
+    parser.add_argument("--op", action="store_true",
+                        help="the op alone: gaussian_attention's forward+backward and SDPA's on that input")
     parser.add_argument("--output", type=Path, default=Path("."),
                         help="--compiled-step: folder for the tables; --launches: the JSON file")
     args = parser.parse_args(argv)
@@ -62,10 +65,32 @@ def main(argv=None) -> int:
     if args.forward:
         timm_layer = build(case, "vit", device).blocks[0].attn
         steps = {"locat forward": lambda: forward(layer), "timm forward": lambda: forward(timm_layer)}
+    if args.op:
+        steps = _op_steps(device)
     for name, step in steps.items():
         print(f"=== {name}: {wall_ms(step, 500, warmup=20) * 1e3:.1f} us per call (wall)")
         print(_profile(step, args.calls or 300, args.top, "tottime"))
     return 0
+
+
+def _op_steps(device) -> dict:
+    """Forward+backward of ``gaussian_attention`` and of SDPA without a bias on the layer's input
+    (B = 1, H = 3, a 4 x 4 grid and 1 prefix token, D = 64; bf16 on CUDA), gradients to every input."""
+    import torch.nn.functional as F
+
+    from locat_kernels import gaussian_attention
+
+    from .bench_attention import Shape, make_inputs
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q, k, v, var, alpha = make_inputs(Shape.parse("1,3,4,4,1,64"), "broad", dtype, device)
+    do = torch.randn_like(q)
+    backend = "triton" if device == "cuda" else "sdpa"
+    return {"gaussian_attention forward+backward": lambda: torch.autograd.grad(
+                gaussian_attention(q, k, v, var, alpha, (4, 4), num_prefix_tokens=1, backend=backend),
+                (q, k, v, var, alpha), do),
+            "sdpa forward+backward": lambda: torch.autograd.grad(
+                F.scaled_dot_product_attention(q, k, v), (q, k, v), do)}
 
 
 def _profile(fn, calls: int, top: int, *orders: str) -> str:

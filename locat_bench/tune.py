@@ -43,9 +43,9 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head
                       # without spills where the table's choices spill (python -m locat_bench.resources, v9)
                       (32, 128, 8, 3), (32, 64, 4, 3), (16, 128, 4, 3)],
 }
-# Head-dim class 256 and fp32 (exact products: many registers): smaller tiles, every kernel.
+# Head-dim class 256 and fp32 (exact or tf32x3 products: many registers): smaller tiles, every kernel.
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
-               (16, 32, 4, 2)]
+               (16, 32, 4, 2), (64, 64, 4, 2)]
 # kernel -> the configs switch it is timed under, and its values
 SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILES", (True, False)),
             "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
@@ -56,6 +56,10 @@ TABLE_SHAPES = {
     (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "16,12,32,32,1,64",
                            "backward_dkdv": "8,12,37,37,5,64"},
     (64, "16bit", "small"): "128,12,14,14,1,64",
+    (64, "16bit", "gw24"): "32,12,24,24,1,64",
+    (64, "16bit", "gw36"): "8,12,36,36,1,64",
+    (64, "16bit", "gw37"): "8,12,37,37,5,64",
+    (64, "16bit", "gw40"): "8,12,40,40,1,64",
     (64, "16bit", "factored"): "128,12,14,14,1,64",
     (64, "16bit", "factored_wide"): "16,12,32,32,1,64",
     (128, "16bit", "any"): {"forward": "16,8,32,32,1,128", "backward_dq": "16,8,32,32,1,128",
@@ -63,10 +67,11 @@ TABLE_SHAPES = {
     (128, "16bit", "factored"): "16,8,32,32,1,128",
     (256, "16bit", "any"): "4,8,32,32,1,256",
     (64, "fp32", "any"): "8,12,24,24,1,64",
+    (64, "tf32x3", "any"): "256,3,14,14,1,64",
     (128, "fp32", "any"): "4,8,24,24,1,128",
     (256, "fp32", "any"): "2,8,24,24,1,256",
 }
-DTYPES = {"16bit": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {"16bit": torch.bfloat16, "fp32": torch.float32, "tf32x3": torch.float32}
 
 
 def main(argv=None) -> int:
@@ -75,6 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="JSON of every timing")
     parser.add_argument("--kernels", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--shapes", nargs="*", help="sweep: shape names or B,H,gh,gw,P,D (default: all)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="sweep: the inputs' dtype (float32: the small-tile candidates by default)")
     parser.add_argument("--configs", nargs="*", help="sweep: these configs instead of the kernel's candidates; "
                         "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages")
     parser.add_argument("--default-switch", action="store_true",
@@ -124,13 +131,14 @@ def main(argv=None) -> int:
             print(f"wrote {arch}'s entries into {args.write}")
     else:
         known = {s.name: s for s in GPU_SHAPES}
+        dtype = getattr(torch, args.dtype)
         for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
             spec = f"{shape.B},{shape.H},{shape.grid[0]},{shape.grid[1]},{shape.P},{shape.D}"
             for kernel in args.kernels:
                 switch, values = ab or SWITCHES[kernel]
                 for value in (getattr(configs, switch),) if args.default_switch else values:
-                    for cand in only or CANDIDATES[kernel]:  # --configs: exactly those, in order
-                        timer(kernel, spec, torch.bfloat16, cand, switch, value)
+                    for cand in only or candidates(kernel, dtype, shape.D):  # --configs: exactly those, in order
+                        timer(kernel, spec, dtype, cand, switch, value)
     args.output.write_text(json.dumps(dict(environment=env, regime=args.regime, rows=rows), indent=1))
     return 0
 
@@ -170,23 +178,30 @@ def _inputs(spec, dtype, regime):
     return q, k, v, var, alpha, common, out, lse, radius, torch.randn_like(out)
 
 
+def candidates(kernel: str, dtype: torch.dtype, head_dim: int) -> list:
+    """The configs ``kernel`` is timed under for inputs of ``dtype`` and ``head_dim``."""
+    return CANDIDATES[kernel] if dtype != torch.float32 and configs.padded_head_dim(head_dim) <= 128 else SMALL_TILES
+
+
 def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:
     """The shape, dtype and candidate configs a table entry ``(kernel, head_dim, dtype, grid)`` is
     timed with."""
     kernel, d, dtype, grid = key
     spec = TABLE_SHAPES[(d, dtype, grid)]
     spec = spec[kernel] if isinstance(spec, dict) else spec
-    return spec, DTYPES[dtype], CANDIDATES[kernel] if dtype == "16bit" and d <= 128 else SMALL_TILES
+    return spec, DTYPES[dtype], candidates(kernel, DTYPES[dtype], d)
 
 
 def measure_table(keys, timer, only=None) -> dict:
-    """key -> the fastest candidate (config, ms, shape, dtype) by ``timer(kernel, spec, dtype, cand)``
-    (ms, or None for a candidate that fails); keys whose every candidate fails are left out."""
+    """key -> the fastest candidate (config, ms, shape, dtype) by ``timer(kernel, spec, dtype, cand,
+    switch, value)`` (ms, or None for a candidate that fails; a "tf32x3" key under that
+    ``FP32_PRECISION``); keys whose every candidate fails are left out."""
     winners = {}
     for key in keys:
         spec, dtype, candidates = table_plan(key)
+        switch = ("FP32_PRECISION", "tf32x3") if key[2] == "tf32x3" else (None, None)
         times = [(ms, cand) for cand in candidates if not only or cand in only
-                 if (ms := timer(key[0], spec, dtype, cand)) is not None]
+                 if (ms := timer(key[0], spec, dtype, cand, *switch)) is not None]
         if times:
             ms, cand = min(times)
             winners[key] = dict(config=list(cand), ms=ms, shape=spec, dtype=str(dtype).removeprefix("torch."))

@@ -32,6 +32,9 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
     assert host_profile.main(["--calls", "3", "--top", "5", "--forward"]) == 0
     out = capsys.readouterr().out
     assert "=== locat forward" in out and "=== timm forward" in out and "us per call (wall)" in out
+    assert host_profile.main(["--calls", "3", "--top", "5", "--op"]) == 0
+    out = capsys.readouterr().out
+    assert "=== gaussian_attention forward+backward" in out and "=== sdpa forward+backward" in out
     with pytest.raises(SystemExit):
         host_profile.main(["--compiled-step", "tiny:224:8"])
     assert "--compiled-step needs CUDA" in capsys.readouterr().err
@@ -145,7 +148,8 @@ def test_kernel_profile_switch_sets_and_restores_configs(capsys):
 
 def test_tune_sweep_times_every_shape_under_each_switch_value(monkeypatch, tmp_path):
     """The sweep: each shape x kernel x switch value x config timed once, ``--switch`` in place of each
-    kernel's own switch for every shape (not only the first), the rows written as JSON."""
+    kernel's own switch for every shape (not only the first), the rows written as JSON; ``--dtype``: the
+    inputs' dtype, and for float32 the small-tile candidates."""
     import json
 
     from locat_bench import tune
@@ -166,3 +170,13 @@ def test_tune_sweep_times_every_shape_under_each_switch_value(monkeypatch, tmp_p
     timed.clear()  # without --switch: each kernel's own A/B
     tune.main(["--output", str(out), "--kernels", "backward_dkdv", "--shapes", shapes[0], "--configs", "16,16,1,1"])
     assert [t[2:4] for t in timed] == [("FACTORED_DKDV", "auto"), ("FACTORED_DKDV", False)]
+    timed.clear()  # --dtype float32: the small-tile candidates, each timed in float32 (bfloat16 by default)
+    dtypes = []
+    monkeypatch.setattr(tune, "time_config", lambda kernel, spec, dtype, cand, regime, switch, value: (
+        timed.append(cand), dtypes.append(dtype), (1.0, ""))[2])
+    tune.main(["--output", str(out), "--kernels", "forward", "--shapes", shapes[0], "--default-switch",
+               "--dtype", "float32"])
+    assert timed == tune.SMALL_TILES and set(dtypes) == {torch.float32}
+    timed.clear(), dtypes.clear()
+    tune.main(["--output", str(out), "--kernels", "forward", "--shapes", shapes[0], "--default-switch"])
+    assert timed == tune.CANDIDATES["forward"] and set(dtypes) == {torch.bfloat16}

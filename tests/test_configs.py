@@ -19,13 +19,15 @@ def test_every_table_entry_is_timed_on_a_shape_of_its_own_class():
         shape = Shape.parse(spec)
         (gh, gw), D = shape.grid, shape.D
         factored = key[0] == "backward_dkdv" and configs.dkdv_factored(dtype, D, gw, "auto")
-        assert configs.config_key(key[0], D, shape.P + gh * gw, dtype, gw, factored) == key, (key, spec)
+        precision = "tf32x3" if key[2] == "tf32x3" else "ieee"
+        got = configs.config_key(key[0], D, shape.P + gh * gw, dtype, gw, factored, precision)
+        assert configs.table_key(configs.TABLE[configs.DEFAULT_ARCH], got) == key, (key, spec)
         assert candidates
 
 
 def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     """A launch takes its architecture's table entry; head dims go by their padded class, a grid
-    class an architecture lacks falls back to "any"."""
+    class an architecture (or a kernel) lacks falls back to "any"."""
     table = json.loads(configs.TABLE_PATH.read_text())
     for e in table["archs"]["sm_90"]["entries"]:  # distinct configs, so a wrong entry shows
         e["config"] = [16 * (i + 1) for i in range(3)] + [len(e["kernel"]) + e["head_dim"] + len(e["grid"])]
@@ -43,12 +45,20 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward", 64, 1025, bf16, 32) == len("forward") + 64 + len("any")
     assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 128 + len("any")  # 80 loads as 128
     assert stages("forward", 32, 197, bf16, 14) == len("forward") + 64 + len("small")
+    assert stages("forward", 64, 577, bf16, 24) == len("forward") + 64 + len("gw24")  # a width of its own
+    assert stages("forward", 64, 785, bf16, 28) == len("forward") + 64 + len("any")  # a width without
+    assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("any")
     assert stages("forward", 128, 197, bf16, 14) == len("forward") + 128 + len("any")  # no "small" at 128
     assert stages("backward_dkdv", 64, 1025, bf16, 32, True) == len("backward_dkdv") + 64 + len("factored_wide")
     assert stages("backward_dkdv", 64, 197, bf16, 14, True) == len("backward_dkdv") + 64 + len("factored")
     assert stages("backward_dkdv", 128, 1025, bf16, 32, True) == len("backward_dkdv") + 128 + len("factored")
     assert stages("backward_dkdv", 64, 1025, torch.float32, 32, True) == len("backward_dkdv") + 64 + len("any")
     assert stages("forward", 256, 1025, bf16, 32) == len("forward") + 256 + len("any")
+    fp32 = torch.float32  # "tf32x3": its own entries, else fp32's
+    assert stages("forward", 64, 197, fp32, 14, fp32_precision="tf32x3") == len("forward") + 64 + len("any")
+    assert configs.config_key("forward", 64, 197, fp32, 14, fp32_precision="tf32x3")[2] == "tf32x3"
+    assert configs.config_key("forward", 64, 197, fp32, 14)[2] == "fp32"  # FP32_PRECISION's default: ieee
+    assert configs.table_key(configs.TABLE["sm_90"], ("forward", 128, "tf32x3", "any")) == ("forward", 128, "fp32", "any")
     assert configs.launch_config("forward", 64, 1025, bf16, 32, arch="sm_80") == dict(
         BLOCK_M=1, BLOCK_N=2, num_warps=3, num_stages=4)
 
@@ -73,10 +83,15 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
     def speed(cand):  # the fastest: the largest BLOCK_N, then the fewest warps, ...
         return 1.0 / cand[1] + cand[2] * 1e-3 + cand[0] * 1e-6 + cand[3] * 1e-9
 
-    def timer(kernel, spec, dtype, cand):
+    def timer(kernel, spec, dtype, cand, switch=None, value=None):
+        switches.add((dtype, switch, value))
         return None if (kernel, spec, dtype) == failing else speed(cand)  # None: the candidate failed
 
+    switches = set()
     winners = tune.measure_table(keys, timer)
+    # fp32 entries of the "tf32x3" class are timed under that precision, the others as they are
+    assert switches == {(torch.bfloat16, None, None), (torch.float32, None, None),
+                        (torch.float32, "FP32_PRECISION", "tf32x3")}
     assert unmeasured not in winners and len(winners) == len(keys) - 1
     tune.write_table(path, "sm_80", "Test GPU", winners, "python -m locat_bench.tune --table")
     table = configs.load_table(path)
@@ -102,3 +117,20 @@ def test_tune_names_a_bad_configs_argument(capsys):
     with pytest.raises(SystemExit):
         tune.main(["--output", "t.json", "--configs", "64,64,4,3"])
     assert "tuning needs CUDA" in capsys.readouterr().err
+
+
+def test_fp32_precision_is_a_checked_setting_that_every_launch_follows(monkeypatch):
+    """``set_fp32_precision``: fp32 launches take its products ("ieee" by default), fp16 / bf16 ones
+    keep theirs; a value that is not a precision is refused by name."""
+    import locat_kernels
+
+    monkeypatch.setattr(configs, "FP32_PRECISION", configs.FP32_PRECISION)  # restored after the test
+    q = torch.empty(1, 1, 17, 64)
+    assert {configs.launch_meta(k, q, 4, 1, -8.0, 1)["DOT_PRECISION"] for k in configs.KERNELS} == {"ieee"}
+    locat_kernels.set_fp32_precision("tf32x3")
+    assert {configs.launch_meta(k, q, 4, 1, -8.0, 1)["DOT_PRECISION"] for k in configs.KERNELS} == {"tf32x3"}
+    assert configs.launch_meta("forward", q.bfloat16(), 4, 1, -8.0, 1)["DOT_PRECISION"] == "tf32"
+    with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3'\), got 'tf32'"):
+        locat_kernels.set_fp32_precision("tf32")
+    assert configs.FP32_PRECISION == "tf32x3"
+

@@ -301,6 +301,9 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (2, 2, (13, 17), 3, 128),  # odd sizes, D = 128
     (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (padded to 128)
     (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
+    (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the forward's table entry of width 24 (8 warps)
+    (1, 2, (20, 37), 5, 48),  # 37 wide (that width's entry), rectangular, 5 prefix tokens, head_dim 48
+    (1, 3, (36, 40), 0, 64),  # 40 wide (its entry), no prefix
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),
@@ -330,6 +333,16 @@ def test_cuda_init_regime_where_most_tiles_skip(request, shape, dtype):
 @cuda
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
 def test_cuda_fp32_matches_float64(request, shape):
+    B, H, grid, P, D = shape
+    inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
+
+
+@cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
+def test_cuda_fp32_tf32x3_matches_float64(request, shape, monkeypatch):
+    """``set_fp32_precision("tf32x3")`` (three tf32 products on the tensor cores): the same 1e-5."""
+    monkeypatch.setattr(configs, "FP32_PRECISION", "tf32x3")
     B, H, grid, P, D = shape
     inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)

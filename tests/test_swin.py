@@ -167,7 +167,10 @@ def test_the_window_kernel_matches_float64(device, img, ws, depths, heads):
     fused.load_state_dict(ref.state_dict())
     fused.to(device)
     x = torch.randn(2, 3, img, img, dtype=torch.float64)
-    check_fused_model(fused, ref, x)
+    # 2e-4: the last block's log_alpha.bias gradient (norm 9e-7) is a sum that cancels: its float32 rounding
+    # measured 1.35e-4 relative on one CI machine's CPU (eager PyTorch in float32: 3.1e-5), under 1e-4 on
+    # the one before; a wrong gradient is off by order one.
+    check_fused_model(fused, ref, x, grad_tol=2e-4)
 
 
 def test_unknown_backend_is_refused():

@@ -148,10 +148,16 @@ LOW = [torch.bfloat16, torch.float16]
 
 
 @cuda
-@pytest.mark.parametrize("dtype", LOW + [torch.float32], ids=str)
-def test_swin_shapes_on_cuda(dtype):
+@pytest.mark.parametrize("dtype", LOW + [torch.float32, "tf32x3"], ids=str)
+def test_swin_shapes_on_cuda(dtype, monkeypatch):
     """Swin-T's first stage (batch 8: 512 windows of 7 x 7, 3 heads of 32) and its last (24 heads):
-    fp32 within 1e-5 of float64; fp16/bf16 within twice eager PyTorch's error at the same dtype."""
+    fp32 within 1e-5 of float64 (also with ``set_fp32_precision("tf32x3")``); fp16/bf16 within twice
+    eager PyTorch's error at the same dtype."""
+    if dtype == "tf32x3":
+        from locat_kernels.fused import configs
+
+        monkeypatch.setattr(configs, "FP32_PRECISION", "tf32x3")
+        dtype = torch.float32
     for Bw, H, D, nW in ((512, 3, 32, 64), (8, 24, 32, 1)):
         inputs, mask = _inputs(Bw, H, (7, 7), D, nW, "cuda", dtype)
         inputs[5] = inputs[5].detach().to(dtype).requires_grad_() if dtype != torch.float32 else inputs[5]

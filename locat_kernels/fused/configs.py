@@ -4,9 +4,9 @@ the one place they live.
 ``launch_meta(kernel, q, gw, num_prefix_tokens, cmin, rate)`` returns every keyword of one launch
 (block sizes, warps, stages, variant flags), cached per shape class so a call costs a dict lookup.
 Block configs come from the committed table ``configs.json``: per GPU architecture (``sm_90``: H100
-and H200), keyed by kernel, head-dim class, dtype class and grid class (``config_key``), each entry
-saying where it was measured. ``python -m locat_bench.tune --table`` measures an architecture's
-entries on the GPU at hand and ``--write`` puts them into the table. An architecture without
+and H200), keyed by kernel, head-dim class, dtype class and grid class (``config_key``; a grid class
+can be one grid width), each entry saying where it was measured. ``python -m locat_bench.tune
+--table`` measures an architecture's entries on the GPU at hand and ``--write`` puts them into the table. An architecture without
 entries (A100, Blackwell) uses sm_90's, with a one-time warning that they are untested there. There
 is no autotuning at run time: it would compile every candidate for every variant. Under the Triton
 interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a single small one.
@@ -65,17 +65,43 @@ FACTORED_DKDV: bool | str = "auto"
 MAX_FACTORED_COLS = 32
 
 
+# How the kernels multiply fp32 inputs (set_fp32_precision).
+FP32_PRECISIONS = ("ieee", "tf32x3")
+FP32_PRECISION = "ieee"
+
+
+def set_fp32_precision(precision: str) -> None:
+    """How the kernels multiply fp32 q, k, v: "ieee" (the default: exact products, on the CUDA cores)
+    or "tf32x3" (each product as three tf32 products on the tensor cores, the method of SDPA's own
+    fp32 kernels; within the same 1e-5 of float64 in the tests). On an H200 at head_dim 64, over SDPA
+    in fp32: ViT-T 224 forward 2.72x -> 0.98x, forward+backward 3.84x -> 1.45x; at head_dim 128 its
+    configs are fp32's, not tuned for it, and the backward is slower than ieee's (benchmarks/NOTES.md,
+    v17). Inputs in fp16 and bf16 are not affected. Set it before ``torch.compile`` traces a model:
+    the compiled code keeps the launches it traced."""
+    global FP32_PRECISION
+    if precision not in FP32_PRECISIONS:
+        raise ValueError(f"fp32 precision must be one of {FP32_PRECISIONS}, got {precision!r}")
+    FP32_PRECISION = precision
+
+
+def dot_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> str:
+    """``tl.dot``'s input_precision for inputs of ``dtype`` (ignored by Triton for fp16 / bf16)."""
+    return (fp32_precision or FP32_PRECISION) if dtype == torch.float32 else "tf32"
+
+
 def padded_head_dim(head_dim: int) -> int:
     """The power of two (>= 16, tl.dot's smallest) the kernels load a head_dim as."""
     return max(16, 1 << (head_dim - 1).bit_length())
 
 
 def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1,
-               factored: bool = False) -> tuple[str, int, str, str]:
+               factored: bool = False, fp32_precision: str | None = None) -> tuple[str, int, str, str]:
     """The table key of one launch: (kernel, head-dim class, dtype class, grid class). Head-dim class:
-    the padded head dim, at least 64. Grid class: "factored" / "factored_wide" (the dk/dv kernel's
+    the padded head dim, at least 64. Dtype class: "16bit" (fp16, bf16), "fp32", "tf32x3" (fp32 under
+    that precision; set_fp32_precision). Grid class: "factored" / "factored_wide" (the dk/dv kernel's
     factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 32 wide),
-    "small" (N <= 256), "any"; a class the table lacks falls back to "any"."""
+    "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
+    tiles than the rest: the forward at 384 / 518 / 640 px); a class the table lacks falls back to "any"."""
     d = max(64, padded_head_dim(head_dim))
     half = dtype != torch.float32
     if factored and half and d <= 128:
@@ -83,12 +109,24 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
     elif n <= 256:
         grid = "small"
     else:
-        grid = "any"
-    return kernel, d, "16bit" if half else "fp32", grid
+        grid = f"gw{gw}"
+    precision = "16bit" if half else "fp32" if dot_precision(dtype, fp32_precision) == "ieee" else "tf32x3"
+    return kernel, d, precision, grid
+
+
+def table_key(table: dict, key: tuple) -> tuple:
+    """The entry of ``table`` that serves ``key``: the key itself, or its grid class "any"; for
+    "tf32x3" without entries of its own, fp32's."""
+    kernel, d, precision, grid = key
+    for p in (precision, "fp32") if precision == "tf32x3" else (precision,):
+        for g in (grid, "any"):
+            if (kernel, d, p, g) in table:
+                return kernel, d, p, g
+    raise KeyError(f"configs.json has no entry for {key} nor its class 'any'")
 
 
 def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False,
-                  arch: str = DEFAULT_ARCH) -> dict:
+                  arch: str = DEFAULT_ARCH, fp32_precision: str | None = None) -> dict:
     """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch on a GPU of architecture ``arch``
     (``factored``: the dk/dv kernel's factored Gaussian on a grid of width ``gw``)."""
     if kernel in OVERRIDES:
@@ -100,8 +138,7 @@ def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: in
         if table is None:
             _warn_untested(arch)
             table = TABLE[DEFAULT_ARCH]
-        key = config_key(kernel, head_dim, n, dtype, gw, factored)
-        m, b, w, s = table.get(key) or table[key[:3] + ("any",)]
+        m, b, w, s = table[table_key(table, config_key(kernel, head_dim, n, dtype, gw, factored, fp32_precision))]
     return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
 
 
@@ -141,7 +178,7 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
     _, _, N, D = q.shape
     arch = device_arch(q.device.index or 0) if q.device.type == "cuda" and not INTERPRET else DEFAULT_ARCH
     return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, arch, GRID_TILES, FACTORED_DKDV,
-                        tuple(OVERRIDES.items()))
+                        FP32_PRECISION, tuple(OVERRIDES.items()))
 
 
 def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | str = None) -> bool:
@@ -152,10 +189,11 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | st
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, overrides) -> dict:
+def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
+                 overrides) -> dict:
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
     factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored)
-    cfg = launch_config(kernel, D, N, dtype, gw, factored, arch)
+    cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
     if (kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and not overrides
             and cfg["num_stages"] == 3):
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
@@ -166,8 +204,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         D=D, D_PAD=padded_head_dim(D), HAS_PREFIX=P > 0, RATE=rate,
         # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
-        # fp32 inputs get exact products (no tf32); the flag is ignored for fp16/bf16 operands.
-        DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32",
+        DOT_PRECISION=dot_precision(dtype, fp32_precision),
         **cfg,
     )
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).

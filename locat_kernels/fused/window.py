@@ -81,7 +81,7 @@ def _meta(q, gw, cmin, mask):
         D=D, D_PAD=configs.padded_head_dim(D), BLOCK=max(16, 1 << (N - 1).bit_length()),
         WINDOWS=_windows_per_program(), HAS_MASK=mask is not None,
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION=configs.dot_precision(q.dtype),
         num_warps=1 if configs.INTERPRET else 4, num_stages=1,
     )
 
