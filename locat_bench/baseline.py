@@ -6,9 +6,9 @@
 ``make`` copies REF's ``locat_kernels`` and ``locat_vit`` as ``locat_kernels_base`` and
 ``locat_vit_base`` (imports renamed, timm registration dropped), so both versions import side by
 side. ``run`` times, on the same inputs: the op (forward and forward+backward, plain calls and
-CUDA-graph replays, each over SDPA without a bias) at the op shapes, and whole-model eager training
-and inference images/s (over timm's ViT) for the model cases, eager (and with ``--modes eager
-compiled`` under torch.compile).
+CUDA-graph replays, each over SDPA without a bias; ``--op-rounds`` rounds of the three in turn) at
+the op shapes, and whole-model eager training and inference images/s (over timm's ViT) for the model
+cases, eager (and with ``--modes eager compiled`` under torch.compile).
 """
 from __future__ import annotations
 
@@ -45,6 +45,39 @@ def make(ref: str, dest: Path) -> None:
     print(f"wrote {dest}: {', '.join(RENAMES.values())} at {ref}")
 
 
+def time_ops(ops: dict, inputs, shape, rounds: int, timer) -> dict:
+    """``{name}_{fwd,fwd_bwd}_{plain,graph}_ms`` of each op in ``ops`` (name -> fn(q, k, v, var, alpha,
+    shape); "sdpa" differentiates q, k, v only) by ``timer(fn, graph=...)``: ``rounds`` rounds, each
+    timing every op in turn (so a host that drifts meets them all alike), the median round, with
+    ``rounds`` > 1 the spread (max / min - 1); and each op's ratio over "sdpa"'s."""
+    import statistics
+
+    import torch
+
+    do = torch.randn_like(inputs[0])
+    samples = {}
+    for _ in range(rounds):
+        for name, fn in ops.items():
+            wrt = inputs[:3] if name == "sdpa" else inputs
+            for graph in (False, True):
+                tag = "graph" if graph else "plain"
+                with torch.no_grad():
+                    ms = timer(lambda: fn(*inputs, shape), graph=graph)
+                samples.setdefault(f"{name}_fwd_{tag}", []).append(ms)
+                ms = timer(lambda: torch.autograd.grad(fn(*inputs, shape), wrt, do), graph=graph)
+                samples.setdefault(f"{name}_fwd_bwd_{tag}", []).append(ms)
+    row = {}
+    for key, times in samples.items():
+        row[f"{key}_ms"] = statistics.median(times)
+        if rounds > 1:
+            row[f"{key}_spread"] = max(times) / min(times) - 1
+    for name in ops:
+        for key in ("fwd_plain", "fwd_bwd_plain", "fwd_graph", "fwd_bwd_graph"):
+            if name != "sdpa" and "sdpa" in ops:
+                row[f"{name}_{key}_over_sdpa"] = row[f"{name}_{key}_ms"] / row[f"sdpa_{key}_ms"]
+    return row
+
+
 def run(args) -> dict:
     import torch
     import torch.nn.functional as F
@@ -73,22 +106,9 @@ def run(args) -> dict:
             inputs = make_inputs(s, args.regime, getattr(torch, args.dtype), "cuda")
         except torch.cuda.OutOfMemoryError:
             continue
-        do = torch.randn_like(inputs[0])
-        row = dict(shape=spec, regime=args.regime, dtype=args.dtype, fp32_precision=args.fp32_precision)
-        for name, fn in ops.items():
-            if name == "before" and s.D not in (16, 32, 64, 128):
-                continue
-            wrt = inputs[:3] if name == "sdpa" else inputs
-            for graph in (False, True):
-                tag = "graph" if graph else "plain"
-                with torch.no_grad():
-                    row[f"{name}_fwd_{tag}_ms"] = cuda_median_ms(lambda: fn(*inputs, s), graph=graph)
-                row[f"{name}_fwd_bwd_{tag}_ms"] = cuda_median_ms(
-                    lambda: torch.autograd.grad(fn(*inputs, s), wrt, do), graph=graph)
-        for name in ("after", "before"):
-            for key in ("fwd_plain", "fwd_bwd_plain", "fwd_graph", "fwd_bwd_graph"):
-                if f"{name}_{key}_ms" in row:
-                    row[f"{name}_{key}_over_sdpa"] = row[f"{name}_{key}_ms"] / row[f"sdpa_{key}_ms"]
+        names = [name for name in ops if name != "before" or s.D in (16, 32, 64, 128)]
+        row = dict(shape=spec, regime=args.regime, dtype=args.dtype, fp32_precision=args.fp32_precision,
+                   **time_ops({name: ops[name] for name in names}, inputs, s, args.op_rounds, cuda_median_ms))
         print(json.dumps(row), flush=True)
         op_rows.append(row)
 
@@ -152,7 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
                    help="size:img:batch")
     p.add_argument("--modes", nargs="*", default=["eager"], choices=list(("eager", "compiled")))
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5, help="model runs per case")
+    p.add_argument("--op-rounds", type=int, default=1,
+                   help="op timings: rounds of after, before and SDPA in turn (the median round and the spread)")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[2:])
     if args.cmd == "make":

@@ -180,3 +180,29 @@ def test_tune_sweep_times_every_shape_under_each_switch_value(monkeypatch, tmp_p
     timed.clear(), dtypes.clear()
     tune.main(["--output", str(out), "--kernels", "forward", "--shapes", shapes[0], "--default-switch"])
     assert timed == tune.CANDIDATES["forward"] and set(dtypes) == {torch.bfloat16}
+
+
+def test_baseline_times_the_ops_in_rounds_each_op_in_turn():
+    """``baseline run --op-rounds``: every round times each op in turn (forward and forward+backward,
+    plain and replayed); the median round, its spread, and the ratio over SDPA's median."""
+    from locat_bench import baseline
+    from locat_bench.bench_attention import Shape, make_inputs
+
+    shape = Shape.parse("1,2,3,3,1,16")
+    inputs = make_inputs(shape, "broad", torch.float32, "cpu")
+    called = []
+    ops = {"after": lambda q, k, v, var, alpha, s: (called.append("after"), q + k + v + var.sum() + alpha.sum())[1],
+           "sdpa": lambda q, k, v, var, alpha, s: (called.append("sdpa"), q + k + v)[1]}
+    ticks = iter(range(1, 100))
+
+    def timer(fn, graph):  # one call, then the next tick as its "time"
+        fn()
+        return float(next(ticks))
+
+    row = baseline.time_ops(ops, inputs, shape, 3, timer)
+    assert called == (["after"] * 4 + ["sdpa"] * 4) * 3
+    # after: fwd plain 1, 9, 17; fwd+bwd replayed 4, 12, 20; sdpa's fwd plain 5, 13, 21
+    assert row["after_fwd_plain_ms"] == 9 and row["after_fwd_plain_spread"] == 16
+    assert row["after_fwd_bwd_graph_ms"] == 12 and row["sdpa_fwd_plain_ms"] == 13
+    assert row["after_fwd_plain_over_sdpa"] == 9 / 13 and "sdpa_fwd_plain_over_sdpa" not in row
+    assert "after_fwd_plain_spread" not in baseline.time_ops(ops, inputs, shape, 1, timer)
