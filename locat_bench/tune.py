@@ -4,12 +4,14 @@
 backward launchers under each dq config (dk/dv at its default) and each dk/dv config (dq at its
 default); the forward and dq configs both with grid-shaped key tiles and with token tiles
 (``configs.GRID_TILES``), the dk/dv configs with and without the factored Gaussian
-(``configs.FACTORED_DKDV``); ``--switch NAME=V1,V2``: under those values of that switch instead. Prints
-the medians and writes them as JSON (``--output``).
+(``configs.FACTORED_DKDV``); ``--switch NAME=V1,V2``: under those values of that switch instead (e.g.
+``FP32_PRECISION='ieee','tf32x3'`` with ``--dtype float32``: bf16 inputs by default). Prints the medians
+and writes them as JSON (``--output``).
 
 **Table** (``--table``): every entry of the config table (``locat_kernels/fused/configs.json``) for
 this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
-dtype (``TABLE_SHAPES``, each in its entry's class) under each candidate; the fastest wins.
+dtype (``TABLE_SHAPES``, each in its entry's class; a "tf32x3" entry under that fp32 precision) under
+each candidate; the fastest wins.
 ``--write PATH`` puts the winners into that table file under this architecture, each entry's source
 naming the GPU, shape, date and command; the timings go to ``--output`` as in the sweep.
 """
