@@ -332,17 +332,10 @@ def test_cuda_init_regime_where_most_tiles_skip(request, shape, dtype):
 
 @cuda
 @pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
-def test_cuda_fp32_matches_float64(request, shape):
-    B, H, grid, P, D = shape
-    inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
-    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
-
-
-@cuda
-@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}")
-def test_cuda_fp32_tf32x3_matches_float64(request, shape, monkeypatch):
-    """``set_fp32_precision("tf32x3")`` (three tf32 products on the tensor cores): the same 1e-5."""
-    monkeypatch.setattr(configs, "FP32_PRECISION", "tf32x3")
+@pytest.mark.parametrize("precision", configs.FP32_PRECISIONS)
+def test_cuda_fp32_matches_float64(request, shape, precision, monkeypatch):
+    """fp32 within 1e-5 of float64, exact products and ``set_fp32_precision("tf32x3")`` alike."""
+    monkeypatch.setattr(configs, "FP32_PRECISION", precision)
     B, H, grid, P, D = shape
     inputs = make_inputs(B, H, grid, P, D, device="cuda", var_range=(0.5, grid[0] + 0.5))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
