@@ -66,12 +66,8 @@ def _under(call, switch, value):
         return call
 
     def run():
-        saved = getattr(configs, switch)
-        setattr(configs, switch, value)
-        try:
+        with configs.switched({switch: value}):
             call()
-        finally:
-            setattr(configs, switch, saved)
     return run
 
 

@@ -111,24 +111,13 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
     var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
     radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
     out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
-    saved = dict(configs.OVERRIDES)
-    configs.OVERRIDES.update(overrides)
-    saved_switches = {name: getattr(configs, name) for name in switches or {}}
-    for name, value in (switches or {}).items():
-        setattr(configs, name, value)
-    try:
-        with configs.recorded_launches() as launches:
-            fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
-            fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
-            fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin,
-                                     rate, scale)
-            fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
-                                gw, P, 0.0, 1.0, rate)
-    finally:
-        configs.OVERRIDES.clear()
-        configs.OVERRIDES.update(saved)
-        for name, value in saved_switches.items():
-            setattr(configs, name, value)
+    with configs.switched(switches or {}, overrides), configs.recorded_launches() as launches:
+        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
+        fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
+        fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin,
+                                 rate, scale)
+        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
+                            gw, P, 0.0, 1.0, rate)
     rows = []
     for name, (kernel, grid, args, kwargs) in zip(KERNELS, launches):
         compiled = kernel.warmup(*args, grid=grid, **kwargs)

@@ -155,18 +155,11 @@ def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=No
     else:
         def run():
             fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common)
-    saved = getattr(configs, switch) if switch else None
-    configs.OVERRIDES[kernel] = cand
-    if switch:
-        setattr(configs, switch, value)
     try:
-        return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median"), ""
+        with configs.switched({switch: value} if switch else {}, {kernel: cand}):
+            return triton.testing.do_bench(run, warmup=25, rep=100, return_mode="median"), ""
     except Exception as e:  # a config that does not compile or fit: note it, go on
         return None, str(e).splitlines()[0][:120]
-    finally:
-        del configs.OVERRIDES[kernel]
-        if switch:
-            setattr(configs, switch, saved)
 
 
 @functools.lru_cache(maxsize=1)  # the candidates of one shape share its inputs; one shape's tensors kept

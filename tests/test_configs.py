@@ -134,3 +134,13 @@ def test_fp32_precision_is_a_checked_setting_that_every_launch_follows(monkeypat
         locat_kernels.set_fp32_precision("tf32")
     assert configs.FP32_PRECISION == "tf32x3"
 
+
+
+def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
+    before = (configs.GRID_TILES, configs.FP32_PRECISION, dict(configs.OVERRIDES))
+    with pytest.raises(RuntimeError):
+        with configs.switched({"GRID_TILES": not before[0], "FP32_PRECISION": "tf32x3"}, {"forward": (16, 16, 1, 1)}):
+            assert (configs.GRID_TILES, configs.FP32_PRECISION) == (not before[0], "tf32x3")
+            assert configs.OVERRIDES["forward"] == (16, 16, 1, 1)
+            raise RuntimeError
+    assert (configs.GRID_TILES, configs.FP32_PRECISION, dict(configs.OVERRIDES)) == before

@@ -279,6 +279,22 @@ class _FakeSkippingLaunch:
 
 
 @contextlib.contextmanager
+def switched(switches: dict, overrides: dict | None = None):
+    """Within the block, this module's switches set (name -> value: ``GRID_TILES``, ``FP32_PRECISION``,
+    ...) and ``OVERRIDES`` updated with ``overrides`` (kernel -> config); both as before after it (the
+    A/B of locat_bench's tune, kernel_profile and resources)."""
+    saved, saved_overrides = {name: globals()[name] for name in switches}, dict(OVERRIDES)
+    globals().update(switches)
+    OVERRIDES.update(overrides or {})
+    try:
+        yield
+    finally:
+        globals().update(saved)
+        OVERRIDES.clear()
+        OVERRIDES.update(saved_overrides)
+
+
+@contextlib.contextmanager
 def recorded_launches(run: bool = False):
     """Within the block, every launch through ``launcher`` is appended to the yielded list as
     ``(kernel, grid, args, meta)``, and runs only with ``run`` (tools that inspect or time the
