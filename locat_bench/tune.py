@@ -1,7 +1,8 @@
 """Block configs of the three kernels measured on this GPU (CUDA): ``python -m locat_bench.tune``.
 
-**Sweep** (default): for each shape, times the forward launcher under each forward config, then the
-backward launchers under each dq config (dk/dv at its default) and each dk/dv config (dq at its
+**Sweep** (default): for each shape, times the forward launcher under each forward config (with the
+skip radius given, as the LocAt layers launch it; "forward_radius": finding it, as the public op does),
+then the backward launchers under each dq config (dk/dv at its default) and each dk/dv config (dq at its
 default); the forward and dq configs both with grid-shaped key tiles and with token tiles
 (``configs.GRID_TILES``), the dk/dv configs with and without the factored Gaussian
 (``configs.FACTORED_DKDV``); ``--switch NAME=V1,V2``: under those values of that switch instead (e.g.
@@ -45,11 +46,13 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head
                       # without spills where the table's choices spill (python -m locat_bench.resources, v9)
                       (32, 128, 8, 3), (32, 64, 4, 3), (16, 128, 4, 3)],
 }
+CANDIDATES["forward_radius"] = CANDIDATES["forward"]  # the forward finding its skip radius (the public op)
 # Head-dim class 256 and fp32 (exact or tf32x3 products: many registers): smaller tiles, every kernel.
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
                (16, 32, 4, 2), (64, 64, 4, 2)]
 # kernel -> the configs switch it is timed under, and its values
-SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILES", (True, False)),
+SWITCHES = {"forward": ("GRID_TILES", (True, False)), "forward_radius": ("GRID_TILES", (True, False)),
+            "backward_dq": ("GRID_TILES", (True, False)),
             "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
 # (head-dim class, dtype class, grid class) -> the shape (B,H,gh,gw,P,D) its entries are timed on, or
 # kernel -> shape where the kernels' classes differ (the dk/dv kernel's "any" is its per-logit path,
@@ -147,11 +150,12 @@ def main(argv=None) -> int:
 
 def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=None):
     """(median ms, note) of the launches of ``kernel`` (the forward, or the backward's two) on shape
-    ``spec`` under config ``cand`` (and ``configs.<switch> = value``); (None, why) if it fails."""
+    ``spec`` under config ``cand`` (and ``configs.<switch> = value``); (None, why) if it fails. The
+    forward gets its skip radius as the LocAt layers give it; "forward_radius" finds it (the public op)."""
     q, k, v, var, alpha, common, out, lse, radius, do = _inputs(spec, dtype, regime)
-    if kernel == "forward":
+    if kernel in ("forward", "forward_radius"):
         def run():
-            fused.attention_forward(q, k, v, var, alpha, None, *common)
+            fused.attention_forward(q, k, v, var, alpha, None if kernel == "forward_radius" else radius, *common)
     else:
         def run():
             fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, *common)

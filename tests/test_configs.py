@@ -45,8 +45,12 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward", 64, 1025, bf16, 32) == len("forward") + 64 + len("any")
     assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 128 + len("any")  # 80 loads as 128
     assert stages("forward", 32, 197, bf16, 14) == len("forward") + 64 + len("small")
-    assert stages("forward", 64, 577, bf16, 24) == len("forward") + 64 + len("gw24")  # a width of its own
+    assert stages("forward", 64, 1374, bf16, 37) == len("forward") + 64 + len("gw37")  # a width of its own
     assert stages("forward", 64, 785, bf16, 28) == len("forward") + 64 + len("any")  # a width without
+    # the forward that finds its radius: its own entries, else the forward's (a width, then "any")
+    assert stages("forward_radius", 64, 577, bf16, 24) == len("forward_radius") + 64 + len("gw24")
+    assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("gw40")
+    assert stages("forward_radius", 64, 785, bf16, 28) == len("forward") + 64 + len("any")
     assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("any")
     assert stages("forward", 128, 197, bf16, 14) == len("forward") + 128 + len("any")  # no "small" at 128
     assert stages("backward_dkdv", 64, 1025, bf16, 32, True) == len("backward_dkdv") + 64 + len("factored_wide")
@@ -144,3 +148,24 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
             assert configs.OVERRIDES["forward"] == (16, 16, 1, 1)
             raise RuntimeError
     assert (configs.GRID_TILES, configs.FP32_PRECISION, dict(configs.OVERRIDES)) == before
+
+
+def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_radius(monkeypatch):
+    """The public op's forward finds its skip radius ("forward_radius" configs); the LocAt layers' is
+    given it ("forward"). Overrides of "forward" serve both unless "forward_radius" has its own."""
+    from locat_kernels import fused
+
+    q, k, v = (torch.randn(1, 2, 17, 16) for _ in range(3))
+    var, alpha = torch.rand(1, 2, 16, 2) + 0.5, torch.rand(1, 2, 16)
+    radius = torch.full((2,), 4, dtype=torch.int32)
+
+    def block_m(r):
+        with configs.recorded_launches() as launches:
+            fused.attention_forward(q, k, v, var, alpha, r, 4, 1, 1e-6, -1e9, 1, 0.25)
+        (_, _, _, meta), = launches
+        return meta["BLOCK_M"], meta["FIND_RADIUS"]
+
+    monkeypatch.setitem(configs.OVERRIDES, "forward", (32, 16, 1, 1))
+    assert block_m(radius) == (32, False) and block_m(None) == (32, True)
+    monkeypatch.setitem(configs.OVERRIDES, "forward_radius", (64, 16, 1, 1))
+    assert block_m(radius) == (32, False) and block_m(None) == (64, True)

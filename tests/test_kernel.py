@@ -301,7 +301,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (2, 2, (13, 17), 3, 128),  # odd sizes, D = 128
     (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (padded to 128)
     (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
-    (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the forward's table entry of width 24 (8 warps)
+    (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the op's forward entry of width 24 (8 warps)
     (1, 2, (20, 37), 5, 48),  # 37 wide (that width's entry), rectangular, 5 prefix tokens, head_dim 48
     (1, 3, (36, 40), 0, 64),  # 40 wide (its entry), no prefix
     (1, 2, (10, 12), 1, 256),

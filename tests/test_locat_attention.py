@@ -132,6 +132,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     (4, 3, (14, 14), 1, 64, 1),
     (2, 2, (32, 32), 1, 64, 2),
     (1, 2, (24, 24), 1, 64, 1),
+    (1, 2, (20, 37), 5, 64, 1),  # 37 wide: the layers' forward entry of that width (the radius given)
     (2, 2, (13, 17), 3, 80, 1),
     (1, 2, (16, 16), 5, 96, 2),
 ]

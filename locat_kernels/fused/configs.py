@@ -30,7 +30,11 @@ except ImportError:  # an older Triton: no DirectLaunch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-KERNELS = ("forward", "backward_dq", "backward_dkdv")
+# "forward_radius": the forward that finds its skip radius itself (the public op; the LocAt layers give
+# it from the Gaussian augmentation's kernel): the same kernel, whose best config can differ (at grid
+# width 24, 8 warps are 20% slower with the radius given and 7% faster finding it; benchmarks/NOTES.md,
+# v18). Without entries of its own it takes the forward's, and the forward's overrides.
+KERNELS = ("forward", "forward_radius", "backward_dq", "backward_dkdv")
 MAX_HEAD_DIM = 256
 MAX_TOKENS = 1 << 20  # tiles.positions divides patch indices by the grid width exactly below 2^20
 TABLE_PATH = Path(__file__).with_name("configs.json")
@@ -47,7 +51,8 @@ def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, int,
 TABLE = load_table()
 _INTERPRETER = (16, 16, 1, 1)
 
-# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py.
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py
+# ("forward" serves "forward_radius" too, unless it has its own).
 OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 
 # Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS slots each, COLS =
@@ -115,21 +120,28 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
 
 def table_key(table: dict, key: tuple) -> tuple:
     """The entry of ``table`` that serves ``key``: the key itself, or its grid class "any"; for
-    "tf32x3" without entries of its own, fp32's."""
+    "tf32x3" without entries of its own, fp32's; for "forward_radius", the forward's."""
     kernel, d, precision, grid = key
     for p in (precision, "fp32") if precision == "tf32x3" else (precision,):
         for g in (grid, "any"):
-            if (kernel, d, p, g) in table:
-                return kernel, d, p, g
+            for k in _kernels(kernel):
+                if (k, d, p, g) in table:
+                    return k, d, p, g
     raise KeyError(f"configs.json has no entry for {key} nor its class 'any'")
+
+
+def _kernels(kernel: str) -> tuple[str, ...]:
+    """``kernel``, then the kernel whose configs it takes where it has none of its own."""
+    return (kernel, "forward") if kernel == "forward_radius" else (kernel,)
 
 
 def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False,
                   arch: str = DEFAULT_ARCH, fp32_precision: str | None = None) -> dict:
     """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch on a GPU of architecture ``arch``
     (``factored``: the dk/dv kernel's factored Gaussian on a grid of width ``gw``)."""
-    if kernel in OVERRIDES:
-        m, b, w, s = OVERRIDES[kernel]
+    override = next((OVERRIDES[k] for k in _kernels(kernel) if k in OVERRIDES), None)
+    if override:
+        m, b, w, s = override
     elif INTERPRET:
         m, b, w, s = _INTERPRETER
     else:

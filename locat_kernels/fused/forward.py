@@ -3,7 +3,8 @@
 ``attention_forward(q, k, v, var, alpha, radius, params) -> (out, lse, radius)``: q, k, v
 (B, H, N, D) with a unit last stride; var (B, H, Np, 2), alpha (B, H, Np); radius (B*H,) int32
 from ``gaug_forward``, or None: then each program finds its (batch, head)'s radius from var and
-alpha and the first stores it (for the backward). out (B, H, N, D) is stored as (B, N, H, D) and
+alpha and the first stores it (for the backward; a launch with configs of its own, "forward_radius").
+out (B, H, N, D) is stored as (B, N, H, D) and
 returned transposed, so the caller's head merge is free; lse (B, H, N) float32 in log2 units.
 
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
@@ -41,7 +42,7 @@ def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, c
     find_radius = radius is None
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
-    meta = configs.launch_meta("forward", q, gw, num_prefix_tokens, cmin, rate)
+    meta = configs.launch_meta("forward_radius" if find_radius else "forward", q, gw, num_prefix_tokens, cmin, rate)
     configs.launcher(_forward_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
         q, k, v, var, alpha, radius, out, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
