@@ -30,7 +30,7 @@ for step in $steps; do
     table)    [ -f "$OUT/configs.json" ] || cp locat_kernels/fused/configs.json "$OUT/configs.json"  # then copy it back
               timeout 560 python3 -m locat_bench.tune --table --kernels ${TABLE_KERNELS:-forward backward_dq} \
                 --output "$OUT/tune_table.json" --write "$OUT/configs.json" > "$OUT/table.log" 2>&1 ;;
-    bench)    timeout 300 python3 -m locat_bench.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
+    bench)    timeout 400 python3 -m locat_bench.cli --output "$OUT/attention.json" > "$OUT/bench.log" 2>&1 ;;
     model)    timeout 400 python3 -m locat_bench.cli --model --modes eager --output "$OUT/model.json" > "$OUT/model.log" 2>&1 ;;
     compiled) timeout 550 python3 -m locat_bench.cli --model --modes compiled --output "$OUT/compiled.json" > "$OUT/compiled.log" 2>&1 ;;
     baseline) PYTHONPATH=.:.baseline timeout 400 python3 -m locat_bench.baseline run --output "$OUT/baseline.json" > "$OUT/baseline.log" 2>&1 ;;

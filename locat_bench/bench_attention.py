@@ -2,6 +2,10 @@
 
 Peers, all timed in the same process on the same inputs:
 - ``locat``: ``gaussian_attention(backend="triton")``, the fused kernels;
+- ``locat_layer``: ``locat_attention(backend="triton")``, the launches a LocAt layer makes: var and
+  alpha from the queries by the block's two layers (their own kernel, which also gives the attention
+  its skip radius), then the attention; its layers' weights make var and alpha of the regime
+  (``layer_weights``), not the inputs' var and alpha;
 - ``eager``: the reference (materializes the bias, eager softmax);
 - ``sdpa_bias``: the dense (B, H, N, N) bias handed to SDPA (the published path);
 - ``flex``: FlexAttention with a ``score_mod`` computing the bias (var_r, var_c, alpha captured
@@ -20,11 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from locat_kernels import gaussian_attention, gaussian_attention_reference, gaussian_clamp, gaussian_eps
+from locat_kernels import (
+    gaussian_attention, gaussian_attention_reference, gaussian_clamp, gaussian_eps, gaussian_parameters,
+    locat_attention,
+)
 
 from .timing import cpu_median_ms, cuda_median_ms, peak_memory_gb
 
-__all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "REGIMES", "PEERS", "bench_shape", "ratios", "make_inputs", "flops"]
+__all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "REGIMES", "PEERS", "bench_shape", "ratios", "make_inputs",
+           "layer_weights", "flops"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,7 @@ GPU_SHAPES = [
 ]
 CPU_SHAPES = [Shape("tiny 7x7", 1, 2, (7, 7), D=32), Shape("tiny 4x6+5", 2, 2, (4, 6), P=5, D=16)]
 REGIMES = ("broad", "init")
-PEERS = ("locat", "eager", "sdpa_bias", "flex", "sdpa")
+PEERS = ("locat", "locat_layer", "eager", "sdpa_bias", "flex", "sdpa")
 
 
 def make_inputs(shape: Shape, regime: str, dtype, device, requires_grad=True):
@@ -80,6 +88,17 @@ def make_inputs(shape: Shape, regime: str, dtype, device, requires_grad=True):
     else:
         var, alpha = 0.9 + 0.2 * u[..., :2], 0.64 + 0.1 * u[..., 2]
     return q, k, v, var.requires_grad_(requires_grad), alpha.requires_grad_(requires_grad)
+
+
+def layer_weights(D: int, regime: str, device) -> list[torch.Tensor]:
+    """A LocAt block's ``gaug`` layer tensors (log_var weight (2, D) and bias (2,), log_alpha weight
+    (1, D) and bias (1,)), float32, requiring grad. init: the published init (weights N(0, 0.02^2),
+    biases 0: var about 1, alpha about 0.69); broad: weights N(0, 0.3^2 * 64 / D), var from ~0.01 to
+    ~3 gh and alpha up to ~4 on unit queries, so the skip radius spans the grid as in ``make_inputs``'
+    broad regime."""
+    std = 0.02 if regime == "init" else 0.3 * (64 / D) ** 0.5
+    return [(std * torch.randn(*shape, device=device) if len(shape) == 2 else torch.zeros(*shape, device=device))
+            .requires_grad_() for shape in ((2, D), (2,), (1, D), (1,))]
 
 
 def flex_peer():
@@ -109,7 +128,8 @@ def flex_peer():
     return run
 
 
-def peer_fns(device):
+def peer_fns(device, layers=()):
+    """peer -> fn(q, k, v, var, alpha, grid, P); ``locat_layer`` with ``layers`` (``layer_weights``)."""
     fns = {
         "locat": lambda q, k, v, var, alpha, grid, P: gaussian_attention(
             q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="triton"),
@@ -119,6 +139,9 @@ def peer_fns(device):
             q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="sdpa"),
         "sdpa": lambda q, k, v, var, alpha, grid, P: F.scaled_dot_product_attention(q, k, v),
     }
+    if layers:
+        fns["locat_layer"] = lambda q, k, v, var, alpha, grid, P: locat_attention(
+            q, k, v, *layers, grid, num_prefix_tokens=P, backend="triton")
     if device == "cuda":
         flex = flex_peer()
         if flex is not None:
@@ -140,34 +163,37 @@ def _timer(device, graph=True):
 
 def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print) -> list[dict]:
     """One row per peer: fwd/fwd+bwd median ms, TFLOP/s, peak fwd+bwd memory, error vs float64."""
-    fns = peer_fns(device)
+    layers = layer_weights(shape.D, regime, device) if "locat_layer" in peers else ()
+    fns = peer_fns(device, layers)
     timer, plain = _timer(device), _timer(device, graph=False)
     inputs = make_inputs(shape, regime, dtype, device)
     q, k, v, var, alpha = inputs
     do = torch.randn_like(q)
     ref = _reference64(inputs, shape)
+    ref_layer = _reference64(inputs, shape, layers) if layers else None
     rows = []
     for peer in peers:
         if peer not in fns:
             continue
         fn = fns[peer]
         args = (*inputs, shape.grid, shape.P)
-        wrt = (q, k, v) if peer == "sdpa" else inputs
+        wrt = dict(sdpa=(q, k, v), locat_layer=(q, k, v, *layers)).get(peer, inputs)
         row = dict(shape=shape.name, B=shape.B, H=shape.H, N=shape.N, D=shape.D, grid=list(shape.grid),
                    P=shape.P, regime=regime, dtype=str(dtype).removeprefix("torch."), peer=peer)
         try:
             with torch.no_grad():
                 out = fn(*args)
                 row["fwd_ms"] = timer(lambda: fn(*args))
-                if device == "cuda" and peer in ("locat", "sdpa"):
+                if device == "cuda" and peer in ("locat", "locat_layer", "sdpa"):
                     row["fwd_plain_ms"] = plain(lambda: fn(*args))
-            row["max_abs_err"] = None if peer == "sdpa" else float((out[:1].double() - ref).abs().max())
+            truth = ref_layer if peer == "locat_layer" else ref
+            row["max_abs_err"] = None if peer == "sdpa" else float((out[:1].double() - truth).abs().max())
 
             def fwd_bwd():
                 return torch.autograd.grad(fn(*args), wrt, do)
 
             row["fwd_bwd_ms"] = timer(fwd_bwd)
-            if device == "cuda" and peer in ("locat", "sdpa"):
+            if device == "cuda" and peer in ("locat", "locat_layer", "sdpa"):
                 row["fwd_bwd_plain_ms"] = plain(fwd_bwd)
             row["peak_mem_gb"] = peak_memory_gb(fwd_bwd, device, above_current=True)
             row["fwd_tflops"] = flops(shape, False) / row["fwd_ms"] * 1e-9
@@ -180,19 +206,22 @@ def bench_shape(shape: Shape, regime: str, dtype, device, peers=PEERS, log=print
     return rows
 
 
-def _reference64(inputs, shape: Shape):
-    """The float64 truth for the first batch element (enough to measure error; keeps memory small)."""
-    first = [t.detach()[:1].double() for t in inputs]
+def _reference64(inputs, shape: Shape, layers=()):
+    """The float64 truth for the first batch element (enough to measure error; keeps memory small);
+    with ``layers``, var and alpha made from its queries by them (``locat_layer``)."""
+    q, k, v, var, alpha = [t.detach()[:1].double() for t in inputs]
     with torch.no_grad():
-        return gaussian_attention_reference(*first, shape.grid, num_prefix_tokens=shape.P)
+        if layers:
+            var, alpha = gaussian_parameters(q[:, :, shape.P:], *(w.detach().double() for w in layers), shape.grid)
+        return gaussian_attention_reference(q, k, v, var, alpha, shape.grid, num_prefix_tokens=shape.P)
 
 
 def _format_row(row: dict) -> str:
     if "error" in row:
-        return f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<9} {row['error']}"
+        return f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<11} {row['error']}"
     err = "" if row["max_abs_err"] is None else f"err {row['max_abs_err']:.1e}"
     mem = "" if row["peak_mem_gb"] is None else f"{row['peak_mem_gb']:7.3f} GB"
-    return (f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<9} fwd {row['fwd_ms']:8.3f} ms "
+    return (f"  {row['shape']:<11} {row['regime']:<5} {row['peer']:<11} fwd {row['fwd_ms']:8.3f} ms "
             f"fwd+bwd {row['fwd_bwd_ms']:8.3f} ms  {row['fwd_tflops']:6.1f}/{row['fwd_bwd_tflops']:6.1f} TFLOP/s "
             f"{mem} {err}")
 

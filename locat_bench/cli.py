@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", nargs="*", help="shape names, or your own as B,H,gh,gw,P,D (default: all for "
                         "this device)")
     parser.add_argument("--regimes", nargs="*", default=None, help="broad and/or init")
-    parser.add_argument("--peers", nargs="*", default=None, help="subset of locat eager sdpa_bias flex sdpa")
+    parser.add_argument("--peers", nargs="*", default=None, help="subset of locat locat_layer eager sdpa_bias flex sdpa")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--output", type=Path, default=None,
@@ -156,7 +156,7 @@ def plot(json_path: Path) -> Path:
     data = json.loads(Path(json_path).read_text())
     ratios = [r for r in data["ratios"] if r["peer"] != "sdpa"]
     groups = list(dict.fromkeys((r["shape"], r["regime"]) for r in ratios))
-    peers = [p for p in ("locat", "sdpa_bias", "flex", "eager") if any(r["peer"] == p for r in ratios)]
+    peers = [p for p in ("locat", "locat_layer", "sdpa_bias", "flex", "eager") if any(r["peer"] == p for r in ratios)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     width = 0.8 / len(peers)
     for ax, key, title in zip(axes, ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor"), ("forward", "forward + backward")):
@@ -223,10 +223,10 @@ def print_ratios(ratios: list[dict]) -> None:
     print("\ntime over the floor (SDPA without bias; lower is better): CUDA-graph replays, plain calls; and over locat:")
     keys = ("fwd_ms_over_floor", "fwd_bwd_ms_over_floor", "fwd_plain_ms_over_floor", "fwd_bwd_plain_ms_over_floor",
             "fwd_ms_over_locat", "fwd_bwd_ms_over_locat", "mem_over_floor")
-    print(f"  {'shape':<20} {'regime':<6} {'peer':<9} {'fwd':>7} {'f+b':>7} {'fwd pl':>7} {'f+b pl':>7} "
+    print(f"  {'shape':<20} {'regime':<6} {'peer':<11} {'fwd':>7} {'f+b':>7} {'fwd pl':>7} {'f+b pl':>7} "
           f"{'fwd/loc':>7} {'f+b/loc':>7} {'mem':>7}")
     for r in ratios:
-        print(f"  {r['shape']:<20} {r['regime']:<6} {r['peer']:<9} "
+        print(f"  {r['shape']:<20} {r['regime']:<6} {r['peer']:<11} "
               + " ".join(f"{r[k]:7.2f}" if r.get(k) is not None else f"{'-':>7}" for k in keys))
 
 

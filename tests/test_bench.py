@@ -20,8 +20,21 @@ def test_op_report_runs_every_peer_through_the_interpreter(capsys):
     assert cli.main(["--no-save", "--shapes", "tiny 4x6+5"]) == 0
     out = capsys.readouterr().out
     assert "No ratio table on CPU" in out
-    for peer in ("locat", "eager", "sdpa_bias", "sdpa"):
+    for peer in ("locat", "locat_layer", "eager", "sdpa_bias", "sdpa"):
         assert f" {peer} " in out, out
+
+
+@pytest.mark.parametrize("regime", ["broad", "init"])
+def test_the_layer_peer_times_a_locat_layers_launches_and_matches_its_own_float64(regime):
+    """``locat_layer`` runs ``locat_attention`` (var and alpha from the queries by its layers): its
+    error is against the float64 attention with var and alpha made by the same layers, not the
+    inputs' (which it does not use)."""
+    from locat_bench import bench_attention as ba
+
+    rows = ba.bench_shape(ba.CPU_SHAPES[1], regime, torch.float32, "cpu", peers=("locat", "locat_layer"),
+                          log=lambda s: None)
+    errs = {r["peer"]: r["max_abs_err"] for r in rows}
+    assert errs["locat_layer"] < 2e-6 and errs["locat"] < 2e-6, errs
 
 
 def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
