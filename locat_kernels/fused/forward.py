@@ -4,8 +4,8 @@
 (B, H, N, D) with a unit last stride; var (B, H, Np, 2), alpha (B, H, Np); radius (B*H,) int32
 from ``gaug_forward``, or None: then each program finds its (batch, head)'s radius from var and
 alpha and the first stores it (for the backward; a launch with configs of its own, "forward_radius").
-out (B, H, N, D) is stored as (B, N, H, D) and
-returned transposed, so the caller's head merge is free; lse (B, H, N) float32 in log2 units.
+out (B, H, N, D) is stored as (B, N, H, D) and returned transposed, so the caller's head merge is
+free; lse (B, H, N) float32 in log2 units.
 
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
