@@ -6,7 +6,8 @@
 ``make`` copies REF's ``locat_kernels`` and ``locat_vit`` as ``locat_kernels_base`` and
 ``locat_vit_base`` (imports renamed, timm registration dropped), so both versions import side by
 side. ``run`` times, on the same inputs: the op (forward and forward+backward, plain calls and
-CUDA-graph replays, each over SDPA without a bias; ``--op-rounds`` rounds of the three in turn) at
+CUDA-graph replays, each over SDPA without a bias; ``--op-rounds`` rounds of the three in turn; with
+``--layer`` as a LocAt layer launches it, ``locat_attention`` with layer weights of the regime) at
 the op shapes, and whole-model eager training and inference images/s (over timm's ViT) for the model
 cases, eager (and with ``--modes eager compiled`` under torch.compile).
 """
@@ -46,8 +47,8 @@ def make(ref: str, dest: Path) -> None:
 
 
 def time_ops(ops: dict, inputs, shape, rounds: int, timer) -> dict:
-    """``{name}_{fwd,fwd_bwd}_{plain,graph}_ms`` of each op in ``ops`` (name -> fn(q, k, v, var, alpha,
-    shape); "sdpa" differentiates q, k, v only) by ``timer(fn, graph=...)``: ``rounds`` rounds, each
+    """``{name}_{fwd,fwd_bwd}_{plain,graph}_ms`` of each op in ``ops`` (name -> fn(*inputs, shape), the
+    gradients to every input; "sdpa"'s to q, k, v only) by ``timer(fn, graph=...)``: ``rounds`` rounds, each
     timing every op in turn (so a host that drifts meets them all alike), the median round, with
     ``rounds`` > 1 the spread (max / min - 1); and each op's ratio over "sdpa"'s."""
     import statistics
@@ -78,27 +79,37 @@ def time_ops(ops: dict, inputs, shape, rounds: int, timer) -> dict:
     return row
 
 
+def op_fns(after, before, layer: bool = False) -> dict:
+    """"after" / "before" / "sdpa" -> fn(*inputs, shape), ``after`` and ``before`` the two trees'
+    ``locat_kernels`` (the fused backend). Inputs (q, k, v, var, alpha); with ``layer`` (q, k, v and
+    the four layer tensors, ``bench_attention.layer_weights``), the op as the layers launch it."""
+    import torch.nn.functional as F
+
+    def op(kernels):
+        fn = kernels.locat_attention if layer else kernels.gaussian_attention
+
+        def call(*args):  # the tensors, then the shape
+            *tensors, s = args
+            return fn(*tensors, s.grid, num_prefix_tokens=s.P, backend="triton")
+        return call
+
+    return dict(after=op(after), before=op(before), sdpa=lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v))
+
+
 def run(args) -> dict:
     import torch
-    import torch.nn.functional as F
 
     import locat_kernels
     import locat_kernels_base
     import locat_vit_base
 
     from . import bench_model as bm
-    from .bench_attention import Shape, make_inputs
+    from .bench_attention import Shape, layer_weights, make_inputs
     from .cli import environment
     from .timing import cuda_median_ms
 
     locat_kernels.set_fp32_precision(args.fp32_precision)
-    ops = {
-        "after": lambda q, k, v, var, alpha, s: locat_kernels.gaussian_attention(
-            q, k, v, var, alpha, s.grid, num_prefix_tokens=s.P, backend="triton"),
-        "before": lambda q, k, v, var, alpha, s: locat_kernels_base.gaussian_attention(
-            q, k, v, var, alpha, s.grid, num_prefix_tokens=s.P, backend="triton"),
-        "sdpa": lambda q, k, v, var, alpha, s: F.scaled_dot_product_attention(q, k, v),
-    }
+    ops = op_fns(locat_kernels, locat_kernels_base, args.layer)
     op_rows = []
     for spec in args.shapes:
         s = Shape.parse(spec)
@@ -106,8 +117,11 @@ def run(args) -> dict:
             inputs = make_inputs(s, args.regime, getattr(torch, args.dtype), "cuda")
         except torch.cuda.OutOfMemoryError:
             continue
+        if args.layer:
+            inputs = (*inputs[:3], *layer_weights(s.D, args.regime, "cuda"))
         names = [name for name in ops if name != "before" or s.D in (16, 32, 64, 128)]
         row = dict(shape=spec, regime=args.regime, dtype=args.dtype, fp32_precision=args.fp32_precision,
+                   layer=args.layer,
                    **time_ops({name: ops[name] for name in names}, inputs, s, args.op_rounds, cuda_median_ms))
         print(json.dumps(row), flush=True)
         op_rows.append(row)
@@ -165,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--fp32-precision", default="ieee", choices=["ieee", "tf32x3"],
                    help="this tree's products of fp32 inputs (locat_kernels.set_fp32_precision); the baseline "
                    "keeps its own")
+    p.add_argument("--layer", action="store_true",
+                   help="time the op as a LocAt layer launches it (locat_attention: var and alpha from the queries)")
     p.add_argument("--shapes", nargs="*", default=[
         "128,12,14,14,1,64", "256,3,14,14,1,64", "32,12,24,24,1,64", "16,12,32,32,1,64", "8,12,37,37,5,64",
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")

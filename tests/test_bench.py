@@ -219,3 +219,31 @@ def test_baseline_times_the_ops_in_rounds_each_op_in_turn():
     assert row["after_fwd_bwd_graph_ms"] == 12 and row["sdpa_fwd_plain_ms"] == 13
     assert row["after_fwd_plain_over_sdpa"] == 9 / 13 and "sdpa_fwd_plain_over_sdpa" not in row
     assert "after_fwd_plain_spread" not in baseline.time_ops(ops, inputs, shape, 1, timer)
+
+
+@pytest.mark.parametrize("layer", [False, True])
+def test_baseline_ops_launch_the_op_or_the_layer_of_each_tree(layer):
+    """``baseline run`` (``--layer``): "after" and "before" call their tree's op (gaussian_attention on
+    q, k, v, var, alpha, or locat_attention on q, k, v and the layer tensors), "sdpa" q, k, v only; the
+    gradients reach every input."""
+    import locat_kernels
+    from locat_bench import baseline
+    from locat_bench.bench_attention import Shape, layer_weights, make_inputs
+
+    shape = Shape.parse("1,2,3,4,1,16")
+    inputs = make_inputs(shape, "broad", torch.float32, "cpu")
+    if layer:
+        inputs = (*inputs[:3], *layer_weights(16, "broad", "cpu"))
+    ops = baseline.op_fns(locat_kernels, locat_kernels, layer)
+    out = ops["after"](*inputs, shape)
+    assert torch.equal(out, ops["before"](*inputs, shape))
+    if layer:
+        var, alpha = locat_kernels.gaussian_parameters(inputs[0][:, :, 1:].detach(), *(w.detach() for w in inputs[3:]),
+                                                       shape.grid)
+        args = (*inputs[:3], var, alpha)
+    else:
+        args = inputs
+    ref = locat_kernels.gaussian_attention_reference(*(t.detach() for t in args), shape.grid, num_prefix_tokens=1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert all(g is not None for g in torch.autograd.grad(out.sum(), inputs))
+    assert ops["sdpa"](*inputs, shape).shape == out.shape
