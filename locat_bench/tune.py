@@ -51,9 +51,9 @@ CANDIDATES["forward_radius"] = CANDIDATES["forward"]  # the forward finding its 
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
                (16, 32, 4, 2), (64, 64, 4, 2)]
 # kernel -> the configs switch it is timed under, and its values
-SWITCHES = {"forward": ("GRID_TILES", (True, False)), "forward_radius": ("GRID_TILES", (True, False)),
-            "backward_dq": ("GRID_TILES", (True, False)),
+SWITCHES = {"forward": ("GRID_TILES", (True, False)), "backward_dq": ("GRID_TILES", (True, False)),
             "backward_dkdv": ("FACTORED_DKDV", ("auto", False))}
+SWITCHES["forward_radius"] = SWITCHES["forward"]
 # (head-dim class, dtype class, grid class) -> the shape (B,H,gh,gw,P,D) its entries are timed on, or
 # kernel -> shape where the kernels' classes differ (the dk/dv kernel's "any" is its per-logit path,
 # grids wider than configs.MAX_FACTORED_COLS). tests/test_configs.py checks each falls in its class.
@@ -197,9 +197,9 @@ def measure_table(keys, timer, only=None) -> dict:
     ``FP32_PRECISION``); keys whose every candidate fails are left out."""
     winners = {}
     for key in keys:
-        spec, dtype, candidates = table_plan(key)
+        spec, dtype, cands = table_plan(key)
         switch = ("FP32_PRECISION", "tf32x3") if key[2] == "tf32x3" else (None, None)
-        times = [(ms, cand) for cand in candidates if not only or cand in only
+        times = [(ms, cand) for cand in cands if not only or cand in only
                  if (ms := timer(key[0], spec, dtype, cand, *switch)) is not None]
         if times:
             ms, cand = min(times)

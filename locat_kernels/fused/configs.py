@@ -80,8 +80,9 @@ def set_fp32_precision(precision: str) -> None:
     or "tf32x3" (each product as three tf32 products on the tensor cores, the method of SDPA's own
     fp32 kernels; within the same 1e-5 of float64 in the tests). On an H200 at head_dim 64, over SDPA
     in fp32: ViT-T 224 forward 2.72x -> 0.98x, forward+backward 3.84x -> 1.45x; at head_dim 128 the
-    backward is slower than ieee's (its dk/dv kernel spills under tf32x3; benchmarks/NOTES.md, v17). Inputs in fp16 and bf16 are not affected. Set it before ``torch.compile`` traces a model:
-    the compiled code keeps the launches it traced."""
+    backward is slower than ieee's (its dk/dv kernel spills under tf32x3; benchmarks/NOTES.md, v17).
+    Inputs in fp16 and bf16 are not affected. Set it before ``torch.compile`` traces a model: the
+    compiled code keeps the launches it traced."""
     global FP32_PRECISION
     if precision not in FP32_PRECISIONS:
         raise ValueError(f"fp32 precision must be one of {FP32_PRECISIONS}, got {precision!r}")
