@@ -58,10 +58,12 @@ SWITCHES["forward_radius"] = SWITCHES["forward"]
 # kernel -> shape where the kernels' classes differ (the dk/dv kernel's "any" is its per-logit path,
 # grids wider than configs.MAX_FACTORED_COLS). tests/test_configs.py checks each falls in its class.
 TABLE_SHAPES = {
-    (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "16,12,32,32,1,64",
+    (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "8,12,48,48,1,64",
                            "backward_dkdv": "8,12,37,37,5,64"},
     (64, "16bit", "small"): "128,12,14,14,1,64",
     (64, "16bit", "gw24"): "32,12,24,24,1,64",
+    (64, "16bit", "gw28"): "16,12,28,28,1,64",
+    (64, "16bit", "gw32"): "16,12,32,32,1,64",
     (64, "16bit", "gw36"): "8,12,36,36,1,64",
     (64, "16bit", "gw37"): "8,12,37,37,5,64",
     (64, "16bit", "gw40"): "8,12,40,40,1,64",

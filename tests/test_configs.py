@@ -52,7 +52,8 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward_radius", 64, 577, bf16, 24) == len("forward_radius") + 64 + len("gw24")
     assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("gw40")
     assert stages("forward_radius", 64, 785, bf16, 28) == len("forward") + 64 + len("any")
-    assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("any")
+    assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("gw24")
+    assert stages("backward_dq", 64, 1601, bf16, 40) == len("backward_dq") + 64 + len("any")
     assert stages("forward", 128, 197, bf16, 14) == len("forward") + 128 + len("any")  # no "small" at 128
     assert stages("backward_dkdv", 64, 1025, bf16, 32, True) == len("backward_dkdv") + 64 + len("factored_wide")
     assert stages("backward_dkdv", 64, 197, bf16, 14, True) == len("backward_dkdv") + 64 + len("factored")

@@ -304,6 +304,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the op's forward entry of width 24 (8 warps)
     (1, 2, (20, 37), 5, 48),  # 37 wide (that width's entry), rectangular, 5 prefix tokens, head_dim 48
     (1, 3, (36, 40), 0, 64),  # 40 wide (its entry), no prefix
+    (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),
