@@ -69,6 +69,17 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
         BLOCK_M=1, BLOCK_N=2, num_warps=3, num_stages=4)
 
 
+def test_dkdv_stage_rule_applies_to_overrides_as_to_table_entries(monkeypatch):
+    """The per-logit dk/dv kernel runs 2 stages where its patch query tiles need bounds masks (1369
+    patches in 32-query tiles), 3 where they do not (1600): the same for an override, so that `tune`
+    times what a table entry of that config launches."""
+    monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (32, 128, 4, 3))
+    for (gh, gw, P), stages in (((37, 37, 5), 2), ((40, 40, 1), 3)):
+        q = torch.empty(1, 1, P + gh * gw, 64, dtype=torch.bfloat16)
+        meta = configs.launch_meta("backward_dkdv", q, gw, P, -8.0, 1)
+        assert (meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"]) == (32, 128, 4, stages)
+
+
 def test_an_architecture_the_table_lacks_uses_the_default_and_says_so(monkeypatch):
     monkeypatch.setattr(configs, "INTERPRET", False)
     with pytest.warns(UserWarning, match="no kernel configs measured on sm_test.*untested"):

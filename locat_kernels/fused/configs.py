@@ -202,14 +202,14 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | st
 
 @functools.lru_cache(maxsize=1024)
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
-                 overrides) -> dict:
+                 overrides) -> dict:  # the switches and overrides: the cache's key (launch_config reads them)
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
     factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored)
     cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
-    if (kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and not overrides
-            and cfg["num_stages"] == 3):
+    if kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and cfg["num_stages"] == 3:
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
-        # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json).
+        # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json). Overrides
+        # too: `tune` then times what a table entry of that config would launch (v19).
         cfg["num_stages"] = 2
     gh = (N - P) // gw
     meta = dict(
