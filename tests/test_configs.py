@@ -77,7 +77,8 @@ def test_dkdv_stage_rule_applies_to_overrides_as_to_table_entries(monkeypatch):
     for (gh, gw, P), stages in (((37, 37, 5), 2), ((40, 40, 1), 3)):
         q = torch.empty(1, 1, P + gh * gw, 64, dtype=torch.bfloat16)
         meta = configs.launch_meta("backward_dkdv", q, gw, P, -8.0, 1)
-        assert (meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"]) == (32, 128, 4, stages)
+        config = (meta["BLOCK_M"], meta["BLOCK_N"], meta["num_warps"], meta["num_stages"])
+        assert config == (32, 128, 4, stages)
 
 
 def test_an_architecture_the_table_lacks_uses_the_default_and_says_so(monkeypatch):
@@ -150,7 +151,6 @@ def test_fp32_precision_is_a_checked_setting_that_every_launch_follows(monkeypat
     with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3'\), got 'tf32'"):
         locat_kernels.set_fp32_precision("tf32")
     assert configs.FP32_PRECISION == "tf32x3"
-
 
 
 def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():

@@ -202,7 +202,7 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | st
 
 @functools.lru_cache(maxsize=1024)
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
-                 overrides) -> dict:  # the switches and overrides: the cache's key (launch_config reads them)
+                 overrides) -> dict:  # grid_tiles, overrides: the cache's key only (read as globals)
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
     factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored)
     cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
