@@ -6,10 +6,11 @@ the one place they live.
 Block configs come from the committed table ``configs.json``: per GPU architecture (``sm_90``: H100
 and H200), keyed by kernel, head-dim class, dtype class and grid class (``config_key``; a grid class
 can be one grid width), each entry saying where it was measured. ``python -m locat_bench.tune
---table`` measures an architecture's entries on the GPU at hand and ``--write`` puts them into the table. An architecture without
-entries (A100, Blackwell) uses sm_90's, with a one-time warning that they are untested there. There
-is no autotuning at run time: it would compile every candidate for every variant. Under the Triton
-interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a single small one.
+--table`` measures an architecture's entries on the GPU at hand and ``--write`` puts them into the
+table. An architecture without entries (A100, Blackwell) uses sm_90's, with a one-time warning that
+they are untested there. There is no autotuning at run time: it would compile every candidate for
+every variant. Under the Triton interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a
+single small one.
 """
 from __future__ import annotations
 
