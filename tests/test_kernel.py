@@ -56,6 +56,20 @@ def test_far_tiles_skip_the_gaussian_exactly(request, device, grid, P, var_range
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P)
 
 
+@pytest.mark.parametrize("grid,P,rate", [((16, 3), 1, 1), ((20, 4), 2, 2)])
+def test_one_wide_query_among_narrow_ones(request, device, grid, P, rate):
+    """The skip radius is the widest query's: one patch query with a variance spanning the grid among
+    narrow ones, in a middle tile, must reach every key (forward, dq) and every key's gradient must
+    see it (dk, dv)."""
+    q, k, v, var, alpha = make_inputs(1, 2, grid, P, 16, device=device, var_range=(0.01, 0.05), alpha_max=10.0)
+    wide = grid[0] * grid[1] // 2
+    with torch.no_grad():
+        var[:, :, wide] = 4.0 * grid[0] ** 2
+        alpha[:, :, wide] = 10.0
+    assert_matches_reference(request, (q, k, v, var, alpha), torch.randn_like(q), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
+
+
 @pytest.mark.parametrize("grid,P,rate", [((7, 5), 1, 1), ((6, 10), 3, 2)])
 def test_fp16_within_twice_eager(request, device, grid, P, rate):
     """fp16 (the interpreter runs it as well; bf16 it cannot): every tensor's error against float64
