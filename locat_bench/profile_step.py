@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="*", default=["vit", "locat_triton"])
     parser.add_argument("--modes", nargs="*", default=["eager", "compiled"])
     parser.add_argument("--shapes", nargs="*", default=[], help="op shapes: names or B,H,gh,gw,P,D")
+    parser.add_argument("--top", type=int, default=15, help="kernel families and host operators kept per row")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("profiling needs CUDA")
@@ -98,14 +99,14 @@ def main(argv=None) -> int:
         for mode in args.modes:
             for variant in args.variants:
                 r = dict(model=case.name, batch=case.batch, variant=variant, mode=mode,
-                         **profile_fn(train_step(case, variant, mode)))
+                         **profile_fn(train_step(case, variant, mode), top=args.top))
                 show(f"{case.name} b{case.batch} {variant} {mode}", r)
                 rows.append(r)
     for spec in args.shapes:
         shape = known[spec] if spec in known else Shape.parse(spec)
         for peer in ("sdpa", "locat"):
             r = dict(shape=shape.name, B=shape.B, H=shape.H, grid=shape.grid, P=shape.P, D=shape.D, peer=peer,
-                     **profile_fn(op_step(shape, peer)))
+                     **profile_fn(op_step(shape, peer), top=args.top))
             show(f"{shape.name} {peer} fwd+bwd", r)
             rows.append(r)
     args.output.write_text(json.dumps(dict(environment=environment("cuda"), rows=rows), indent=1))

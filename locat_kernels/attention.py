@@ -442,9 +442,11 @@ def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_sca
 
 def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
                     gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
+    chain = (wv, wa, var_scale) if rate == 1 else None  # at rate 1 the dq kernel carries dvar, dalpha on
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced)
-    dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, chain)
+    dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced,
+                                   dz_given=chain is not None)
     return dq, dk, dv, *dweights
 
 

@@ -47,6 +47,18 @@ def test_fp16_within_twice_eager(request, device, grid, P, rate):
                              num_prefix_tokens=P, rate=rate)
 
 
+@pytest.mark.parametrize("alpha_bias", [-9.0, -2.5])
+def test_small_alpha_layer_gradients_match_float64(request, device, alpha_bias):
+    """Small alpha (softplus of a negative input: about 1e-6 to 0.3), where the dq kernel takes
+    softplus's derivative ``1 - exp(-alpha)`` from alpha by its series (below 0.1): the alpha layer's
+    gradients within fp32 of float64 as everywhere (a wrong series term fails the -2.5 case)."""
+    q, k, v, wv, bv, wa, ba = _inputs(2, 2, (4, 6), 1, 16, device)
+    with torch.no_grad():
+        ba.fill_(alpha_bias)
+    assert_matches_reference(request, [q, k, v, wv, bv, wa, ba], torch.randn_like(q), locat=True, grid_size=(4, 6),
+                             num_prefix_tokens=1)
+
+
 def test_gradient_through_var_and_alpha_is_not_dropped(device):
     """dq includes the path through var and alpha: with var and alpha detached, dq differs by far
     more than rounding, so the comparisons above would see that path missing."""

@@ -1,16 +1,17 @@
 """The fused backward: ``dS = P * (dP - delta)``, ``dP = dO V^T``, ``delta = rowsum(dO * O)``.
 
 ``attention_backward(do, q, k, v, var, alpha, out, lse, radius, params) -> (dq, dk, dv, dvar, dalpha)``,
-two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the row reductions
-``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij``
-(g the Gaussian factor), so no atomics are needed and the result is deterministic; it loops over
-keys in the forward's layouts. The dk/dv kernel owns key rows and loops over the prefix queries, then
-over query tiles aligned at the first patch (no bounds masks where the tile divides the patch
-count), the Gaussian per logit or, for 16-bit inputs on grids up to 32 wide, factored into row and
-column factors spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add
-a key tile, its key tiles start at the first patch and the prefix keys get a small tile of their own
-(``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and dalpha
-in float32.
+two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the row reductions ``dalpha_i
+= sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij`` (g the Gaussian
+factor), so no atomics are needed and the result is deterministic; it loops over keys in the forward's
+layouts. For a LocAt layer at rate 1 (``chain``) it carries dvar and dalpha on through the sigmoid and
+softplus that made var and alpha, and adds their part of dq itself. The dk/dv kernel owns key rows and
+loops over the prefix queries, then over query tiles aligned at the first patch (no bounds masks where
+the tile divides the patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 32 wide,
+factored into row and column factors spread to the keys by one-hot matmuls (``_dkdv_keys``); where the
+prefix tokens would add a key tile, its key tiles start at the first patch and the prefix keys get a
+small tile of their own (``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the
+forward's out; dvar and dalpha in float32.
 """
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ from .tiles import (
 
 
 def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale,
-                       traced=False):
-    """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32."""
+                       traced=False, chain=None):
+    """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32.
+
+    ``chain = (w_var, w_alpha, var_scale)`` (rate 1, var and alpha made from q by those layers, as
+    ``gaug_forward`` makes them): the gradient carried on through the sigmoid and softplus, so dvar and
+    dalpha hold the layers' output gradients ``dz`` and dq already has their part ``dz w``."""
     B, H, N, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
@@ -37,10 +42,12 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
+    w_var, w_alpha, var_scale = chain or (var, alpha, 1.0)  # unread without a chain
     configs.launcher(_backward_dq_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
-        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha,
+        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha, w_var, w_alpha, w_var.stride(0), var_scale,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
-        *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common, **meta,
+        *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common,
+        CHAIN=chain is not None, **meta,
     )
     meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
     configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta) * B * H,)](
@@ -140,7 +147,7 @@ def _dq_sweep(
 
 @triton.jit
 def _backward_dq_kernel(
-    q, k, v, var, alpha, radius, o, do, lse, delta, dq, dvar, dalpha,
+    q, k, v, var, alpha, radius, o, do, lse, delta, dq, dvar, dalpha, w_var, w_alpha, stride_w, var_scale,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_dob, stride_doh, stride_don, stride_dqb, stride_dqh, stride_dqn,
@@ -149,15 +156,17 @@ def _backward_dq_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (query tiles * B * H,), one program per (query tile, batch*head), tiles as the forward's
     (``_forward_kernel``: with SPLIT_PREFIX the patches' tiles from token P, then the BLOCK_P prefix
-    rows, which have no bias). Each program is ``_dq_rows``.
+    rows, which have no bias). Each program is ``_dq_rows``. CHAIN: dvar and dalpha carried on to
+    the layers' outputs, and their part of dq added (``attention_backward``'s chain; rate 1).
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
+    var_scale = tl.cast(var_scale, tl.float32)
     bh, _, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
@@ -170,36 +179,40 @@ def _backward_dq_kernel(
     if is_prefix:
         _dq_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
-            dq_base, dvar_base, dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn,
-            stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale,
-            scale, eps, cmin, -GH - 2, 0, P,
+            dq_base, dvar_base, dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don,
+            stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
+            GW, P, qk_scale, scale, eps, cmin, var_scale, -GH - 2, 0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_P,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, CHAIN=CHAIN, BLOCK_M=BLOCK_P,
             BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
         _dq_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
-            dq_base, dvar_base, dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn,
-            stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale,
-            scale, eps, cmin, tl.load(radius + bh), start_m, N,
+            dq_base, dvar_base, dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don,
+            stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
+            GW, P, qk_scale, scale, eps, cmin, var_scale, tl.load(radius + bh), start_m, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_M,
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, CHAIN=CHAIN, BLOCK_M=BLOCK_M,
             BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
 def _dq_rows(
     q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse_base, delta_base, dq_base, dvar_base,
-    dalpha_base, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, stride_varn, stride_varc,
-    stride_an, stride_dvarn, stride_dvarc, stride_dan, N, GH, GW, P, qk_scale, scale, eps, cmin, r, start_m, end_m,
+    dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, stride_varn,
+    stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH, GW, P, qk_scale, scale, eps,
+    cmin, var_scale, r, start_m, end_m,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
     """The BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one (batch, head) (the
     bases point at it): writes their delta, then loops over all keys (as the forward does) for dq and
-    the row reductions that give dvar and dalpha; the Gaussian on the tiles within radius ``r``."""
+    the row reductions that give dvar and dalpha; the Gaussian on the tiles within radius ``r``. With
+    CHAIN (rate 1), from var and alpha themselves: ``dz_var = dvar var (1 - var / var_scale)`` (the
+    sigmoid's derivative), ``dz_alpha = dalpha (1 - exp(-alpha))`` (softplus's: sigmoid of its input),
+    stored in dvar's and dalpha's places, and ``dz w`` added to the patch rows' dq."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_m = offs_m < end_m
     b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_M)
@@ -239,15 +252,38 @@ def _dq_rows(
             b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
             RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
-    store_rows(dq_base, offs_m, stride_dqn, b_dq * scale, m_m, D, D_PAD)
     # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
     # The patch rows from index math (see gaug._block_corners), not from row_coefficients' loads.
     is_patch_q = (offs_m >= P) & m_m
     p = tl.where(is_patch_q, offs_m - P, 0)
+    g_r = b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E))  # dvar
+    g_c = b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E))
+    g_a = b_dalpha
+    b_dq = b_dq * scale
+    if CHAIN:
+        v_r = tl.load(var_base + p * stride_varn, mask=is_patch_q, other=0.0).to(tl.float32)
+        v_c = tl.load(var_base + p * stride_varn + stride_varc, mask=is_patch_q, other=0.0).to(tl.float32)
+        g_r = tl.where(is_patch_q, g_r * v_r * (1.0 - v_r / var_scale), 0.0)
+        g_c = tl.where(is_patch_q, g_c * v_c * (1.0 - v_c / var_scale), 0.0)
+        g_a = tl.where(is_patch_q, g_a * _one_minus_exp_neg(a), 0.0)
+        offs_d = tl.arange(0, D_PAD)
+        m_d = offs_d < D
+        w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
+        w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
+        w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
+        b_dq += g_r[:, None] * w_r[None, :] + g_c[:, None] * w_c[None, :] + g_a[:, None] * w_a[None, :]
+    store_rows(dq_base, offs_m, stride_dqn, b_dq, m_m, D, D_PAD)
     p_dvar = dvar_base + p * stride_dvarn
-    tl.store(p_dvar, b_sum_r * (2.0 * a * nh_r / (_LOG2E * _LOG2E)), mask=is_patch_q)
-    tl.store(p_dvar + stride_dvarc, b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E)), mask=is_patch_q)
-    tl.store(dalpha_base + p * stride_dan, b_dalpha, mask=is_patch_q)
+    tl.store(p_dvar, g_r, mask=is_patch_q)
+    tl.store(p_dvar + stride_dvarc, g_c, mask=is_patch_q)
+    tl.store(dalpha_base + p * stride_dan, g_a, mask=is_patch_q)
+
+
+@triton.jit
+def _one_minus_exp_neg(a):
+    """``1 - exp(-a)`` for a >= 0 without the cancellation near 0 (its series to a^5 below 0.1)."""
+    series = a * (1.0 - a * (0.5 - a * (1.0 / 6.0 - a * (1.0 / 24.0 - a * (1.0 / 120.0)))))
+    return tl.where(a < 0.1, series, 1.0 - tl.exp(-a))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ its RATE^2 patches; and the radius of ``radius_from_maxima`` (B*H,) int32. Repla
 copy of qp, two linear layers, sigmoid, softplus, pooling and upsampling (about ten launches).
 
 ``gaug_backward(q, dq, dvar, dalpha, ...) -> (dw_var, db_var, dw_alpha, db_alpha)``: the gradient
-through var and alpha. It adds ``dz w / RATE^2`` to dq's patch rows in place (dz the gradients of
-the linear layers' outputs, from the recomputed pre-activations), and reduces the weight and bias
-gradients per program (BLOCK_P pooled blocks of one (batch, head)) into a (programs, 3 D + 3) buffer
-that one ``sum`` finishes: no atomics, deterministic. The four gradients are
-contiguous views of that sum, with the parameters' own strides (DistributedDataParallel's gradient
-buckets expect them).
+through var and alpha. It adds ``dz w / RATE^2`` to dq's patch rows in place (dz the gradients of the
+linear layers' outputs, from the recomputed pre-activations), and reduces the weight and bias gradients
+per program (BLOCK_P pooled blocks of one (batch, head)) into a (programs, 3 D + 3) buffer that one
+``sum`` finishes: no atomics, deterministic. With ``dz_given`` (rate 1, after ``attention_backward``'s
+chain) dvar and dalpha hold dz and dq has its part already: only the reduction runs, reading q and dz.
+The four gradients are contiguous views of that sum, with the parameters' own strides
+(DistributedDataParallel's gradient buckets expect them).
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
 # and strides: results/gaug_sweep_v14_H200.json). The backward does little work per patch row: at rate 1
 # one warp on 16 patches (many programs in flight, reductions within a warp) ran 23-35% faster than
 # (64, 4); at rate 2 (four patch rows per block) (64, 2) ran 7% faster. The forward's (64, 4) is within 12%
-# of each shape's best.
+# of each shape's best. "dz": rate 1 after the dq kernel's chain (the reduction alone): one warp on 32 patches,
+# Base 224 / 384 / 512 and Tiny 224 0.0317 / 0.0266 / 0.0248 / 0.0223 ms against the full kernel's 0.0716 /
+# 0.0528 / 0.0436 / 0.0417 at (16, 1) (results/gaug_sweep_v21_dz_H200.json).
 FORWARD_CONFIG = {1: (64, 4), 2: (64, 4)}
-BACKWARD_CONFIG = {1: (16, 1), 2: (64, 2)}
+BACKWARD_CONFIG = {1: (16, 1), 2: (64, 2), "dz": (32, 1)}
 
 
 def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate,
@@ -42,29 +45,30 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
     configs.launcher(_gaug_forward_kernel, traced)[(B * H,)](
         q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, *q.stride()[:3], w_var.stride(0),
         H, gh, gw, num_prefix_tokens, shift, var_scale, eps,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, rate),
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, min(rate, 2)),
     )
     return var, alpha, radius
 
 
 def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
-                  rate, traced=False):
+                  rate, traced=False, dz_given=False):
     B, H, _, D = q.shape
-    config = _config(BACKWARD_CONFIG, rate)
+    assert rate == 1 or not dz_given, "dz is given at rate 1 only"
+    config = _config(BACKWARD_CONFIG, "dz" if dz_given else min(rate, 2))
     chunks = triton.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
     partial = configs.empty((B * H * chunks, 3 * D + 3), q, torch.float32)
     configs.launcher(_gaug_backward_kernel, traced)[(B * H, chunks)](
         q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
         w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, **config,
+        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, DZ_GIVEN=dz_given, **config,
     )
     g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
     return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
             g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
 
 
-def _config(table, rate):
-    block_p, warps = (16, 1) if configs.INTERPRET else table[min(rate, 2)]
+def _config(table, key):
+    block_p, warps = (16, 1) if configs.INTERPRET else table[key]
     return dict(BLOCK_P=block_p, num_warps=warps)
 
 
@@ -158,11 +162,12 @@ def _gaug_forward_kernel(
 def _gaug_backward_kernel(
     q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, stride_qb, stride_qh, stride_qn,
     stride_dqb, stride_dqh, stride_dqn, stride_w, H, GH, GW, P, shift, var_scale,
-    D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, DZ_GIVEN: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (B * H, cdiv(pooled blocks, BLOCK_P)). A program owns BLOCK_P pooled blocks of one
     (batch, head) (many programs in flight: the work per row is small, the latency is not): adds the
     gradient through var and alpha to their dq rows and writes its row of the layer gradients.
+    DZ_GIVEN (rate 1): dvar and dalpha hold dz, and dq has its part: the row of gradients only.
 
     With z the pre-activations: ``dz_var = dvar var_scale s (1 - s)``, s = sigmoid(z - shift);
     ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
@@ -190,19 +195,22 @@ def _gaug_backward_kernel(
             g_r += tl.load(dvar_base + 2 * p, mask=m, other=0.0)
             g_c += tl.load(dvar_base + 2 * p + 1, mask=m, other=0.0)
             g_a += tl.load(dalpha_base + p, mask=m, other=0.0)
-    z_r, z_c, y, w_r, w_c, w_a = _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
-    s_r = tl.sigmoid(z_r - shift)
-    s_c = tl.sigmoid(z_c - shift)
-    dz_r = g_r * var_scale * s_r * (1.0 - s_r)
-    dz_c = g_c * var_scale * s_c * (1.0 - s_c)
-    dz_a = g_a * tl.sigmoid(y)
-    b_dqp = dz_r[:, None] * w_r[None, :] + dz_c[:, None] * w_c[None, :] + dz_a[:, None] * w_a[None, :]
-    b_dqp = b_dqp * (1.0 / (RATE * RATE))  # (BLOCK_P, D_PAD)
-    for i in tl.static_range(RATE):
-        for j in tl.static_range(RATE):
-            rows = P + p0 + i * GW + j
-            b_dq = load_rows(dq_base, rows, stride_dqn, m, D, D_PAD, True).to(tl.float32)
-            store_rows(dq_base, rows, stride_dqn, b_dq + b_dqp, m, D, D_PAD)
+    if DZ_GIVEN:
+        dz_r, dz_c, dz_a = g_r, g_c, g_a
+    else:
+        z_r, z_c, y, w_r, w_c, w_a = _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
+        s_r = tl.sigmoid(z_r - shift)
+        s_c = tl.sigmoid(z_c - shift)
+        dz_r = g_r * var_scale * s_r * (1.0 - s_r)
+        dz_c = g_c * var_scale * s_c * (1.0 - s_c)
+        dz_a = g_a * tl.sigmoid(y)
+        b_dqp = dz_r[:, None] * w_r[None, :] + dz_c[:, None] * w_c[None, :] + dz_a[:, None] * w_a[None, :]
+        b_dqp = b_dqp * (1.0 / (RATE * RATE))  # (BLOCK_P, D_PAD)
+        for i in tl.static_range(RATE):
+            for j in tl.static_range(RATE):
+                rows = P + p0 + i * GW + j
+                b_dq = load_rows(dq_base, rows, stride_dqn, m, D, D_PAD, True).to(tl.float32)
+                store_rows(dq_base, rows, stride_dqn, b_dq + b_dqp, m, D, D_PAD)
     # this program's row of the layer gradients: [dw_r, dw_c, dw_a (D each), db_r, db_c, db_a]
     p_out = partial + (bh.to(tl.int64) * tl.num_programs(1) + chunk) * (3 * D + 3)
     offs_d = tl.arange(0, D_PAD)
