@@ -8,7 +8,8 @@
 side. ``run`` times, on the same inputs: the op (forward and forward+backward, plain calls and
 CUDA-graph replays, each over SDPA without a bias; ``--op-rounds`` rounds of the three in turn; with
 ``--layer`` as a LocAt layer launches it, ``locat_attention`` with layer weights of the regime) at
-the op shapes, and whole-model eager training and inference images/s (over timm's ViT) for the model
+the op shapes; at ``--kernel-shapes`` each kernel's ms of one forward+backward of the op (or layer), by
+torch.profiler; and whole-model eager training and inference images/s (over timm's ViT) for the model
 cases, eager (and with ``--modes eager compiled`` under torch.compile).
 """
 from __future__ import annotations
@@ -96,6 +97,15 @@ def op_fns(after, before, layer: bool = False) -> dict:
     return dict(after=op(after), before=op(before), sdpa=lambda q, k, v, *rest: F.scaled_dot_product_attention(q, k, v))
 
 
+def before_model(case, device="cuda"):
+    """The baseline tree's LocAtViT of a ViT model case (``bench_model.ModelCase``), fused backend."""
+    import locat_vit_base
+
+    dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[case.size]
+    return locat_vit_base.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0], depth=12,
+                                   num_heads=dims[1], attn_backend="triton").to(device)
+
+
 def run(args) -> dict:
     import torch
 
@@ -104,6 +114,7 @@ def run(args) -> dict:
     import locat_vit_base
 
     from . import bench_model as bm
+    from . import profile_step
     from .bench_attention import Shape, layer_weights, make_inputs
     from .cli import environment
     from .timing import cuda_median_ms
@@ -125,6 +136,23 @@ def run(args) -> dict:
                    **time_ops({name: ops[name] for name in names}, inputs, s, args.op_rounds, cuda_median_ms))
         print(json.dumps(row), flush=True)
         op_rows.append(row)
+
+    kernel_rows = []  # each kernel's ms of one forward+backward (torch.profiler), both trees in turn
+    for spec in args.kernel_shapes:
+        s = Shape.parse(spec)
+        inputs = make_inputs(s, args.regime, getattr(torch, args.dtype), "cuda")
+        if args.layer:
+            inputs = (*inputs[:3], *layer_weights(s.D, args.regime, "cuda"))
+        do = torch.randn_like(inputs[0])
+        row = dict(kernel_shape=spec, regime=args.regime, dtype=args.dtype, layer=args.layer)
+        for name in ("after", "before"):
+            def step(fn=ops[name]):
+                torch.autograd.grad(fn(*inputs, s), inputs, do)
+            kernels = profile_step.profile_fn(step, steps=20, top=30)["kernels"]
+            row[name] = {k["name"]: k["ms_per_step"] for k in kernels}
+            row[f"{name}_ms"] = sum(row[name].values())
+        print(json.dumps(row), flush=True)
+        kernel_rows.append(row)
 
     gaug_rows = []  # the Gaussian augmentation's backward kernel alone (kernel time, graph replays)
     for spec in args.gaug_shapes:
@@ -149,10 +177,8 @@ def run(args) -> dict:
     model_rows = []
     for spec in args.models:
         case = bm.ModelCase.parse(spec)
-        dims = dict(tiny=(192, 3), small=(384, 6), base=(768, 12))[case.size]
         for mode in args.modes:
-            before = locat_vit_base.LocAtViT(img_size=case.img_size, patch_size=16, embed_dim=dims[0],
-                                             depth=12, num_heads=dims[1], attn_backend="triton").cuda()
+            before = before_model(case)
             model_rows += bm.bench_case(case, ("vit", "locat_triton", "before"), "cuda", mode=mode,
                                         models=dict(before=before), repeats=args.repeats)
             del before
@@ -162,7 +188,8 @@ def run(args) -> dict:
     host = bm.layer_host_times("cuda", others=dict(before=before.blocks[0].attn))
     print(json.dumps(host), flush=True)
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
-    return dict(environment=env, baseline_ref=args.ref, op=op_rows, gaug_backward=gaug_rows, model=model_rows,
+    return dict(environment=env, baseline_ref=args.ref, op=op_rows, kernels=kernel_rows, gaug_backward=gaug_rows,
+                model=model_rows,
                 model_ratios=bm.ratios(model_rows), host_times=host)
 
 
@@ -184,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="*", default=[
         "128,12,14,14,1,64", "256,3,14,14,1,64", "32,12,24,24,1,64", "16,12,32,32,1,64", "8,12,37,37,5,64",
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")
+    p.add_argument("--kernel-shapes", nargs="*", default=[],
+                   help="B,H,gh,gw,P,D: each kernel's ms of one forward+backward of the op (with --layer, the layer's)")
     p.add_argument("--gaug-shapes", nargs="*", default=[], help="B,H,gh,gw,P,D,rate: the gaug backward kernel alone")
     p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
                    help="size:img:batch")

@@ -159,15 +159,16 @@ class Workload:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def train_step(case: ModelCase, variant: str, mode: str, device="cuda"):
-    """A no-argument training step of a fresh ``variant`` model on a random batch of ``case``,
-    eager or compiled (Dynamo reset first: see ``bench_case``)."""
+def train_step(case: ModelCase, variant: str, mode: str, device="cuda", model=None):
+    """A no-argument training step of a fresh ``variant`` model (or of ``model``) on a random batch of
+    ``case``, eager or compiled (Dynamo reset first: see ``bench_case``)."""
     if mode == "compiled":
         torch._dynamo.reset()
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
     y = torch.randint(0, 1000, (case.batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
-    return functools.partial(Workload(build(case, variant, device), mode, device).train_step, x, y, autocast)
+    model = model if model is not None else build(case, variant, device)
+    return functools.partial(Workload(model, mode, device).train_step, x, y, autocast)
 
 
 def interleaved_step_times_ms(fns: dict, *, repeats: int, steps: int, warmup: int = 5) -> dict[str, list[float]]:

@@ -20,6 +20,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from locat_kernels import gaussian_attention
 
+from . import baseline
 from .bench_attention import GPU_SHAPES, Shape, make_inputs
 from .bench_model import ModelCase, train_step
 from .cli import environment
@@ -85,7 +86,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m locat_bench.profile_step", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--cases", nargs="*", default=[], help="model cases size:img:batch")
-    parser.add_argument("--variants", nargs="*", default=["vit", "locat_triton"])
+    parser.add_argument("--variants", nargs="*", default=["vit", "locat_triton"],
+                        help="bench_model's variants, and \"before\": the LocAtViT of the baseline tree "
+                        "(python -m locat_bench.baseline make REF; PYTHONPATH with .baseline)")
     parser.add_argument("--modes", nargs="*", default=["eager", "compiled"])
     parser.add_argument("--shapes", nargs="*", default=[], help="op shapes: names or B,H,gh,gw,P,D")
     parser.add_argument("--top", type=int, default=15, help="kernel families and host operators kept per row")
@@ -98,8 +101,9 @@ def main(argv=None) -> int:
         case = ModelCase.parse(spec)
         for mode in args.modes:
             for variant in args.variants:
+                model = baseline.before_model(case) if variant == "before" else None
                 r = dict(model=case.name, batch=case.batch, variant=variant, mode=mode,
-                         **profile_fn(train_step(case, variant, mode), top=args.top))
+                         **profile_fn(train_step(case, variant, mode, model=model), top=args.top))
                 show(f"{case.name} b{case.batch} {variant} {mode}", r)
                 rows.append(r)
     for spec in args.shapes:

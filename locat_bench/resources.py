@@ -33,7 +33,6 @@ from triton.backends.compiler import GPUTarget
 
 from .cli import parse_switch
 
-KERNELS = ("gaug_forward", "forward", "backward_dq", "backward_dkdv", "gaug_backward")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -119,7 +118,8 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
                             gw, P, 0.0, 1.0, rate)
     rows = []
-    for name, (kernel, grid, args, kwargs) in zip(KERNELS, launches):
+    for kernel, grid, args, kwargs in launches:
+        name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         usage = _resource_usage(compiled.asm["cubin"])
         rows.append(dict(kernel=name, config=[kwargs.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")],

@@ -208,6 +208,19 @@ def test_prefix_rows_get_a_program_of_their_own(monkeypatch, kernel):
     assert meta(197, 14, 1, (128, 64, 4, 3)) == (False, False, 2)
 
 
+def test_factored_dkdv_only_where_its_tables_stay_small():
+    """The factored Gaussian's tables hold gh + next_pow2(gw) values per patch query: grids taller than
+    MAX_FACTORED_ROWS take the Gaussian per logit instead (a 2^20-token grid 8 wide would need 256 GB),
+    forced or "auto"."""
+    for setting in ("auto", True):
+        flags = []
+        for gh in (configs.MAX_FACTORED_ROWS, configs.MAX_FACTORED_ROWS + 1):
+            q = torch.empty(1, 1, 1 + gh * 8, 64, dtype=torch.bfloat16, device="meta")
+            with configs.switched({"FACTORED_DKDV": setting}):
+                flags.append(configs.launch_meta("backward_dkdv", q, 8, 1, -8.0, 1)["FACTORED"])
+        assert flags == [True, False], setting
+
+
 def test_factored_key_rows_hold_every_key_tile():
     """KEY_ROWS covers the quantized rows of every key tile's patches (counted from the first
     patch's), at every tile start, grid width, rate and prefix, brute force."""

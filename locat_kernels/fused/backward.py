@@ -1,17 +1,18 @@
 """The fused backward: ``dS = P * (dP - delta)``, ``dP = dO V^T``, ``delta = rowsum(dO * O)``.
 
 ``attention_backward(do, q, k, v, var, alpha, out, lse, radius, params) -> (dq, dk, dv, dvar, dalpha)``,
-two launches. The dq kernel owns query rows: it writes ``delta``, dq, and the row reductions ``dalpha_i
-= sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i + eps)^2 sum_j dS_ij g_ij c_ij`` (g the Gaussian
-factor), so no atomics are needed and the result is deterministic; it loops over keys in the forward's
-layouts. For a LocAt layer at rate 1 (``chain``) it carries dvar and dalpha on through the sigmoid and
-softplus that made var and alpha, and adds their part of dq itself. The dk/dv kernel owns key rows and
-loops over the prefix queries, then over query tiles aligned at the first patch (no bounds masks where
-the tile divides the patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 32 wide,
-factored into row and column factors spread to the keys by one-hot matmuls (``_dkdv_keys``); where the
-prefix tokens would add a key tile, its key tiles start at the first patch and the prefix keys get a
-small tile of their own (``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the
-forward's out; dvar and dalpha in float32.
+two launches (three with the factored Gaussian's tables). The dq kernel owns query rows: it writes
+``delta``, dq, and the row reductions ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i +
+eps)^2 sum_j dS_ij g_ij c_ij`` (g the Gaussian factor), so no atomics are needed and the result is
+deterministic; it loops over keys in the forward's layouts. For a LocAt layer at rate 1 (``chain``) it
+carries dvar and dalpha on through the sigmoid and softplus that made var and alpha, and adds their part
+of dq itself. The dk/dv kernel owns key rows and loops over the prefix queries, then over query tiles
+aligned at the first patch (no bounds masks where the tile divides the patch count), the Gaussian per
+logit or, for 16-bit inputs on grids up to 32 wide, factored into row and column factors (fp16 tables
+of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np)) spread to the keys by one-hot
+matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile, its key tiles start at the first
+patch and the prefix keys get a small tile of their own (``_backward_dkdv_kernel``). dq, dk, dv are
+stored as (B, N, H, D) like the forward's out; dvar and dalpha in float32.
 """
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles,
-    near_token_tiles, positions, program_tile, row_coefficients, store_rows, tile_keys,
+    LOG2E, _LOG2E, axis_exponent, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias,
+    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_rows, tile_keys,
 )
 
 
@@ -42,6 +43,19 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
+    meta_kv = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
+    factored, key_cols = meta_kv["FACTORED"], meta_kv["KEY_COLS"]
+    if factored:  # the dk/dv kernel's row and column factors, once per query (its own launch)
+        n_p = N - num_prefix_tokens
+        n_pad = triton.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
+        f_r = configs.empty((B * H, n_p // gw, n_pad), q, torch.float16)
+        f_c = configs.empty((B * H, key_cols, n_pad), q, torch.float16)
+        configs.launcher(_factor_tables_kernel, traced)[(triton.cdiv(n_p, TABLE_BLOCK) * B * H,)](
+            var, alpha, f_r, f_c, *var.stride(), *alpha.stride(), f_r.stride(1), H, N, gw, num_prefix_tokens,
+            eps, cmin, RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, BLOCK_M=TABLE_BLOCK, num_warps=4,
+        )
+    else:
+        f_r = f_c = delta  # unread
     w_var, w_alpha, var_scale = chain or (var, alpha, 1.0)  # unread without a chain
     configs.launcher(_backward_dq_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
         q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha, w_var, w_alpha, w_var.stride(0), var_scale,
@@ -49,11 +63,10 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
         *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common,
         CHAIN=chain is not None, **meta,
     )
-    meta = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta) * B * H,)](
-        q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+    configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta_kv) * B * H,)](
+        q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, f_r.stride(1), dk, dv,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta,
+        *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta_kv,
     )
     return dq, dk, dv, dvar, dalpha
 
@@ -286,13 +299,50 @@ def _one_minus_exp_neg(a):
     return tl.where(a < 0.1, series, 1.0 - tl.exp(-a))
 
 
+TABLE_BLOCK = 128  # patches per program of the factor tables' kernel: every column of the tables (n_pad)
+
+
+@triton.jit
+def _factor_tables_kernel(
+    var, alpha, f_r, f_c, stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
+    stride_f, H, N, GW, P, eps, cmin,
+    RATE: tl.constexpr, CLAMP: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """grid: (B * H * cdiv(Np, BLOCK_M),), tiles fastest. The factored dk/dv kernel's Gaussian factors
+    as fp16 tables of rows of ``stride_f`` >= cdiv(Np, BLOCK_M) BLOCK_M patches: ``f_r[bh, r, p] =
+    exp2(e_r)`` of patch query p against grid row r (every row), ``f_c[bh, c, p] = exp2(e_c)`` against
+    column c < KEY_COLS. A program owns BLOCK_M patch queries of one (batch, head); those past Np get
+    the factors of var 1, which the dk/dv kernel reads for its masked queries only, so the stores need
+    no mask along p and go out 16 bytes at a time. Every key program of the dk/dv kernel reads
+    them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile."""
+    eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
+    tiles = tl.cdiv(N - P, BLOCK_M)
+    bh, tile = tl.program_id(0) // tiles, tl.program_id(0) % tiles
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    GH = (N - P) // GW
+    p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, _, _ = row_coefficients(
+        var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah, P + p, N, GW, P, eps, cmin,
+        stride_varn, stride_varc, stride_an, RATE)
+    f_r += bh.to(tl.int64) * GH * stride_f
+    f_c += bh.to(tl.int64) * KEY_COLS * stride_f
+    cols = tl.arange(0, KEY_COLS)
+    e_c = axis_exponent(col_q[None, :], nh_c[None, :], lo_c[None, :], cols[:, None].to(tl.float32), CLAMP)
+    tl.store(f_c + cols[:, None] * stride_f + p[None, :], tl.exp2(e_c).to(tl.float16))
+    for r0 in range(0, GH, 16):
+        rows = r0 + tl.arange(0, 16)
+        e_r = axis_exponent(row_q[None, :], nh_r[None, :], lo_r[None, :], rows[:, None].to(tl.float32), CLAMP)
+        tl.store(f_r + rows[:, None] * stride_f + p[None, :], tl.exp2(e_r).to(tl.float16),
+                 mask=(rows < GH)[:, None])
+
+
 # ----------------------------------------------------------------------------------------------
 # dk, dv: programs own key rows.
 
 
 @triton.jit
 def _dkdv_tiles(
-    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn, stride_don,
     stride_varn, stride_varc, stride_an, q0, t_lo, t_hi, end, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
@@ -301,9 +351,10 @@ def _dkdv_tiles(
 ):
     """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
     transposed (keys x queries); with BIAS (patch tiles only: their coefficients load without masks,
-    ``row_coefficients``' PATCHES) the Gaussian: per logit, or with FACTORED as
-    ``(sel_r @ f_r) * (sel_c @ f_c)``, the row and column factors of each query against the key
-    tile's KEY_ROWS rows (from ``row0``) and KEY_COLS columns spread to the keys by one-hot matmuls."""
+    ``row_coefficients``' PATCHES; rows past N read the last patch's) the Gaussian: per logit, or with
+    FACTORED as ``(sel_r @ f_r) * (sel_c @ f_c)``, the row and column factors of each query against
+    the key tile's KEY_ROWS grid rows (from ``row0``) and KEY_COLS columns, loaded from the tables
+    ``f_r``, ``f_c`` (``_factor_tables_kernel``) and spread to the keys by one-hot matmuls."""
     for t in range(t_lo, t_hi):
         offs_m = q0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
         m_m = offs_m < end
@@ -316,23 +367,24 @@ def _dkdv_tiles(
             b_lse = tl.load(lse_base + offs_m)
             b_delta = tl.load(delta_base + offs_m)
         b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
-        if BIAS:
+        if BIAS and FACTORED:  # patch tiles: offs_m = P + p; the tables' columns past Np are masked queries
+            p = t * BLOCK_M + tl.arange(0, BLOCK_M)
+            rows = row0 + tl.arange(0, KEY_ROWS)
+            a = tl.load(alpha_base + tl.minimum(p, N - P - 1) * stride_an).to(tl.float32)
+            b_fr = tl.load(f_r + rows[:, None] * stride_f + p[None, :], mask=(rows < (N - P) // GW)[:, None],
+                           other=0.0)
+            b_fc = tl.load(f_c + tl.arange(0, KEY_COLS)[:, None] * stride_f + p[None, :])  # (KEY_ROWS|COLS, BLOCK_M)
+            b_r = tl.dot(b_sel_r, b_fr)  # (BLOCK_N, BLOCK_M), 0 off patch keys
+            b_c = tl.dot(b_sel_c, b_fc)
+            b_st = tl.fma(b_r * (a * _LOG2E)[None, :], b_c, b_st)
+        elif BIAS:
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
                 var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE,
                 PATCHES=True, IN_BOUNDS=not MASKED)
-            if FACTORED:
-                rows = row0 + tl.arange(0, KEY_ROWS).to(tl.float32)
-                cols = tl.arange(0, KEY_COLS).to(tl.float32)
-                e_r, e_c = exponents(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
-                                     lo_c[None, :], rows[:, None], cols[:, None], CLAMP)  # (KEY_ROWS|COLS, BLOCK_M)
-                b_r = tl.dot(b_sel_r, tl.exp2(e_r).to(tl.float16))  # (BLOCK_N, BLOCK_M), 0 off patch keys
-                b_c = tl.dot(b_sel_c, tl.exp2(e_c).to(tl.float16))
-                b_st = tl.fma(b_r * (a * _LOG2E)[None, :], b_c, b_st)
-            else:
-                e = log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
-                              lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
-                              is_patch_k[:, None], CLAMP, HAS_PREFIX)
-                b_st += tl.exp2(e)
+            e = log2_bias(row_q[None, :], col_q[None, :], nh_r[None, :], nh_c[None, :], lo_r[None, :],
+                          lo_c[None, :], tl.log2(a * _LOG2E)[None, :], row_k[:, None], col_k[:, None],
+                          is_patch_k[:, None], CLAMP, HAS_PREFIX)
+            b_st += tl.exp2(e)
         b_pt = tl.exp2(b_st)
         if MASKED:
             b_pt = tl.where(m_m[None, :], b_pt, 0.0)
@@ -345,7 +397,8 @@ def _dkdv_tiles(
 
 @triton.jit
 def _dkdv_sweep(
-    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+    stride_don,
     stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
@@ -355,19 +408,22 @@ def _dkdv_sweep(
     """The patch query tiles (from token P): far [0, near_lo), near ones with the Gaussian, far
     [near_hi, cdiv(N - P, BLOCK_M))."""
     b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+        stride_don,
         stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
         is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
         KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+        stride_don,
         stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
         is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
         KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, stride_qn, stride_don,
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+        stride_don,
         stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale, eps, cmin,
         row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
@@ -377,7 +433,7 @@ def _dkdv_sweep(
 
 @triton.jit
 def _backward_dkdv_kernel(
-    q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+    q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
@@ -400,19 +456,21 @@ def _backward_dkdv_kernel(
     bh, _, is_prefix, start_n = program_tile(N, P, BLOCK_N, SPLIT_PREFIX)
     if is_prefix:
         _dkdv_keys(
-            q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
-            stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
-            stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh, stride_varn,
-            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh, 0, P,
+            q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
+            stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+            stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
+            stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
+            0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False, EVEN_PATCHES=EVEN_PATCHES,
             CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
             NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
     else:
         _dkdv_keys(
-            q, k, v, var, alpha, radius, do, lse, delta, dk, dv, stride_qb, stride_qh, stride_qn, stride_kb,
-            stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don, stride_dkb,
-            stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh, stride_varn,
-            stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, N,
+            q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
+            stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+            stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
+            stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
+            start_n, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N, EVEN_PATCHES=EVEN_PATCHES,
             CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
             NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
@@ -420,7 +478,7 @@ def _backward_dkdv_kernel(
 
 @triton.jit
 def _dkdv_keys(
-    q, k, v, var, alpha, radius, do, lse, delta, dk, dv,
+    q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
@@ -437,8 +495,9 @@ def _dkdv_keys(
     patch count; NEAR = False: all far, for the prefix keys): ``dv = P^T dO``, ``dk = scale * dS^T q``.
     With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS) the Gaussian of a near tile is
     ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS quantized grid
-    rows from ``row0`` and KEY_COLS columns, so a query tile needs the exp2 of
-    (KEY_ROWS + KEY_COLS) x BLOCK_M row and column factors, not of every logit; one-hot fp16 matrices
+    rows from ``row0`` and KEY_COLS columns, so a query tile needs (KEY_ROWS + KEY_COLS) x BLOCK_M row
+    and column factors, not an exp2 per logit; they are loaded from the tables of
+    ``_factor_tables_kernel`` (computed once per query, not once per key tile), and one-hot fp16 matrices
     ``sel_r`` (BLOCK_N, KEY_ROWS) and ``sel_c`` (BLOCK_N, KEY_COLS), built once, spread them to the
     keys on the tensor cores (each factor rounded to fp16, 2^-11 relative: the dense path's bias
     rounding in fp16, finer than its rounding in bf16).
@@ -453,7 +512,7 @@ def _dkdv_keys(
     b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_KEYS)
     row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, not CLAMP)
     # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
-    row0 = ((tl.maximum(start_n - P, 0) // GW) // RATE * RATE).to(tl.float32)
+    row0 = (tl.maximum(start_n - P, 0) // GW) // RATE * RATE
     if FACTORED:
         b_sel_r = tl.where(is_patch_k[:, None] & (row_k[:, None] - row0 == tl.arange(0, KEY_ROWS)[None, :]),
                            1.0, 0.0).to(tl.float16)  # (BLOCK_N, KEY_ROWS)
@@ -467,11 +526,14 @@ def _dkdv_keys(
     do_base = do + b * stride_dob + h * stride_doh
     var_base = var + b * stride_varb + h * stride_varh
     alpha_base = alpha + b * stride_ab + h * stride_ah
+    f_r = f_r + bh.to(tl.int64) * ((N - P) // GW) * stride_f  # (gh, >= Np), (KEY_COLS, >= Np) of this (batch, head)
+    f_c = f_c + bh.to(tl.int64) * KEY_COLS * stride_f
     b_dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     if HAS_PREFIX:
         b_dk, b_dv = _dkdv_tiles(
-            b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, stride_qn, stride_don,
+            b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c, stride_f,
+            stride_qn, stride_don,
             stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P, qk_scale, eps, cmin, row_k,
             col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD,
             HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
@@ -481,7 +543,7 @@ def _dkdv_keys(
     else:
         near_lo, near_hi = 0, 0
     b_dk, b_dv = _dkdv_sweep(
-        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base,
+        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c, stride_f,
         stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
         N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
         MASKED=not EVEN_PATCHES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,

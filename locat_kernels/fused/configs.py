@@ -66,9 +66,12 @@ MAX_GRID_ROWS = 4
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
 # next_pow2(gw) <= MAX_FACTORED_COLS (at 64 columns it was no faster: 518 and 1024 px, tune_factored_H200.json);
-# True also elsewhere, fp32 included (tests: the factors are rounded to fp16); False: off.
+# True also elsewhere, fp32 included (tests: the factors are rounded to fp16); False: off. Its factor tables
+# (backward.py) take gh + next_pow2(gw) fp16 values per patch query: only up to MAX_FACTORED_ROWS grid rows
+# (at head_dim 64, at most 2.5x the bytes of q), else the Gaussian per logit.
 FACTORED_DKDV: bool | str = "auto"
 MAX_FACTORED_COLS = 32
+MAX_FACTORED_ROWS = 128
 
 
 # How the kernels multiply fp32 inputs (set_fp32_precision).
@@ -194,18 +197,20 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
                         FP32_PRECISION, tuple(OVERRIDES.items()))
 
 
-def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | str = None) -> bool:
-    """Whether the dk/dv kernel uses its factored Gaussian (``setting``: FACTORED_DKDV by default)."""
+def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | str = None, gh: int = 1) -> bool:
+    """Whether the dk/dv kernel uses its factored Gaussian (``setting``: FACTORED_DKDV by default) on a
+    grid of ``gh`` rows and ``gw`` columns."""
     setting = FACTORED_DKDV if setting is None else setting
-    return setting is True or (setting == "auto" and dtype != torch.float32 and head_dim <= 128
-                               and max(16, 1 << (gw - 1).bit_length()) <= MAX_FACTORED_COLS)
+    return gh <= MAX_FACTORED_ROWS and (
+        setting is True or (setting == "auto" and dtype != torch.float32 and head_dim <= 128
+                            and max(16, 1 << (gw - 1).bit_length()) <= MAX_FACTORED_COLS))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
                  overrides) -> dict:  # grid_tiles, overrides: the cache's key only (read as globals)
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
-    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored)
+    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored, (N - P) // gw)
     cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
     if kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and cfg["num_stages"] == 3:
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%

@@ -94,14 +94,17 @@ def row_coefficients(var, alpha, offs_m, N, GW, P, eps, cmin, stride_varn, strid
 @triton.jit
 def exponents(row_q, col_q, nh_r, nh_c, lo_r, lo_c, row_k, col_k, CLAMP: tl.constexpr):
     """``e = max(nh d^2, lo)`` per axis (the max only with CLAMP); inputs broadcast to one tile."""
-    dr = row_q - row_k
-    dc = col_q - col_k
-    e_r = nh_r * (dr * dr)
-    e_c = nh_c * (dc * dc)
+    return axis_exponent(row_q, nh_r, lo_r, row_k, CLAMP), axis_exponent(col_q, nh_c, lo_c, col_k, CLAMP)
+
+
+@triton.jit
+def axis_exponent(pos_q, nh, lo, pos_k, CLAMP: tl.constexpr):
+    """One axis of ``exponents``: ``max(nh (pos_q - pos_k)^2, lo)``."""
+    d = pos_q - pos_k
+    e = nh * (d * d)
     if CLAMP:
-        e_r = tl.maximum(e_r, lo_r)
-        e_c = tl.maximum(e_c, lo_c)
-    return e_r, e_c
+        e = tl.maximum(e, lo)
+    return e
 
 
 @triton.jit
