@@ -309,11 +309,11 @@ def _factor_tables_kernel(
     RATE: tl.constexpr, CLAMP: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """grid: (B * H * cdiv(Np, BLOCK_M),), tiles fastest. The factored dk/dv kernel's Gaussian factors
-    as fp16 tables of rows of ``stride_f`` >= cdiv(Np, BLOCK_M) BLOCK_M patches: ``f_r[bh, r, p] =
-    exp2(e_r)`` of patch query p against grid row r (every row), ``f_c[bh, c, p] = exp2(e_c)`` against
-    column c < KEY_COLS. A program owns BLOCK_M patch queries of one (batch, head); those past Np get
-    the factors of var 1, which the dk/dv kernel reads for its masked queries only, so the stores need
-    no mask along p and go out 16 bytes at a time. Every key program of the dk/dv kernel reads
+    as fp16 tables whose rows hold ``stride_f`` = cdiv(Np, BLOCK_M) BLOCK_M patch queries: ``f_r[bh, r,
+    p] = exp2(e_r)`` of patch query p against grid row r (every row), ``f_c[bh, c, p] = exp2(e_c)``
+    against column c < KEY_COLS. A program owns BLOCK_M patch queries of one (batch, head); those past
+    Np get the factors of var 1, which the dk/dv kernel reads for its masked queries only, so the stores
+    need no mask along p and go out 16 bytes at a time. Every key program of the dk/dv kernel reads
     them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile."""
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
     tiles = tl.cdiv(N - P, BLOCK_M)
@@ -398,8 +398,7 @@ def _dkdv_tiles(
 @triton.jit
 def _dkdv_sweep(
     b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-    stride_don,
-    stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
+    stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
     CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr, KEY_ROWS: tl.constexpr,
