@@ -188,7 +188,8 @@ def run(args) -> dict:
     host = bm.layer_host_times("cuda", others=dict(before=before.blocks[0].attn))
     print(json.dumps(host), flush=True)
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
-    return dict(environment=env, baseline_ref=args.ref, op=op_rows, kernels=kernel_rows, gaug_backward=gaug_rows,
+    ref = Path(locat_kernels_base.__file__).parents[1] / "REF"  # whichever baseline folder PYTHONPATH names
+    return dict(environment=env, baseline_ref=ref.read_text().strip() if ref.exists() else None, op=op_rows, kernels=kernel_rows, gaug_backward=gaug_rows,
                 model=model_rows,
                 model_ratios=bm.ratios(model_rows), host_times=host)
 
@@ -225,8 +226,6 @@ def main(argv=None) -> int:
     if args.cmd == "make":
         make(args.ref, args.dest)
         return 0
-    ref = Path(".baseline/REF")
-    args.ref = ref.read_text().strip() if ref.exists() else None
     result = run(args)
     args.output.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.output}")
