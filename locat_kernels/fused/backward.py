@@ -9,10 +9,11 @@ carries dvar and dalpha on through the sigmoid and softplus that made var and al
 of dq itself. The dk/dv kernel owns key rows and loops over the prefix queries, then over query tiles
 aligned at the first patch (no bounds masks where the tile divides the patch count), the Gaussian per
 logit or, for 16-bit inputs on grids up to 32 wide, factored into row and column factors (fp16 tables
-of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np)) spread to the keys by one-hot
-matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile, its key tiles start at the first
-patch and the prefix keys get a small tile of their own (``_backward_dkdv_kernel``). dq, dk, dv are
-stored as (B, N, H, D) like the forward's out; dvar and dalpha in float32.
+of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the amplitude split between them)
+spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
+its key tiles start at the first patch and the prefix keys get a small tile of their own
+(``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and
+dalpha in float32.
 """
 from __future__ import annotations
 
@@ -308,31 +309,34 @@ def _factor_tables_kernel(
     stride_f, H, N, GW, P, eps, cmin,
     RATE: tl.constexpr, CLAMP: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """grid: (B * H * cdiv(Np, BLOCK_M),), tiles fastest. The factored dk/dv kernel's Gaussian factors
-    as fp16 tables whose rows hold ``stride_f`` = cdiv(Np, BLOCK_M) BLOCK_M patch queries: ``f_r[bh, r,
-    p] = exp2(e_r)`` of patch query p against grid row r (every row), ``f_c[bh, c, p] = exp2(e_c)``
-    against column c < KEY_COLS. A program owns BLOCK_M patch queries of one (batch, head); those past
-    Np get the factors of var 1, which the dk/dv kernel reads for its masked queries only, so the stores
-    need no mask along p and go out 16 bytes at a time. Every key program of the dk/dv kernel reads
-    them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile."""
+    """grid: (B * H * cdiv(Np, BLOCK_M),), tiles fastest. The factored dk/dv kernel's bias as fp16
+    tables whose rows hold ``stride_f`` = cdiv(Np, BLOCK_M) BLOCK_M patch queries: ``f_r[bh, r, p] =
+    sqrt(alpha log2 e) exp2(e_r)`` of patch query p against grid row r (every row), ``f_c[bh, c, p] =
+    sqrt(alpha log2 e) exp2(e_c)`` against column c < KEY_COLS, so ``f_r f_c`` is the bias in log2
+    units with no multiply per logit (fp16 holds the amplitude up to alpha ~3e9; beyond, inf and a
+    non-finite dk, never a finite wrong one). A program owns BLOCK_M patch queries of one (batch, head);
+    those past Np get the factors of var 1, which the dk/dv kernel reads for its masked queries only,
+    so the stores need no mask along p and go out 16 bytes at a time. Every key program of the dk/dv
+    kernel reads them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile."""
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
     tiles = tl.cdiv(N - P, BLOCK_M)
     bh, tile = tl.program_id(0) // tiles, tl.program_id(0) % tiles
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
     p = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, _, _ = row_coefficients(
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah, P + p, N, GW, P, eps, cmin,
         stride_varn, stride_varc, stride_an, RATE)
+    root_amp = tl.sqrt(a * _LOG2E)[None, :]  # (1, BLOCK_M): half the amplitude in each table
     f_r += bh.to(tl.int64) * GH * stride_f
     f_c += bh.to(tl.int64) * KEY_COLS * stride_f
     cols = tl.arange(0, KEY_COLS)
     e_c = axis_exponent(col_q[None, :], nh_c[None, :], lo_c[None, :], cols[:, None].to(tl.float32), CLAMP)
-    tl.store(f_c + cols[:, None] * stride_f + p[None, :], tl.exp2(e_c).to(tl.float16))
+    tl.store(f_c + cols[:, None] * stride_f + p[None, :], (root_amp * tl.exp2(e_c)).to(tl.float16))
     for r0 in range(0, GH, 16):
         rows = r0 + tl.arange(0, 16)
         e_r = axis_exponent(row_q[None, :], nh_r[None, :], lo_r[None, :], rows[:, None].to(tl.float32), CLAMP)
-        tl.store(f_r + rows[:, None] * stride_f + p[None, :], tl.exp2(e_r).to(tl.float16),
+        tl.store(f_r + rows[:, None] * stride_f + p[None, :], (root_amp * tl.exp2(e_r)).to(tl.float16),
                  mask=(rows < GH)[:, None])
 
 
@@ -370,13 +374,12 @@ def _dkdv_tiles(
         if BIAS and FACTORED:  # patch tiles: offs_m = P + p; the tables' columns past Np are masked queries
             p = t * BLOCK_M + tl.arange(0, BLOCK_M)
             rows = row0 + tl.arange(0, KEY_ROWS)
-            a = tl.load(alpha_base + tl.minimum(p, N - P - 1) * stride_an).to(tl.float32)
             b_fr = tl.load(f_r + rows[:, None] * stride_f + p[None, :], mask=(rows < (N - P) // GW)[:, None],
                            other=0.0)
             b_fc = tl.load(f_c + tl.arange(0, KEY_COLS)[:, None] * stride_f + p[None, :])  # (KEY_ROWS|COLS, BLOCK_M)
             b_r = tl.dot(b_sel_r, b_fr)  # (BLOCK_N, BLOCK_M), 0 off patch keys
             b_c = tl.dot(b_sel_c, b_fc)
-            b_st = tl.fma(b_r * (a * _LOG2E)[None, :], b_c, b_st)
+            b_st = tl.fma(b_r, b_c, b_st)
         elif BIAS:
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
                 var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE,
