@@ -189,9 +189,9 @@ def run(args) -> dict:
     print(json.dumps(host), flush=True)
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
     ref = Path(locat_kernels_base.__file__).parents[1] / "REF"  # whichever baseline folder PYTHONPATH names
-    return dict(environment=env, baseline_ref=ref.read_text().strip() if ref.exists() else None, op=op_rows, kernels=kernel_rows, gaug_backward=gaug_rows,
-                model=model_rows,
-                model_ratios=bm.ratios(model_rows), host_times=host)
+    return dict(environment=env, baseline_ref=ref.read_text().strip() if ref.exists() else None, op=op_rows,
+                kernels=kernel_rows, gaug_backward=gaug_rows, model=model_rows, model_ratios=bm.ratios(model_rows),
+                host_times=host)
 
 
 def main(argv=None) -> int:

@@ -411,24 +411,21 @@ def _dkdv_sweep(
     [near_hi, cdiv(N - P, BLOCK_M))."""
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don,
-        stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
-        is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
-        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
-    b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don,
-        stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin, row_k, col_k,
-        is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
-        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
-    b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don,
-        stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale, eps, cmin,
+        stride_don, stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin,
         row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+    b_dk, b_dv = _dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+        stride_don, stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin,
+        row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
+        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+    b_dk, b_dv = _dkdv_tiles(
+        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
+        stride_don, stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale,
+        eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D,
+        D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
         KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     return b_dk, b_dv
 
@@ -535,11 +532,10 @@ def _dkdv_keys(
     if HAS_PREFIX:
         b_dk, b_dv = _dkdv_tiles(
             b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c, stride_f,
-            stride_qn, stride_don,
-            stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P, qk_scale, eps, cmin, row_k,
-            col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD,
-            HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-            KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
+            stride_qn, stride_don, stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P,
+            qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False,
+            MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
+            FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
     if NEAR:
         near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
     else:
