@@ -18,7 +18,7 @@ def test_every_table_entry_is_timed_on_a_shape_of_its_own_class():
         spec, dtype, candidates = tune.table_plan(key)
         shape = Shape.parse(spec)
         (gh, gw), D = shape.grid, shape.D
-        factored = key[0] == "backward_dkdv" and configs.dkdv_factored(dtype, D, gw, "auto")
+        factored = key[0] == "backward_dkdv" and configs.dkdv_factored(dtype, D, gh, gw, "auto")
         precision = "tf32x3" if key[2] == "tf32x3" else "ieee"
         got = configs.config_key(key[0], D, shape.P + gh * gw, dtype, gw, factored, precision)
         assert configs.table_key(configs.TABLE[configs.DEFAULT_ARCH], got) == key, (key, spec)

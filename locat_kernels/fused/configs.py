@@ -197,7 +197,7 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
                         FP32_PRECISION, tuple(OVERRIDES.items()))
 
 
-def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | str = None, gh: int = 1) -> bool:
+def dkdv_factored(dtype: torch.dtype, head_dim: int, gh: int, gw: int, setting: bool | str = None) -> bool:
     """Whether the dk/dv kernel uses its factored Gaussian (``setting``: FACTORED_DKDV by default) on a
     grid of ``gh`` rows and ``gw`` columns."""
     setting = FACTORED_DKDV if setting is None else setting
@@ -210,7 +210,7 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gw: int, setting: bool | st
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
                  overrides) -> dict:  # grid_tiles, overrides: the cache's key only (read as globals)
     key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
-    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, gw, factored, (N - P) // gw)
+    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, (N - P) // gw, gw, factored)
     cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
     if kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and cfg["num_stages"] == 3:
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
