@@ -59,7 +59,7 @@ SWITCHES["forward_radius"] = SWITCHES["forward"]
 # grids wider than configs.MAX_FACTORED_COLS). tests/test_configs.py checks each falls in its class.
 TABLE_SHAPES = {
     (64, "16bit", "any"): {"forward": "16,12,32,32,1,64", "backward_dq": "8,12,48,48,1,64",
-                           "backward_dkdv": "8,12,37,37,5,64"},
+                           "backward_dkdv": "2,12,96,96,1,64"},
     (64, "16bit", "small"): "128,12,14,14,1,64",
     (64, "16bit", "gw24"): "32,12,24,24,1,64",
     (64, "16bit", "gw28"): "16,12,28,28,1,64",
@@ -70,8 +70,11 @@ TABLE_SHAPES = {
     (64, "16bit", "factored"): "128,12,14,14,1,64",
     (64, "16bit", "factored_wide"): "16,12,32,32,1,64",
     (128, "16bit", "any"): {"forward": "16,8,32,32,1,128", "backward_dq": "16,8,32,32,1,128",
-                            "backward_dkdv": "8,8,40,40,1,128"},
+                            "backward_dkdv": "2,8,96,96,1,128"},
     (128, "16bit", "factored"): "16,8,32,32,1,128",
+    (128, "16bit", "gw40"): "8,8,40,40,1,128",
+    (128, "16bit", "gw48"): "8,8,48,48,1,128",
+    (128, "16bit", "gw64"): "4,8,64,64,1,128",
     (256, "16bit", "any"): "4,8,32,32,1,256",
     (64, "fp32", "any"): "8,12,24,24,1,64",
     (64, "tf32x3", "any"): "256,3,14,14,1,64",

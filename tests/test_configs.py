@@ -56,6 +56,7 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("backward_dq", 64, 1601, bf16, 40) == len("backward_dq") + 64 + len("any")
     assert stages("forward", 128, 197, bf16, 14) == len("forward") + 128 + len("any")  # no "small" at 128
     assert stages("backward_dkdv", 64, 1025, bf16, 32, True) == len("backward_dkdv") + 64 + len("factored_wide")
+    assert stages("backward_dkdv", 64, 4097, bf16, 64, True) == len("backward_dkdv") + 64 + len("factored_wide")
     assert stages("backward_dkdv", 64, 197, bf16, 14, True) == len("backward_dkdv") + 64 + len("factored")
     assert stages("backward_dkdv", 128, 1025, bf16, 32, True) == len("backward_dkdv") + 128 + len("factored")
     assert stages("backward_dkdv", 64, 1025, torch.float32, 32, True) == len("backward_dkdv") + 64 + len("any")
@@ -74,6 +75,7 @@ def test_dkdv_stage_rule_applies_to_overrides_as_to_table_entries(monkeypatch):
     patches in 32-query tiles), 3 where they do not (1600): the same for an override, so that `tune`
     times what a table entry of that config launches."""
     monkeypatch.setitem(configs.OVERRIDES, "backward_dkdv", (32, 128, 4, 3))
+    monkeypatch.setattr(configs, "FACTORED_DKDV", False)  # these grids would take the factored Gaussian
     for (gh, gw, P), stages in (((37, 37, 5), 2), ((40, 40, 1), 3)):
         q = torch.empty(1, 1, P + gh * gw, 64, dtype=torch.bfloat16)
         meta = configs.launch_meta("backward_dkdv", q, gw, P, -8.0, 1)
@@ -182,3 +184,13 @@ def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_rad
     assert block_m(radius) == (32, False) and block_m(None) == (32, True)
     monkeypatch.setitem(configs.OVERRIDES, "forward_radius", (64, 16, 1, 1))
     assert block_m(radius) == (32, False) and block_m(None) == (64, True)
+
+
+def test_factored_dkdv_where_measured_faster():
+    """"auto": the factored Gaussian for 16-bit inputs, head_dim <= 128, up to 64 columns (next_pow2(gw))
+    and MAX_FACTORED_ROWS rows; the Gaussian per logit for fp32, wider or taller grids, or head_dim 256."""
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    cases = {(bf16, 64, 14, 14): True, (fp16, 64, 37, 37): True, (bf16, 128, 40, 40): True, (bf16, 64, 64, 64): True,
+             (bf16, 64, 65, 65): False, (bf16, 64, 8, 96): False, (fp32, 64, 14, 14): False,
+             (bf16, 256, 14, 14): False, (bf16, 64, configs.MAX_FACTORED_ROWS + 1, 8): False}
+    assert {case: configs.dkdv_factored(*case, setting="auto") for case in cases} == cases

@@ -123,12 +123,14 @@ def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, r
 
 
 @pytest.mark.parametrize("grid,P,rate,init", [((7, 7), 1, 1, None), ((4, 6), 5, 2, None), ((7, 7), 0, 1, (4, 4)),
-                                             ((20, 1), 1, 1, None), ((16, 3), 2, 1, None), ((8, 8), 0, 2, None)])
+                                             ((20, 1), 1, 1, None), ((16, 3), 2, 1, None), ((8, 8), 0, 2, None),
+                                             ((3, 40), 1, 1, None), ((2, 34), 3, 2, None)])
 def test_factored_dkdv_gaussian_matches_float64(request, device, monkeypatch, grid, P, rate, init):
     """The dk/dv kernel's factored Gaussian (one-hot matmuls of fp16 row and column factors; on by
     default for 16-bit inputs) forced for fp32: exact but for the factors' fp16 rounding (2^-11), so
     a misplaced row, column, prefix key or rate would show as an O(1) error. Grids of one column
-    and of three make a 16-key tile span up to 18 rows (KEY_ROWS 32)."""
+    and of three make a 16-key tile span up to 18 rows (KEY_ROWS 32); 40 and 34 columns take 64-column
+    tables (KEY_COLS 64, on by default up to that width)."""
     monkeypatch.setattr(configs, "FACTORED_DKDV", True)
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), fp32_tol=2e-3, grid_size=grid,
@@ -332,6 +334,9 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (20, 37), 5, 48),  # 37 wide (that width's entry), rectangular, 5 prefix tokens, head_dim 48
     (1, 3, (36, 40), 0, 64),  # 40 wide (its entry), no prefix
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
+    (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's entry of that width (48, 64 below)
+    (1, 2, (9, 48), 2, 112),  # 48 wide, head_dim 112 (padded to 128)
+    (1, 1, (20, 64), 1, 128),
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),

@@ -8,7 +8,7 @@ deterministic; it loops over keys in the forward's layouts. For a LocAt layer at
 carries dvar and dalpha on through the sigmoid and softplus that made var and alpha, and adds their part
 of dq itself. The dk/dv kernel owns key rows and loops over the prefix queries, then over query tiles
 aligned at the first patch (no bounds masks where the tile divides the patch count), the Gaussian per
-logit or, for 16-bit inputs on grids up to 32 wide, factored into row and column factors (fp16 tables
+logit or, for 16-bit inputs on grids up to 64 wide, factored into row and column factors (fp16 tables
 of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the amplitude split between them)
 spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
 its key tiles start at the first patch and the prefix keys get a small tile of their own

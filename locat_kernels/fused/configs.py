@@ -65,12 +65,13 @@ MAX_GRID_ROWS = 4
 
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
-# next_pow2(gw) <= MAX_FACTORED_COLS (at 64 columns it was no faster: 518 and 1024 px, tune_factored_H200.json);
-# True also elsewhere, fp32 included (tests: the factors are rounded to fp16); False: off. Its factor tables
-# (backward.py) take gh + next_pow2(gw) fp16 values per patch query: only up to MAX_FACTORED_ROWS grid rows
-# (at head_dim 64, at most 2.5x the bytes of q), else the Gaussian per logit.
+# next_pow2(gw) <= MAX_FACTORED_COLS (with the factor tables, 64 columns run the whole backward 10-25% faster
+# at 518-1024 px, 128 columns only 2% at 1536: tune_v24_dkdv_factored*_H200.json); True also elsewhere, fp32
+# included (tests: the factors are rounded to fp16); False: off. Its factor tables (backward.py) take
+# gh + next_pow2(gw) fp16 values per patch query: only up to MAX_FACTORED_ROWS grid rows (at head_dim 64, at
+# most 3x the bytes of q), else the Gaussian per logit.
 FACTORED_DKDV: bool | str = "auto"
-MAX_FACTORED_COLS = 32
+MAX_FACTORED_COLS = 64
 MAX_FACTORED_ROWS = 128
 
 
@@ -108,7 +109,7 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
     """The table key of one launch: (kernel, head-dim class, dtype class, grid class). Head-dim class:
     the padded head dim, at least 64. Dtype class: "16bit" (fp16, bf16), "fp32", "tf32x3" (fp32 under
     that precision; set_fp32_precision). Grid class: "factored" / "factored_wide" (the dk/dv kernel's
-    factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 32 wide),
+    factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 64 wide),
     "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
     tiles than the rest: the forward at 384 / 518 / 640 px); a class the table lacks falls back to "any"."""
     d = max(64, padded_head_dim(head_dim))
