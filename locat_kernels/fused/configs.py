@@ -65,7 +65,7 @@ MAX_GRID_ROWS = 4
 
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
-# next_pow2(gw) <= MAX_FACTORED_COLS (with the factor tables, 64 columns run the whole backward 10-25% faster
+# next_pow2(gw) <= MAX_FACTORED_COLS (with the factor tables, 64 columns run the whole backward 7-25% faster
 # at 518-1024 px, 128 columns only 2% at 1536: tune_v24_dkdv_factored*_H200.json); True also elsewhere, fp32
 # included (tests: the factors are rounded to fp16); False: off. Its factor tables (backward.py) take
 # gh + next_pow2(gw) fp16 values per patch query: only up to MAX_FACTORED_ROWS grid rows (at head_dim 64, at
