@@ -111,7 +111,8 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
     that precision; set_fp32_precision). Grid class: "factored" / "factored_wide" (the dk/dv kernel's
     factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 64 wide),
     "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
-    tiles than the rest: the forward at 384 / 518 / 640 px); a class the table lacks falls back to "any"."""
+    tiles than the rest: the forward at 384 / 518 / 640 px, and at head-dim class 128 at widths 40 / 48 / 64);
+    a class the table lacks falls back to "any"."""
     d = max(64, padded_head_dim(head_dim))
     half = dtype != torch.float32
     if factored and half and d <= 128:
