@@ -99,9 +99,14 @@ def dot_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> str:
     return (fp32_precision or FP32_PRECISION) if dtype == torch.float32 else "tf32"
 
 
+def dot_width(n: int) -> int:
+    """The smallest power of two that holds ``n`` and is at least 16 (``tl.dot``'s smallest side)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
 def padded_head_dim(head_dim: int) -> int:
     """The power of two (>= 16, tl.dot's smallest) the kernels load a head_dim as."""
-    return max(16, 1 << (head_dim - 1).bit_length())
+    return dot_width(head_dim)
 
 
 def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1,
@@ -205,13 +210,13 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gh: int, gw: int, setting: 
     setting = FACTORED_DKDV if setting is None else setting
     return gh <= MAX_FACTORED_ROWS and (
         setting is True or (setting == "auto" and dtype != torch.float32 and head_dim <= 128
-                            and max(16, 1 << (gw - 1).bit_length()) <= MAX_FACTORED_COLS))
+                            and dot_width(gw) <= MAX_FACTORED_COLS))
 
 
 @functools.lru_cache(maxsize=1024)
 def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
                  overrides) -> dict:  # grid_tiles, overrides: the cache's key only (read as globals)
-    key_cols = max(16, 1 << (gw - 1).bit_length())  # the dk/dv kernel's factored Gaussian: its columns
+    key_cols = dot_width(gw)  # the dk/dv kernel's factored Gaussian: its columns
     factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, (N - P) // gw, gw, factored)
     cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
     if kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and cfg["num_stages"] == 3:
@@ -229,7 +234,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
     )
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
     block_p = meta["BLOCK_P"] = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"],
-                                    max(16, 1 << (P - 1).bit_length()))
+                                    dot_width(P))
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # Query tiles from the first patch and the prefix rows a program of BLOCK_P rows, where the prefix
@@ -242,7 +247,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
                     EVEN_N=N % cfg["BLOCK_N"] == 0)
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
-        key_rows = max(16, 1 << ((cfg["BLOCK_N"] - 1) // gw + rate).bit_length())
+        key_rows = dot_width((cfg["BLOCK_N"] - 1) // gw + rate + 1)
         # Key tiles from the first patch and the prefix keys one BLOCK_P tile of their own, where the prefix
         # would otherwise add a tile (577 tokens in 64-key tiles: 10 tiles, the last holding one key) and fits one.
         split = _split_prefix(N, P, cfg["BLOCK_N"], block_p)

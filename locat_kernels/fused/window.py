@@ -78,7 +78,7 @@ def _meta(q, gw, cmin, mask):
     _, _, N, D = q.shape
     gh = N // gw
     return dict(
-        D=D, D_PAD=configs.padded_head_dim(D), BLOCK=max(16, 1 << (N - 1).bit_length()),
+        D=D, D_PAD=configs.padded_head_dim(D), BLOCK=configs.dot_width(N),
         WINDOWS=_windows_per_program(), HAS_MASK=mask is not None,
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
         DOT_PRECISION=configs.dot_precision(q.dtype),
