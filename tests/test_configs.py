@@ -165,6 +165,21 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
     assert (configs.GRID_TILES, configs.FP32_PRECISION, dict(configs.OVERRIDES)) == before
 
 
+@pytest.mark.parametrize("kernel,switch,value,field", [
+    ("forward", "GRID_TILES", False, "ROWS"), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS"),
+    ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED"), ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED"),
+    ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED"), ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION")])
+def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field):
+    """launch_meta caches its launches: one made under a switch's other value is never read back (the
+    A/B of ``tune --switch`` timed one layout twice when a switch was not in the cache's key)."""
+    q = torch.empty(2, 1, 1 + 24 * 24, 64, dtype=torch.float32 if switch == "FP32_PRECISION" else torch.bfloat16)
+    with configs.switched({}, {kernel: (64, 64, 4, 3)}):
+        before = configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field]
+        with configs.switched({switch: value}):
+            assert configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field] != before
+        assert configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field] == before
+
+
 def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_radius(monkeypatch):
     """The public op's forward finds its skip radius ("forward_radius" configs); the LocAt layers' is
     given it ("forward"). Overrides of "forward" serve both unless "forward_radius" has its own."""

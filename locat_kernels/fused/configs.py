@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import os
 import warnings
 from pathlib import Path
@@ -78,6 +79,11 @@ MAX_FACTORED_ROWS = 128
 # How the kernels multiply fp32 inputs (set_fp32_precision).
 FP32_PRECISIONS = ("ieee", "tf32x3")
 FP32_PRECISION = "ieee"
+
+# The switches above that shape a launch: launch_meta's cache is keyed on their values, so an A/B of one
+# (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
+_LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "FACTORED_DKDV", "MAX_FACTORED_COLS",
+                                       "MAX_FACTORED_ROWS", "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -200,8 +206,8 @@ def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, c
     """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
     _, _, N, D = q.shape
     arch = device_arch(q.device.index or 0) if q.device.type == "cuda" and not INTERPRET else DEFAULT_ARCH
-    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, arch, GRID_TILES, FACTORED_DKDV,
-                        FP32_PRECISION, tuple(OVERRIDES.items()))
+    return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, arch,
+                        _LAUNCH_SWITCHES(globals()), tuple(OVERRIDES.items()))
 
 
 def dkdv_factored(dtype: torch.dtype, head_dim: int, gh: int, gw: int, setting: bool | str = None) -> bool:
@@ -214,11 +220,11 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gh: int, gw: int, setting: 
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, factored, fp32_precision,
-                 overrides) -> dict:  # grid_tiles, overrides: the cache's key only (read as globals)
+def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrides) -> dict:
+    # switches, overrides: the cache's key only (read as globals)
     key_cols = dot_width(gw)  # the dk/dv kernel's factored Gaussian: its columns
-    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, (N - P) // gw, gw, factored)
-    cfg = launch_config(kernel, D, N, dtype, gw, factored, arch, fp32_precision)
+    factored = kernel == "backward_dkdv" and dkdv_factored(dtype, D, (N - P) // gw, gw)
+    cfg = launch_config(kernel, D, N, dtype, gw, factored, arch)
     if kernel == "backward_dkdv" and not factored and (N - P) % cfg["BLOCK_M"] and cfg["num_stages"] == 3:
         # 3 stages pay where the patch tiles need no bounds mask (576, 1024 patches: backward 8-10%
         # faster) and cost where they do (1369 patches: 6% slower; results/tune_dkdv_H*.json). Overrides
@@ -229,7 +235,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, grid_tiles, facto
         D=D, D_PAD=padded_head_dim(D), HAS_PREFIX=P > 0, RATE=rate,
         # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
-        DOT_PRECISION=dot_precision(dtype, fp32_precision),
+        DOT_PRECISION=dot_precision(dtype),
         **cfg,
     )
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
