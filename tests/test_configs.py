@@ -45,12 +45,14 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward", 64, 1025, bf16, 32) == len("forward") + 64 + len("any")
     assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 128 + len("any")  # 80 loads as 128
     assert stages("forward", 32, 197, bf16, 14) == len("forward") + 64 + len("small")
-    assert stages("forward", 64, 1374, bf16, 37) == len("forward") + 64 + len("gw37")  # a width of its own
+    assert stages("forward", 64, 2305, bf16, 48) == len("forward") + 64 + len("gw48")  # a width of its own
     assert stages("forward", 64, 785, bf16, 28) == len("forward") + 64 + len("any")  # a width without
     # the forward that finds its radius: its own entries, else the forward's (a width, then "any")
     assert stages("forward", 64, 577, bf16, 24) == len("forward") + 64 + len("any")
     assert stages("forward_radius", 64, 577, bf16, 24) == len("forward_radius") + 64 + len("gw24")
-    assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("gw40")
+    assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("any")
+    assert stages("forward_radius", 64, 2305, bf16, 48) == len("forward_radius") + 64 + len("gw48")
+    assert stages("forward", 128, 1601, bf16, 40) == len("forward") + 128 + len("gw40")
     assert stages("forward_radius", 64, 785, bf16, 28) == len("forward") + 64 + len("any")
     assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("gw24")
     assert stages("backward_dq", 64, 1601, bf16, 40) == len("backward_dq") + 64 + len("any")
@@ -165,19 +167,22 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
     assert (configs.GRID_TILES, configs.FP32_PRECISION, dict(configs.OVERRIDES)) == before
 
 
-@pytest.mark.parametrize("kernel,switch,value,field", [
-    ("forward", "GRID_TILES", False, "ROWS"), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS"),
-    ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED"), ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED"),
-    ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED"), ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION")])
-def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field):
+@pytest.mark.parametrize("kernel,switch,value,field,gw", [
+    ("forward", "GRID_TILES", False, "ROWS", 24), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS", 24),
+    ("forward", "COLUMN_CHUNKS", False, "TAIL_COLS", 40), ("forward", "MAX_CHUNK_ROWS", 2, "TAIL_COLS", 40),
+    ("forward", "CHUNK_COLS", 16, "TAIL_COLS", 40), ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
+    ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED", 24),
+    ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
+    ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION", 24)])
+def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field, gw):
     """launch_meta caches its launches: one made under a switch's other value is never read back (the
     A/B of ``tune --switch`` timed one layout twice when a switch was not in the cache's key)."""
-    q = torch.empty(2, 1, 1 + 24 * 24, 64, dtype=torch.float32 if switch == "FP32_PRECISION" else torch.bfloat16)
+    q = torch.empty(2, 1, 1 + 24 * gw, 64, dtype=torch.float32 if switch == "FP32_PRECISION" else torch.bfloat16)
     with configs.switched({}, {kernel: (64, 64, 4, 3)}):
-        before = configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field]
+        before = configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field]
         with configs.switched({switch: value}):
-            assert configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field] != before
-        assert configs.launch_meta(kernel, q, 24, 1, -1e9, 1)[field] == before
+            assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field] != before
+        assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field] == before
 
 
 def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_radius(monkeypatch):

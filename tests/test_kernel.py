@@ -122,6 +122,38 @@ def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, r
                              rate=rate)
 
 
+def test_column_chunks_of_key_tiles():
+    """Two column chunks, the first 32 wide, where they fill at least a tenth more slots than grid_layout:
+    widths 33-48 (64-key tiles); none at powers of two, where the first chunk would not be 32 wide, or where
+    packed rows fill the tile as well; 16-bit inputs only by default."""
+    bf16 = torch.bfloat16
+    chunks = {gw: configs.column_chunks(gw, 64, bf16) for gw in (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65)}
+    assert chunks == {33: (2, 32, 8, 8), 37: (2, 32, 8, 8), 40: (2, 32, 8, 8), 41: (2, 32, 4, 16),
+                      48: (2, 32, 4, 16), 49: None, 63: None, 24: None, 80: None, 16: None, 32: None, 14: None,
+                      65: None}
+    assert configs.column_chunks(40, 128, bf16) is None and configs.column_chunks(48, 128, bf16) == (4, 32, 8, 16)
+    assert configs.column_chunks(37, 32, bf16) is None  # one row of the first chunk a tile
+    assert configs.column_chunks(37, 64, torch.float32) is None
+    with configs.switched({"COLUMN_CHUNKS": True}):
+        assert configs.column_chunks(37, 64, torch.float32) == (2, 32, 8, 8)
+
+
+@pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
+                                                 ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128)])
+def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate, block_n):
+    """The forward's key tiles in two column chunks (configs.column_chunks), each swept with its own
+    column table: a chunk skipped or a column misplaced shows as an O(1) error."""
+    monkeypatch.setattr(configs, "COLUMN_CHUNKS", True)  # fp32 and fp64 too
+    for kernel in ("forward", "forward_radius"):
+        monkeypatch.setitem(configs.OVERRIDES, kernel, (16, block_n, 1, 1))
+    meta = configs.launch_meta("forward", torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
+    assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == configs.column_chunks(
+        grid[1], block_n, torch.float32)
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
+
+
 @pytest.mark.parametrize("grid,P,rate,init", [((7, 7), 1, 1, None), ((4, 6), 5, 2, None), ((7, 7), 0, 1, (4, 4)),
                                              ((20, 1), 1, 1, None), ((16, 3), 2, 1, None), ((8, 8), 0, 2, None),
                                              ((3, 40), 1, 1, None), ((2, 34), 3, 2, None)])
@@ -331,8 +363,9 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (padded to 128)
     (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
     (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the op's forward entry of width 24 (8 warps)
-    (1, 2, (20, 37), 5, 48),  # 37 wide (that width's entry), rectangular, 5 prefix tokens, head_dim 48
-    (1, 3, (36, 40), 0, 64),  # 40 wide (its entry), no prefix
+    (1, 2, (20, 37), 5, 48),  # 37 wide: column chunks (32 + 8), rectangular, 5 prefix tokens, head_dim 48
+    (1, 3, (36, 40), 0, 64),  # 40 wide: column chunks, no prefix
+    (1, 2, (10, 48), 1, 64),  # 48 wide: column chunks (32 + 16) and that width's entry
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
     (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's entry of that width (48, 64 below)
     (1, 2, (9, 48), 2, 112),  # 48 wide, head_dim 112 (padded to 128)

@@ -63,6 +63,13 @@ OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # next_pow2(gw) slots (each row costs a select per logit); off: tune A/B.
 GRID_TILES = True
 MAX_GRID_ROWS = 4
+# Column chunks (the forward; column_chunks): a grid width that is not a power of two split into two chunks
+# of power-of-two widths, swept one after the other, each with its own column table. "auto": 16-bit inputs
+# (fp32's 32-key tiles, one row of the first chunk a tile, measured 15% slower at 518 px); True: fp32 too
+# (the interpreter's tests); False: off (tune A/B).
+COLUMN_CHUNKS: bool | str = "auto"
+MAX_CHUNK_ROWS = 8
+CHUNK_COLS = 32  # the first chunk's width (384 px's 16 + 8 measured within 4% of its tiles, either way)
 
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
@@ -82,8 +89,9 @@ FP32_PRECISION = "ieee"
 
 # The switches above that shape a launch: launch_meta's cache is keyed on their values, so an A/B of one
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
-_LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "FACTORED_DKDV", "MAX_FACTORED_COLS",
-                                       "MAX_FACTORED_ROWS", "FP32_PRECISION")
+_LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
+                                       "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
+                                       "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -202,6 +210,28 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     return rows, cols
 
 
+def column_chunks(gw: int, block_n: int, dtype: torch.dtype) -> tuple[int, int, int, int] | None:
+    """(ROWS, COLS, TAIL_ROWS, TAIL_COLS) of the forward's key tiles in two column chunks, or None where
+    ``grid_layout``'s tiles are used instead. Chunk 0 holds columns [0, COLS) with COLS the largest power of
+    two <= gw, chunk 1 columns [COLS, gw) in TAIL_COLS = next_pow2(gw - COLS) >= 8 slots a row; a tile holds
+    ROWS (TAIL_ROWS) grid rows of the chunk. Every row starts at a multiple of 8 slots, so each register of
+    a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where COLS is CHUNK_COLS,
+    a tile holds at least two rows of it, and the chunks fill at least a tenth more of the slots than
+    ``grid_layout`` (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16%
+    faster (benchmarks/NOTES.md, v25)."""
+    cols = 1 << (gw.bit_length() - 1)
+    on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
+    if not (GRID_TILES and on) or cols != CHUNK_COLS or cols == gw or 2 * cols > block_n:
+        return None
+    tail = max(8, 1 << (gw - cols - 1).bit_length())
+    if block_n // tail > MAX_CHUNK_ROWS or block_n // cols > MAX_CHUNK_ROWS:
+        return None
+    rows, _ = grid_layout(gw, block_n)
+    if 10 * gw * block_n < (10 * rows * gw + block_n) * (cols + tail):  # fills < 1/10 more than grid_layout
+        return None
+    return block_n // cols, cols, block_n // tail, tail
+
+
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
     """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
     _, _, N, D = q.shape
@@ -251,6 +281,12 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0,
                     SPLIT_PREFIX=split, EVEN_M=(N - P if split else N) % cfg["BLOCK_M"] == 0,
                     EVEN_N=N % cfg["BLOCK_N"] == 0)
+        if kernel != "backward_dq":  # the forward's column chunks (TAIL_COLS = 0: none); FULL_TILES: chunk 0's
+            rows, cols, tail_rows, tail_cols = column_chunks(gw, cfg["BLOCK_N"], dtype) or (rows, cols, 0, 0)
+            if tail_cols:
+                meta.update(ROWS=rows, COLS=cols, FULL_TILES=gh % rows == 0)
+            meta.update(TAIL_ROWS=tail_rows, TAIL_COLS=tail_cols,
+                        TAIL_FULL=bool(tail_cols) and cols + tail_cols == gw and gh % tail_rows == 0)
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = dot_width((cfg["BLOCK_N"] - 1) // gw + rate + 1)

@@ -10,10 +10,11 @@ free; lse (B, H, N) float32 in log2 units.
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
 ROWS grid rows of COLS slots each (COLS = next_pow2(gw), or gw itself with the rows packed and the
-tile's last slots padding; ``tiles.tile_keys``). Every grid tile has the same columns in the same
-slots, so the Gaussian is a column table ``exp2(e_c)`` computed once per program times one row factor
-``exp2(e_r + log2(alpha log2 e))`` per query row and grid row: no exp2 per logit besides the
-softmax's. **Token tiles** (grids too wide for a tile):
+tile's last slots padding; ``tiles.tile_keys``), or, at widths 33-48 (16-bit), in two column chunks of
+power-of-two widths swept one after the other (``configs.column_chunks``). Every grid tile of a sweep
+has the same columns in the same slots, so the Gaussian is a column table ``exp2(e_c)`` computed once
+per program (and chunk) times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and grid
+row: no exp2 per logit besides the softmax's. **Token tiles** (grids too wide for a tile):
 the bias per logit, ``exp2(e_r + e_c + log2(alpha log2 e))``.
 
 Key rows farther than the (batch, head)'s radius from a query tile's rows skip the Gaussian: the
@@ -69,12 +70,12 @@ def _forward_tiles(
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
     BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Online softmax over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS the Gaussian,
     on grid tiles as the row factor times the column table ``b_c``, on token tiles per logit."""
     for t in range(t_lo, t_hi):
-        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N, COL0)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
         b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
         b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
@@ -103,25 +104,45 @@ def _forward_sweep(
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
     ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
     b_m, b_l, b_acc = _forward_tiles(
         b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
         row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
         MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     b_m, b_l, b_acc = _forward_tiles(
         b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P, qk_scale,
         row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=True, ROWS=ROWS, COLS=COLS,
         MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     b_m, b_l, b_acc = _forward_tiles(
         b_q, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
         row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
         MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     return b_m, b_l, b_acc
+
+
+@triton.jit
+def _forward_grid(
+    b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+    ROWS: tl.constexpr, COLS: tl.constexpr, COL0: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr,
+    D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The far / near / far sweep over the grid tiles of the columns from COL0 (all of them, or one
+    column chunk), ROWS grid rows of COLS slots a tile, with that column table."""
+    T = tl.cdiv(GH, ROWS)
+    near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
+    b_c = tl.exp2(grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N, COL0))
+    return _forward_sweep(
+        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
 
 
 @triton.jit
@@ -133,8 +154,9 @@ def _forward_kernel(
     H, N, GW, P, qk_scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
+    TAIL_FULL: tl.constexpr, FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (query tiles * B * H,), query tiles fastest so neighbours share K/V in L2.
 
@@ -160,8 +182,8 @@ def _forward_kernel(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, -GH - 2, 0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_P,
-            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
+            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
         if FIND_RADIUS:
             if CLAMP:  # the clamp keeps far biases at their floor: no skipping
@@ -175,8 +197,8 @@ def _forward_kernel(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, BLOCK_M=BLOCK_M,
-            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
+            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -185,8 +207,8 @@ def _forward_rows(
     stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, end_m,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
+    TAIL_FULL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """out and lse of the BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one
     (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``."""
@@ -207,14 +229,17 @@ def _forward_rows(
                 row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, BIAS=False, ROWS=0, COLS=1,
                 MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
                 DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
-        T = tl.cdiv(GH, ROWS)
-        near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
-        b_c = tl.exp2(grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N))
-        b_m, b_l, b_acc = _forward_sweep(
-            b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P, qk_scale,
-            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS,
+        b_m, b_l, b_acc = _forward_grid(
+            b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS, COL0=0,
             MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+            DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        if TAIL_COLS:  # the second column chunk, after the first (the softmax does not mind the order)
+            b_m, b_l, b_acc = _forward_grid(
+                b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=TAIL_ROWS, COLS=TAIL_COLS,
+                COL0=COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+                DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_m, b_l, b_acc = _forward_sweep(

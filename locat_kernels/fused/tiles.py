@@ -216,17 +216,19 @@ def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr
 
 
 @triton.jit
-def tile_keys(t, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr):
+def tile_keys(t, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N: tl.constexpr,
+              COL0: tl.constexpr = 0):
     """Token offsets of key tile ``t`` and which slots hold a key. ROWS = 0: token tile ``t`` of
     BLOCK_N consecutive tokens before ``end``. Else grid tile ``t`` of the patches: its first ROWS
     COLS slots hold ROWS grid rows, slot s the patch at grid row ``t ROWS + s // COLS``, column
-    ``s % COLS``; padding: columns >= GW (COLS = next_pow2(GW)), or slots >= ROWS COLS (COLS = GW, the
-    rows packed; ``configs.grid_layout``), and rows >= GH."""
+    ``COL0 + s % COLS``; padding: columns >= GW (COLS a power of two: next_pow2(GW), or a column chunk
+    from COL0, ``configs.column_chunks``), or slots >= ROWS COLS (COLS = GW, the rows packed;
+    ``configs.grid_layout``), and rows >= GH."""
     s = tl.arange(0, BLOCK_N)
     if ROWS:
-        if (COLS & (COLS - 1)) == 0:  # next_pow2(GW) columns, BLOCK_N = ROWS COLS
+        if (COLS & (COLS - 1)) == 0:  # COLS a power of two, BLOCK_N = ROWS COLS
             row = t * ROWS + s // COLS
-            col = s % COLS
+            col = COL0 + s % COLS
             offs = P + row * GW + col
             valid = (col < GW) & (row < GH)
         else:  # packed: COLS = GW; a slot's row in the tile is loop-invariant, so one compare a tile
@@ -240,10 +242,11 @@ def tile_keys(t, GH, GW, P, end, ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK_N
 
 @triton.jit
 def grid_col_exponents(col_q, nh_c, lo_c, RATE: tl.constexpr, CLAMP: tl.constexpr, COLS: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+                       BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0):
     """(BLOCK_M, BLOCK_N) column exponents ``e_c`` of each query row against each slot of a grid
-    tile: the same in every grid tile, so a program computes them (and their exp2) once."""
-    col = ((tl.arange(0, BLOCK_N) % COLS) // RATE * RATE).to(tl.float32)
+    tile (its columns from COL0): the same in every grid tile, so a program computes them (and their
+    exp2) once."""
+    col = ((COL0 + tl.arange(0, BLOCK_N) % COLS) // RATE * RATE).to(tl.float32)
     dc = col_q[:, None] - col[None, :]
     e = nh_c[:, None] * (dc * dc)
     if CLAMP:
