@@ -65,8 +65,9 @@ GRID_TILES = True
 MAX_GRID_ROWS = 4
 # Column chunks (the forward; column_chunks): a grid width that is not a power of two split into two chunks
 # of power-of-two widths, swept one after the other, each with its own column table. "auto": 16-bit inputs
-# (fp32's 32-key tiles, one row of the first chunk a tile, measured 15% slower at 518 px); True: fp32 too
-# (the interpreter's tests); False: off (tune A/B).
+# (fp32 with exact products measured 15% slower at 518 px, on 32-key tiles that the two-row rule of
+# column_chunks excludes anyway; under tf32x3 its 64-key tiles would take chunks, not measured); True: fp32
+# too (the interpreter's tests); False: off (tune A/B).
 COLUMN_CHUNKS: bool | str = "auto"
 MAX_CHUNK_ROWS = 8
 CHUNK_COLS = 32  # the first chunk's width (384 px's 16 + 8 measured within 4% of its tiles, either way)
