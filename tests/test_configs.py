@@ -173,6 +173,7 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
     ("forward", "CHUNK_COLS", 16, "TAIL_COLS", 40), ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
+    ("backward_dkdv", "FACTOR_LO", True, "FACTOR_LO", 24),
     ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION", 24)])
 def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field, gw):
     """launch_meta caches its launches: one made under a switch's other value is never read back (the

@@ -141,14 +141,16 @@ def test_column_chunks_of_key_tiles():
 @pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
                                                  ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128)])
 def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate, block_n):
-    """The forward's key tiles in two column chunks (configs.column_chunks), each swept with its own
-    column table: a chunk skipped or a column misplaced shows as an O(1) error."""
+    """The forward's and dq's key tiles in two column chunks (configs.column_chunks), each swept with its
+    own column tables: a chunk skipped or a column misplaced shows as an O(1) error in out, dq, dvar or
+    dalpha."""
     monkeypatch.setattr(configs, "COLUMN_CHUNKS", True)  # fp32 and fp64 too
-    for kernel in ("forward", "forward_radius"):
+    for kernel in ("forward", "forward_radius", "backward_dq"):
         monkeypatch.setitem(configs.OVERRIDES, kernel, (16, block_n, 1, 1))
-    meta = configs.launch_meta("forward", torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
-    assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == configs.column_chunks(
-        grid[1], block_n, torch.float32)
+    for kernel in ("forward", "backward_dq"):
+        meta = configs.launch_meta(kernel, torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
+        assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == configs.column_chunks(
+            grid[1], block_n, torch.float32)
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
                              rate=rate)
@@ -167,6 +169,18 @@ def test_factored_dkdv_gaussian_matches_float64(request, device, monkeypatch, gr
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), fp32_tol=2e-3, grid_size=grid,
                              num_prefix_tokens=P, rate=rate, init_grid_size=init)
+
+
+@pytest.mark.parametrize("grid,P,rate", [((7, 7), 1, 1), ((4, 6), 5, 2), ((3, 40), 1, 1)])
+def test_factor_remainders_make_the_factored_gaussian_exact(request, device, monkeypatch, grid, P, rate):
+    """With the factors' fp16 remainders (FACTOR_LO, on by default for fp16 inputs) the factored dk/dv
+    Gaussian holds each factor to ~2^-22: forced for fp32, within fp32's 1e-5 of float64. The fp16
+    factors alone (2^-11) put dk 4-5e-3 off on these inputs (alpha up to 20)."""
+    monkeypatch.setattr(configs, "FACTORED_DKDV", True)
+    monkeypatch.setattr(configs, "FACTOR_LO", True)
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0), alpha_max=20.0)
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
 
 
 @pytest.mark.parametrize("grid,P,rate,factored", [((7, 7), 1, 1, False), ((4, 6), 5, 2, True), ((20, 3), 0, 1, True),

@@ -144,7 +144,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     (4, 3, (14, 14), 1, 64, 1),
     (2, 2, (32, 32), 1, 64, 2),
     (1, 2, (24, 24), 1, 64, 1),
-    (1, 2, (20, 37), 5, 64, 1),  # 37 wide: the forward's column chunks (32 + 8; fp32: token tiles)
+    (1, 2, (20, 37), 5, 64, 1),  # 37 wide: the forward's and dq's column chunks (32 + 8; fp32: token tiles)
     (1, 2, (9, 40), 1, 64, 1),  # 40 wide: column chunks (32 + 8)
     (2, 2, (13, 17), 3, 80, 1),
     (1, 2, (16, 16), 5, 96, 2),

@@ -4,13 +4,14 @@
 two launches (three with the factored Gaussian's tables). The dq kernel owns query rows: it writes
 ``delta``, dq, and the row reductions ``dalpha_i = sum_j dS_ij g_ij`` and ``dvar_i = -alpha_i / (var_i +
 eps)^2 sum_j dS_ij g_ij c_ij`` (g the Gaussian factor), so no atomics are needed and the result is
-deterministic; it loops over keys in the forward's layouts. For a LocAt layer at rate 1 (``chain``) it
-carries dvar and dalpha on through the sigmoid and softplus that made var and alpha, and adds their part
-of dq itself. The dk/dv kernel owns key rows and loops over the prefix queries, then over query tiles
-aligned at the first patch (no bounds masks where the tile divides the patch count), the Gaussian per
-logit or, for 16-bit inputs on grids up to 64 wide, factored into row and column factors (fp16 tables
-of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the amplitude split between them)
-spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
+deterministic; it loops over keys in the forward's layouts (column chunks included). For a LocAt layer
+at rate 1 (``chain``) it carries dvar and dalpha on through the sigmoid and softplus that made var and
+alpha, and adds their part of dq itself. The dk/dv kernel owns key rows and loops over the prefix
+queries, then over query tiles aligned at the first patch (no bounds masks where the tile divides the
+patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 64 wide, factored into row and
+column factors (fp16 tables of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the
+amplitude split between them; for fp16 inputs each followed by its rounding remainders) spread to the
+keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
 its key tiles start at the first patch and the prefix keys get a small tile of their own
 (``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and
 dalpha in float32.
@@ -45,15 +46,16 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
     meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
     meta_kv = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    factored, key_cols = meta_kv["FACTORED"], meta_kv["KEY_COLS"]
+    factored, key_cols, lo = meta_kv["FACTORED"], meta_kv["KEY_COLS"], meta_kv["FACTOR_LO"]
     if factored:  # the dk/dv kernel's row and column factors, once per query (its own launch)
         n_p = N - num_prefix_tokens
         n_pad = triton.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
-        f_r = configs.empty((B * H, n_p // gw, n_pad), q, torch.float16)
-        f_c = configs.empty((B * H, key_cols, n_pad), q, torch.float16)
+        f_r = configs.empty((B * H, (1 + lo) * (n_p // gw), n_pad), q, torch.float16)
+        f_c = configs.empty((B * H, (1 + lo) * key_cols, n_pad), q, torch.float16)
         configs.launcher(_factor_tables_kernel, traced)[(triton.cdiv(n_p, TABLE_BLOCK) * B * H,)](
             var, alpha, f_r, f_c, *var.stride(), *alpha.stride(), f_r.stride(1), H, N, gw, num_prefix_tokens,
-            eps, cmin, RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, BLOCK_M=TABLE_BLOCK, num_warps=4,
+            eps, cmin, RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, FACTOR_LO=lo, BLOCK_M=TABLE_BLOCK,
+            num_warps=4,
         )
     else:
         f_r = f_c = delta  # unread
@@ -82,7 +84,7 @@ def _dq_tiles(
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
     BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """dq over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS also the row sums of
     dS g, dS g e_r and dS g e_c, the Gaussian from the column tables ``b_ec`` (e_c) and ``b_c``
@@ -90,7 +92,7 @@ def _dq_tiles(
     with the row factor f and exponent e_r one per query, so they leave the sums: f sum_j dS c_j
     (1, e_r, e_c,j)."""
     for t in range(t_lo, t_hi):
-        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N)
+        offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N, COL0)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
         b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
         b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
@@ -138,25 +140,45 @@ def _dq_sweep(
     P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
     ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
     HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
     b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
         b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
         row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
         ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
         b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P,
         qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=True,
         ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
         b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P,
         qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
         ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
     return b_dq, b_dalpha, b_sum_r, b_sum_c
+
+
+@triton.jit
+def _dq_grid(
+    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    ROWS: tl.constexpr, COLS: tl.constexpr, COL0: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr,
+    D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """The far / near / far sweep over the grid tiles of the columns from COL0 (all of them, or one
+    column chunk), ROWS grid rows of COLS slots a tile, with that chunk's column tables."""
+    T = tl.cdiv(GH, ROWS)
+    near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
+    b_ec = grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N, COL0)
+    return _dq_sweep(
+        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P,
+        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, tl.exp2(b_ec), b_dq, b_dalpha, b_sum_r, b_sum_c,
+        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
 
 
 @triton.jit
@@ -170,8 +192,9 @@ def _backward_dq_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
+    TAIL_FULL: tl.constexpr, SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (query tiles * B * H,), one program per (query tile, batch*head), tiles as the forward's
     (``_forward_kernel``: with SPLIT_PREFIX the patches' tiles from token P, then the BLOCK_P prefix
@@ -197,8 +220,8 @@ def _backward_dq_kernel(
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, -GH - 2, 0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, CHAIN=CHAIN, BLOCK_M=BLOCK_P,
-            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
+            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, CHAIN=CHAIN, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
         _dq_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
@@ -206,8 +229,8 @@ def _backward_dq_kernel(
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, tl.load(radius + bh), start_m, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, CHAIN=CHAIN, BLOCK_M=BLOCK_M,
-            BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
+            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, CHAIN=CHAIN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -218,8 +241,8 @@ def _dq_rows(
     cmin, var_scale, r, start_m, end_m,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
+    TAIL_FULL: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """The BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one (batch, head) (the
     bases point at it): writes their delta, then loops over all keys (as the forward does) for dq and
@@ -250,14 +273,17 @@ def _dq_rows(
                 GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha, b_sum_r,
                 b_sum_c, BIAS=False, ROWS=0, COLS=1, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
                 RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
-        T = tl.cdiv(GH, ROWS)
-        near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
-        b_ec = grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N)
-        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
-            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P,
-            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, tl.exp2(b_ec), b_dq, b_dalpha, b_sum_r,
-            b_sum_c, ROWS=ROWS, COLS=COLS, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=ROWS, COLS=COLS,
+            COL0=0, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+            DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        if TAIL_COLS:  # the second column chunk (configs.column_chunks)
+            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=TAIL_ROWS,
+                COLS=TAIL_COLS, COL0=COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
@@ -307,7 +333,7 @@ TABLE_BLOCK = 128  # patches per program of the factor tables' kernel: every col
 def _factor_tables_kernel(
     var, alpha, f_r, f_c, stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     stride_f, H, N, GW, P, eps, cmin,
-    RATE: tl.constexpr, CLAMP: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+    RATE: tl.constexpr, CLAMP: tl.constexpr, KEY_COLS: tl.constexpr, FACTOR_LO: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """grid: (B * H * cdiv(Np, BLOCK_M),), tiles fastest. The factored dk/dv kernel's bias as fp16
     tables whose rows hold ``stride_f`` = cdiv(Np, BLOCK_M) BLOCK_M patch queries: ``f_r[bh, r, p] =
@@ -317,7 +343,9 @@ def _factor_tables_kernel(
     non-finite dk, never a finite wrong one). A program owns BLOCK_M patch queries of one (batch, head);
     those past Np get the factors of var 1, which the dk/dv kernel reads for its masked queries only,
     so the stores need no mask along p and go out 16 bytes at a time. Every key program of the dk/dv
-    kernel reads them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile."""
+    kernel reads them instead of computing (KEY_ROWS + KEY_COLS) exp2 per query of each query tile.
+    With FACTOR_LO each table is followed by its factors' rounding remainders ``f - fp16(f)`` in fp16
+    (``f_r[bh, GH + r, p]``, ``f_c[bh, KEY_COLS + c, p]``): their sum holds a factor to ~2^-22, not 2^-11."""
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)  # see configs.launcher
     tiles = tl.cdiv(N - P, BLOCK_M)
     bh, tile = tl.program_id(0) // tiles, tl.program_id(0) % tiles
@@ -328,16 +356,26 @@ def _factor_tables_kernel(
         var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah, P + p, N, GW, P, eps, cmin,
         stride_varn, stride_varc, stride_an, RATE)
     root_amp = tl.sqrt(a * _LOG2E)[None, :]  # (1, BLOCK_M): half the amplitude in each table
-    f_r += bh.to(tl.int64) * GH * stride_f
-    f_c += bh.to(tl.int64) * KEY_COLS * stride_f
+    f_r += bh.to(tl.int64) * (1 + FACTOR_LO) * GH * stride_f
+    f_c += bh.to(tl.int64) * (1 + FACTOR_LO) * KEY_COLS * stride_f
     cols = tl.arange(0, KEY_COLS)
     e_c = axis_exponent(col_q[None, :], nh_c[None, :], lo_c[None, :], cols[:, None].to(tl.float32), CLAMP)
-    tl.store(f_c + cols[:, None] * stride_f + p[None, :], (root_amp * tl.exp2(e_c)).to(tl.float16))
+    _store_factors(f_c + cols[:, None] * stride_f + p[None, :], root_amp * tl.exp2(e_c), KEY_COLS * stride_f, True,
+                   FACTOR_LO)
     for r0 in range(0, GH, 16):
         rows = r0 + tl.arange(0, 16)
         e_r = axis_exponent(row_q[None, :], nh_r[None, :], lo_r[None, :], rows[:, None].to(tl.float32), CLAMP)
-        tl.store(f_r + rows[:, None] * stride_f + p[None, :], (root_amp * tl.exp2(e_r)).to(tl.float16),
-                 mask=(rows < GH)[:, None])
+        _store_factors(f_r + rows[:, None] * stride_f + p[None, :], root_amp * tl.exp2(e_r), GH * stride_f,
+                       (rows < GH)[:, None], FACTOR_LO)
+
+
+@triton.jit
+def _store_factors(ptrs, f, lo_offset, mask, FACTOR_LO: tl.constexpr):
+    """fp16(f) at ``ptrs``; with FACTOR_LO also its remainder fp16(f - fp16(f)) at ``ptrs + lo_offset``."""
+    hi = f.to(tl.float16)
+    tl.store(ptrs, hi, mask=mask)
+    if FACTOR_LO:
+        tl.store(ptrs + lo_offset, (f - hi.to(tl.float32)).to(tl.float16), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +389,7 @@ def _dkdv_tiles(
     row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
     RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
     transposed (keys x queries); with BIAS (patch tiles only: their coefficients load without masks,
@@ -374,11 +412,15 @@ def _dkdv_tiles(
         if BIAS and FACTORED:  # patch tiles: offs_m = P + p; the tables' columns past Np are masked queries
             p = t * BLOCK_M + tl.arange(0, BLOCK_M)
             rows = row0 + tl.arange(0, KEY_ROWS)
-            b_fr = tl.load(f_r + rows[:, None] * stride_f + p[None, :], mask=(rows < (N - P) // GW)[:, None],
-                           other=0.0)
-            b_fc = tl.load(f_c + tl.arange(0, KEY_COLS)[:, None] * stride_f + p[None, :])  # (KEY_ROWS|COLS, BLOCK_M)
-            b_r = tl.dot(b_sel_r, b_fr)  # (BLOCK_N, BLOCK_M), 0 off patch keys
-            b_c = tl.dot(b_sel_c, b_fc)
+            GH = (N - P) // GW
+            m_r = (rows < GH)[:, None]
+            p_fr = f_r + rows[:, None] * stride_f + p[None, :]  # (KEY_ROWS, BLOCK_M)
+            p_fc = f_c + tl.arange(0, KEY_COLS)[:, None] * stride_f + p[None, :]  # (KEY_COLS, BLOCK_M)
+            b_r = tl.dot(b_sel_r, tl.load(p_fr, mask=m_r, other=0.0))  # (BLOCK_N, BLOCK_M), 0 off patch keys
+            b_c = tl.dot(b_sel_c, tl.load(p_fc))
+            if FACTOR_LO:  # plus the remainders: the one-hot sums f + (f - fp16(f)) exactly in fp32
+                b_r = tl.dot(b_sel_r, tl.load(p_fr + GH * stride_f, mask=m_r, other=0.0), acc=b_r)
+                b_c = tl.dot(b_sel_c, tl.load(p_fc + KEY_COLS * stride_f), acc=b_c)
             b_st = tl.fma(b_r, b_c, b_st)
         elif BIAS:
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
@@ -404,8 +446,8 @@ def _dkdv_sweep(
     stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
     row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
     MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr, KEY_ROWS: tl.constexpr,
-    KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr,
+    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """The patch query tiles (from token P): far [0, near_lo), near ones with the Gaussian, far
     [near_hi, cdiv(N - P, BLOCK_M))."""
@@ -414,19 +456,19 @@ def _dkdv_sweep(
         stride_don, stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin,
         row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
         stride_don, stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin,
         row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
         HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     b_dk, b_dv = _dkdv_tiles(
         b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
         stride_don, stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale,
         eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D,
         D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
     return b_dk, b_dv
 
 
@@ -440,8 +482,8 @@ def _backward_dkdv_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
     EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, SPLIT_PREFIX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (key tiles * B * H,), one program per (key tile, batch*head), key tiles fastest.
 
@@ -461,8 +503,8 @@ def _backward_dkdv_kernel(
             stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
             0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False, EVEN_PATCHES=EVEN_PATCHES,
-            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
-            NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
+            KEY_COLS=KEY_COLS, NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
     else:
         _dkdv_keys(
             q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
@@ -471,8 +513,8 @@ def _backward_dkdv_kernel(
             stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
             start_n, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N, EVEN_PATCHES=EVEN_PATCHES,
-            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
-            NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
+            KEY_COLS=KEY_COLS, NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -485,7 +527,7 @@ def _dkdv_keys(
     H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, end_n,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_KEYS: tl.constexpr,
     EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr, BLOCK_M: tl.constexpr,
+    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """dk, dv of the BLOCK_N keys from token ``start_n`` (those before ``end_n``) of (batch*head) ``bh``:
@@ -498,8 +540,10 @@ def _dkdv_keys(
     and column factors, not an exp2 per logit; they are loaded from the tables of
     ``_factor_tables_kernel`` (computed once per query, not once per key tile), and one-hot fp16 matrices
     ``sel_r`` (BLOCK_N, KEY_ROWS) and ``sel_c`` (BLOCK_N, KEY_COLS), built once, spread them to the
-    keys on the tensor cores (each factor rounded to fp16, 2^-11 relative: the dense path's bias
-    rounding in fp16, finer than its rounding in bf16).
+    keys on the tensor cores. Each factor is rounded to fp16 (2^-11 relative), so a bias b is off by up
+    to ~2^-10 b: at alpha 50, fp16's dv error was 4x eager fp16's (benchmarks/NOTES.md, v26). With
+    FACTOR_LO (fp16 inputs) the factors' remainders are spread by two more one-hot matmuls into the same
+    fp32 accumulators, which then hold each factor to ~2^-22.
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
@@ -525,8 +569,9 @@ def _dkdv_keys(
     do_base = do + b * stride_dob + h * stride_doh
     var_base = var + b * stride_varb + h * stride_varh
     alpha_base = alpha + b * stride_ab + h * stride_ah
-    f_r = f_r + bh.to(tl.int64) * ((N - P) // GW) * stride_f  # (gh, >= Np), (KEY_COLS, >= Np) of this (batch, head)
-    f_c = f_c + bh.to(tl.int64) * KEY_COLS * stride_f
+    # (gh, >= Np), (KEY_COLS, >= Np) of this (batch, head), each followed by its remainders with FACTOR_LO
+    f_r = f_r + bh.to(tl.int64) * (1 + FACTOR_LO) * ((N - P) // GW) * stride_f
+    f_c = f_c + bh.to(tl.int64) * (1 + FACTOR_LO) * KEY_COLS * stride_f
     b_dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     if HAS_PREFIX:
@@ -535,7 +580,7 @@ def _dkdv_keys(
             stride_qn, stride_don, stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P,
             qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False,
             MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
-            FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
+            FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
     if NEAR:
         near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
     else:
@@ -545,7 +590,8 @@ def _dkdv_keys(
         stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
         N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
         MASKED=not EVEN_PATCHES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
+        BLOCK_M=BLOCK_M)
 
     store_rows(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, m_n, D, D_PAD)
     store_rows(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, m_n, D, D_PAD)

@@ -63,7 +63,7 @@ OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # next_pow2(gw) slots (each row costs a select per logit); off: tune A/B.
 GRID_TILES = True
 MAX_GRID_ROWS = 4
-# Column chunks (the forward; column_chunks): a grid width that is not a power of two split into two chunks
+# Column chunks (the forward and dq; column_chunks): a grid width that is not a power of two split into two chunks
 # of power-of-two widths, swept one after the other, each with its own column table. "auto": 16-bit inputs
 # (fp32 with exact products measured 15% slower at 518 px, on 32-key tiles that the two-row rule of
 # column_chunks excludes anyway; under tf32x3 its 64-key tiles would take chunks, not measured); True: fp32
@@ -82,6 +82,10 @@ CHUNK_COLS = 32  # the first chunk's width (384 px's 16 + 8 measured within 4% o
 FACTORED_DKDV: bool | str = "auto"
 MAX_FACTORED_COLS = 64
 MAX_FACTORED_ROWS = 128
+# The factors' fp16 rounding remainders as second tables (FACTOR_LO): "fp16" for fp16 inputs, whose eager error
+# is 8x finer than bf16's (at alpha 50 the single tables put fp16's dv at 4x eager's; v26); True: every dtype
+# (tests); False: none.
+FACTOR_LO: bool | str = "fp16"
 
 
 # How the kernels multiply fp32 inputs (set_fp32_precision).
@@ -92,7 +96,7 @@ FP32_PRECISION = "ieee"
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
                                        "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
-                                       "FP32_PRECISION")
+                                       "FACTOR_LO", "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -212,14 +216,14 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
 
 
 def column_chunks(gw: int, block_n: int, dtype: torch.dtype) -> tuple[int, int, int, int] | None:
-    """(ROWS, COLS, TAIL_ROWS, TAIL_COLS) of the forward's key tiles in two column chunks, or None where
+    """(ROWS, COLS, TAIL_ROWS, TAIL_COLS) of the forward's and dq's key tiles in two column chunks, or None where
     ``grid_layout``'s tiles are used instead. Chunk 0 holds columns [0, COLS) with COLS the largest power of
     two <= gw, chunk 1 columns [COLS, gw) in TAIL_COLS = next_pow2(gw - COLS) >= 8 slots a row; a tile holds
     ROWS (TAIL_ROWS) grid rows of the chunk. Every row starts at a multiple of 8 slots, so each register of
     a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where COLS is CHUNK_COLS,
     a tile holds at least two rows of it, and the chunks fill at least a tenth more of the slots than
     ``grid_layout`` (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16%
-    faster (benchmarks/NOTES.md, v25)."""
+    faster (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26)."""
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
     if not (GRID_TILES and on) or cols != CHUNK_COLS or cols == gw or 2 * cols > block_n:
@@ -282,12 +286,12 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0,
                     SPLIT_PREFIX=split, EVEN_M=(N - P if split else N) % cfg["BLOCK_M"] == 0,
                     EVEN_N=N % cfg["BLOCK_N"] == 0)
-        if kernel != "backward_dq":  # the forward's column chunks (TAIL_COLS = 0: none); FULL_TILES: chunk 0's
-            rows, cols, tail_rows, tail_cols = column_chunks(gw, cfg["BLOCK_N"], dtype) or (rows, cols, 0, 0)
-            if tail_cols:
-                meta.update(ROWS=rows, COLS=cols, FULL_TILES=gh % rows == 0)
-            meta.update(TAIL_ROWS=tail_rows, TAIL_COLS=tail_cols,
-                        TAIL_FULL=bool(tail_cols) and cols + tail_cols == gw and gh % tail_rows == 0)
+        # Column chunks (TAIL_COLS = 0: none); FULL_TILES then says chunk 0's, TAIL_FULL chunk 1's.
+        rows, cols, tail_rows, tail_cols = column_chunks(gw, cfg["BLOCK_N"], dtype) or (rows, cols, 0, 0)
+        if tail_cols:
+            meta.update(ROWS=rows, COLS=cols, FULL_TILES=gh % rows == 0)
+        meta.update(TAIL_ROWS=tail_rows, TAIL_COLS=tail_cols,
+                    TAIL_FULL=bool(tail_cols) and cols + tail_cols == gw and gh % tail_rows == 0)
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = dot_width((cfg["BLOCK_N"] - 1) // gw + rate + 1)
@@ -295,7 +299,8 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         # would otherwise add a tile (577 tokens in 64-key tiles: 10 tiles, the last holding one key) and fits one.
         split = _split_prefix(N, P, cfg["BLOCK_N"], block_p)
         meta.update(EVEN_N=(N - P if split else N) % cfg["BLOCK_N"] == 0, EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0,
-                    FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split)
+                    FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split,
+                    FACTOR_LO=factored and (FACTOR_LO is True or (FACTOR_LO == "fp16" and dtype == torch.float16)))
     return meta
 
 
