@@ -7,7 +7,9 @@ default); the forward and dq configs both with grid-shaped key tiles and with to
 (``configs.GRID_TILES``), the dk/dv configs with and without the factored Gaussian
 (``configs.FACTORED_DKDV``); ``--switch NAME=V1,V2``: under those values of that switch instead (e.g.
 ``FP32_PRECISION='ieee','tf32x3'`` with ``--dtype float32``: bf16 inputs by default). Prints the medians
-and writes them as JSON (``--output``).
+and writes them as JSON (``--output``). ``--rounds N`` times a shape's configs N times in turn (all of
+them, then all again: a GPU whose speed drifts meets every config alike; one launch read 0.44-0.75 ms in
+three processes, benchmarks/NOTES.md v26) and adds each config's median and spread (max / min - 1).
 
 **Table** (``--table``): every entry of the config table (``locat_kernels/fused/configs.json``) for
 this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
                         help="sweep: the inputs' dtype (float32: the small-tile candidates by default)")
     parser.add_argument("--configs", nargs="*", help="sweep: these configs instead of the kernel's candidates; "
                         "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="sweep: time each shape's configs this many times in turn; the median and spread")
     parser.add_argument("--default-switch", action="store_true",
                         help="sweep: only the default layout (grid tiles, factored dk/dv), not the A/B")
     parser.add_argument("--switch", metavar="NAME=V1,V2",
@@ -103,6 +107,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.write and not args.table:
         parser.error("--write goes with --table")
+    if args.rounds < 1:
+        parser.error(f"--rounds takes a count >= 1, got {args.rounds}")
     try:
         only = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
     except ValueError:
@@ -119,14 +125,15 @@ def main(argv=None) -> int:
         parser.error("tuning needs CUDA")
     command = "python -m locat_bench.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     env = dict(environment("cuda"), command=command)
-    rows = []
+    rows, summary = [], []
 
-    def timer(kernel, spec, dtype, cand, switch=None, value=None):
+    def timer(kernel, spec, dtype, cand, switch=None, value=None, round_=None):
         ms, note = time_config(kernel, spec, dtype, cand, args.regime, switch, value)
         rows.append(dict(shape=spec, dtype=str(dtype).removeprefix("torch."), kernel=kernel, config=list(cand),
-                         switch=switch, value=value, ms=ms, note=note))
+                         switch=switch, value=value, ms=ms, note=note, **({} if round_ is None else {"round": round_})))
         print(f"{spec:<18} {str(dtype):<15} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
-              + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}"), flush=True)
+              + (f"{ms:8.4f} ms" if ms is not None else f"failed: {note}")
+              + ("" if round_ is None else f"  (round {round_ + 1})"), flush=True)
         return ms
 
     if args.table:
@@ -143,13 +150,35 @@ def main(argv=None) -> int:
         dtype = getattr(torch, args.dtype)
         for shape in [known[s] if s in known else Shape.parse(s) for s in args.shapes] if args.shapes else GPU_SHAPES:
             spec = f"{shape.B},{shape.H},{shape.grid[0]},{shape.grid[1]},{shape.P},{shape.D}"
-            for kernel in args.kernels:
-                switch, values = ab or SWITCHES[kernel]
-                for value in (getattr(configs, switch),) if args.default_switch else values:
-                    for cand in only or candidates(kernel, dtype, shape.D):  # --configs: exactly those, in order
-                        timer(kernel, spec, dtype, cand, switch, value)
-    args.output.write_text(json.dumps(dict(environment=env, regime=args.regime, rows=rows), indent=1))
+            jobs = [(kernel, cand, switch, value) for kernel in args.kernels
+                    for switch, values in [ab or SWITCHES[kernel]]
+                    for value in ((getattr(configs, switch),) if args.default_switch else values)
+                    for cand in only or candidates(kernel, dtype, shape.D)]  # --configs: exactly those, in order
+            runs = [[] for _ in jobs]
+            for r in range(args.rounds):
+                for (kernel, cand, switch, value), times in zip(jobs, runs):
+                    times.append(timer(kernel, spec, dtype, cand, switch, value, r if args.rounds > 1 else None))
+            if args.rounds > 1:
+                summary += [summarize(spec, dtype, job, times) for job, times in zip(jobs, runs)]
+    result = dict(environment=env, regime=args.regime, rows=rows, **({"summary": summary} if summary else {}))
+    args.output.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def summarize(spec, dtype, job, times) -> dict:
+    """One config's rounds (``--rounds``): the median of those that ran, the spread (max / min - 1), all
+    of them; printed as it is made."""
+    import statistics
+
+    kernel, cand, switch, value = job
+    ok = [t for t in times if t is not None]
+    ms = statistics.median(ok) if ok else None
+    spread = max(ok) / min(ok) - 1 if ok else None
+    print(f"{spec:<18} {str(dtype):<15} {kernel:<14} {switch}={value!s:<5} {str(cand):<20} "
+          + (f"median {ms:8.4f} ms, spread {100 * spread:.1f}% of {len(ok)}/{len(times)}" if ok else "failed"),
+          flush=True)
+    return dict(shape=spec, dtype=str(dtype).removeprefix("torch."), kernel=kernel, config=list(cand), switch=switch,
+                value=value, ms=ms, spread=spread, runs=times)
 
 
 def time_config(kernel, spec, dtype, cand, regime="broad", switch=None, value=None):

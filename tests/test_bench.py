@@ -195,6 +195,43 @@ def test_tune_sweep_times_every_shape_under_each_switch_value(monkeypatch, tmp_p
     assert timed == tune.CANDIDATES["forward"] and set(dtypes) == {torch.bfloat16}
 
 
+def test_tune_rounds_time_every_config_in_turn_and_summarize(monkeypatch, tmp_path, capsys):
+    """``--rounds 3``: all of a shape's configs, then all again (not one config three times running), every
+    timing kept as a row with its round, and per config the median of the rounds that ran and their
+    spread; a config that failed in one round keeps the others' median. ``--rounds 0`` is refused."""
+    import json
+
+    from locat_bench import tune
+
+    ticks = iter([1.0, 4.0, 3.0, None, 2.0, 8.0])  # (a, b) in rounds 1, 2, 3
+    timed = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tune, "environment", lambda device: dict(device=device))
+
+    def fake(kernel, spec, dtype, cand, regime, switch, value):
+        timed.append(cand)
+        ms = next(ticks)
+        return ms, "" if ms is not None else "failed to compile"
+
+    monkeypatch.setattr(tune, "time_config", fake)
+    out = tmp_path / "t.json"
+    a, b = (16, 16, 1, 1), (32, 16, 4, 2)
+    assert tune.main(["--output", str(out), "--kernels", "forward", "--shapes", "2,2,4,4,1,16", "--configs",
+                      "16,16,1,1", "32,16,4,2", "--default-switch", "--rounds", "3"]) == 0
+    assert timed == [a, b, a, b, a, b]
+    result = json.loads(out.read_text())
+    assert [(r["config"], r["round"], r["ms"]) for r in result["rows"]] == [
+        (list(a), 0, 1.0), (list(b), 0, 4.0), (list(a), 1, 3.0), (list(b), 1, None), (list(a), 2, 2.0),
+        (list(b), 2, 8.0)]
+    (sa, sb) = result["summary"]
+    assert (sa["config"], sa["ms"], sa["spread"], sa["runs"]) == (list(a), 2.0, 2.0, [1.0, 3.0, 2.0])
+    assert (sb["config"], sb["ms"], sb["spread"], sb["runs"]) == (list(b), 6.0, 1.0, [4.0, None, 8.0])
+    assert "median   6.0000 ms, spread 100.0% of 2/3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tune.main(["--output", str(out), "--rounds", "0"])
+    assert "--rounds takes a count >= 1, got 0" in capsys.readouterr().err
+
+
 def test_baseline_times_the_ops_in_rounds_each_op_in_turn():
     """``baseline run --op-rounds``: every round times each op in turn (forward and forward+backward,
     plain and replayed); the median round, its spread, and the ratio over SDPA's median."""
