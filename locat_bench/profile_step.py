@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -113,7 +114,9 @@ def main(argv=None) -> int:
                      **profile_fn(op_step(shape, peer), top=args.top))
             show(f"{shape.name} {peer} fwd+bwd", r)
             rows.append(r)
-    args.output.write_text(json.dumps(dict(environment=environment("cuda"), rows=rows), indent=1))
+    command = "python -m locat_bench.profile_step " + " ".join(argv if argv is not None else sys.argv[1:])
+    args.output.write_text(json.dumps(dict(environment=dict(environment("cuda"), command=command), rows=rows),
+                                      indent=1))
     return 0
 
 

@@ -28,7 +28,7 @@ from .fused import configs
 from .gaussian import as_pair, gaussian_clamp, gaussian_eps, variance_scale, variance_shift
 from .reference import extra_bias, gaussian_attention_reference, gaussian_bias, gaussian_parameters
 
-__all__ = ["gaussian_attention", "locat_attention", "BACKENDS", "resolve_backend"]
+__all__ = ["gaussian_attention", "locat_attention", "locat_attention_qkvpacked", "BACKENDS", "resolve_backend"]
 
 BACKENDS = ("auto", "triton", "reference", "sdpa")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -161,6 +161,48 @@ def locat_attention(
             shift mask); on the triton backend var and alpha come from their own kernel, then the
             window kernel.
     """
+    return _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias, grid_size,
+                            num_prefix_tokens, init_grid_size, rate, scale, backend, gaussian_queries, attn_bias,
+                            window_mask)
+
+
+def locat_attention_qkvpacked(
+    qkv: Tensor,
+    log_var_weight: Tensor,
+    log_var_bias: Tensor,
+    log_alpha_weight: Tensor,
+    log_alpha_bias: Tensor,
+    grid_size,
+    *,
+    num_prefix_tokens: int = 0,
+    init_grid_size=None,
+    rate: int = 1,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """``locat_attention`` on the output of a block's qkv layer as one tensor.
+
+    ``qkv`` (B, N, 3, H, D) as ``qkv_layer(x).reshape(B, N, 3, H, D)`` gives it (timm's layout, with a
+    unit last stride); the result and the other arguments are ``locat_attention``'s on
+    ``q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)``. On the triton backend the kernels write dq,
+    dk and dv into one (B, N, 3, H, D) gradient of ``qkv``: the backward of that split (a stack of
+    the three gradients, then a copy into the qkv layer's layout: two passes over 3 B N H D values
+    per layer) does not run; eager through its autograd Function, under ``torch.compile`` through the
+    triton op ``locat::locat_attention_qkvpacked``.
+    """
+    if not isinstance(qkv, Tensor):
+        raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must have shape (B, N, 3, H, D), got {tuple(qkv.shape)}")
+    q, k, v = _split(qkv)
+    return _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias, grid_size,
+                            num_prefix_tokens, init_grid_size, rate, scale, backend, None, None, None, qkv)
+
+
+def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias, grid_size,
+                     num_prefix_tokens, init_grid_size, rate, scale, backend, gaussian_queries, attn_bias,
+                     window_mask, qkv=None):
+    """``locat_attention``; ``qkv``: the tensor that q, k, v are views of (``locat_attention_qkvpacked``)."""
     gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
     windowed = attn_bias is not None or window_mask is not None
     if windowed:
@@ -209,8 +251,12 @@ def locat_attention(
             var, alpha = _augmentation_forward(qg, *weights, *gparams)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
+    if torch.compiler.is_compiling() and qkv is not None:
+        return torch.ops.locat.locat_attention_qkvpacked(qkv, *weights, *params)[0]
     if torch.compiler.is_compiling():
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
+    if qkv is not None and _recorded(qkv, *weights):
+        return _LocatAttentionPacked.apply(qkv, *weights, params)
     if _recorded(q, k, v, *weights):
         return _LocatAttention.apply(q, k, v, *weights, params)
     return _locat_forward(q, k, v, *weights, *params)[0]
@@ -441,13 +487,25 @@ def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_sca
 
 
 def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
-                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
+                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False, grads=None):
     chain = (wv, wa, var_scale) if rate == 1 else None  # at rate 1 the dq kernel carries dvar, dalpha on
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, chain)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, chain, grads)
     dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced,
                                    dz_given=chain is not None)
     return dq, dk, dv, *dweights
+
+
+def _locat_packed_backward(do, qkv, *saved, traced=False):
+    """dqkv (one (B, N, 3, H, D) tensor that the kernels write dq, dk, dv into) and the four layer gradients."""
+    dqkv = configs.empty(qkv.shape, qkv)
+    _, _, _, *dweights = _locat_backward(do, *_split(qkv), *saved, traced=traced, grads=_split(dqkv))
+    return dqkv, dweights
+
+
+def _split(qkv):
+    """q, k, v (B, H, N, D) as views of a (B, N, 3, H, D) tensor."""
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _augmentation_forward(q, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, traced=False):
@@ -534,6 +592,41 @@ def _locat_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: interna
 
 
 _locat_op.register_autograd(_locat_autograd_backward, setup_context=_locat_setup_context)
+
+
+@torch.library.triton_op("locat::locat_attention_qkvpacked", mutates_args=())
+def _locat_packed_op(
+    qkv: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
+    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
+    rate: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _locat_forward(*_split(qkv), wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale,
+                          rate, scale, traced=True)
+
+
+@torch.library.triton_op("locat::locat_attention_qkvpacked_backward", mutates_args=())
+def _locat_packed_backward_op(
+    do: Tensor, qkv: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
+    out: Tensor, lse: Tensor, var: Tensor, alpha: Tensor, radius: Tensor,
+    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
+    rate: int, scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dqkv, dweights = _locat_packed_backward(do, qkv, wv, bv, wa, ba, out, lse, var, alpha, radius, gh, gw,
+                                            num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale, traced=True)
+    return dqkv, *(t.clone() for t in dweights)  # views of one reduced buffer; an op's outputs may not alias
+
+
+def _locat_packed_setup_context(ctx, inputs, output):
+    qkv, wv, bv, wa, ba, *ctx.params = inputs
+    ctx.save_for_backward(qkv, wv, bv, wa, ba, *output)
+
+
+def _locat_packed_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: internal outputs
+    grads = _locat_packed_backward_op(dout, *ctx.saved_tensors, *ctx.params)
+    return (*grads,) + (None,) * len(ctx.params)
+
+
+_locat_packed_op.register_autograd(_locat_packed_autograd_backward, setup_context=_locat_packed_setup_context)
 
 
 @torch.library.triton_op("locat::gaussian_augmentation", mutates_args=())
@@ -667,3 +760,19 @@ class _LocatAttention(torch.autograd.Function):
     def backward(ctx, dout):
         grads = _locat_backward(dout, *ctx.saved_tensors, *ctx.params)
         return *grads, None  # params: no gradient
+
+
+class _LocatAttentionPacked(torch.autograd.Function):
+    """Eager ``locat_attention_qkvpacked`` on the triton backend: dq, dk, dv written into one gradient of qkv."""
+
+    @staticmethod
+    def forward(ctx, qkv, wv, bv, wa, ba, params):
+        out, lse, var, alpha, radius = _locat_forward(*_split(qkv), wv, bv, wa, ba, *params)
+        ctx.save_for_backward(qkv, wv, bv, wa, ba, out, lse, var, alpha, radius)
+        ctx.params = params
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        dqkv, dweights = _locat_packed_backward(dout, *ctx.saved_tensors, *ctx.params)
+        return dqkv, *dweights, None  # params: no gradient

@@ -10,7 +10,7 @@ import torch.fx
 from timm.layers import register_notrace_module
 from torch import Tensor, nn
 
-from locat_kernels import gaussian_parameters, locat_attention
+from locat_kernels import gaussian_parameters, locat_attention, locat_attention_qkvpacked
 
 ATTN_BACKENDS = ("auto", "triton", "sdpa", "eager")
 GAUSSIAN_MODES = ("published", "exact")
@@ -27,6 +27,7 @@ def refuse_masks(attn_mask, is_causal, who: str = "Gaussian-augmented attention"
 # torch.fx.symbolic_trace records these as calls instead of running them on its proxies.
 torch.fx.wrap("refuse_masks")
 torch.fx.wrap("locat_attention")
+torch.fx.wrap("locat_attention_qkvpacked")
 
 
 class GaussianAugmentation(nn.Module):
@@ -112,15 +113,19 @@ class GaussianAugmentedAttention(nn.Module):
         refuse_masks(attn_mask, is_causal)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
         rate = self.rate()
         if rate == 2 and (self.grid_size[0] % 2 or self.grid_size[1] % 2):
             raise ValueError(f"the published rate-2 training mode needs even grid sides, got {self.grid_size}; "
                              f"use gaussian_mode='exact'")
-        backend = "reference" if self.backend == "eager" else self.backend
-        x = locat_attention(q, k, v, *self.gaug.weights(), self.grid_size, num_prefix_tokens=self.num_prefix_tokens,
-                            init_grid_size=self.init_grid_size, rate=rate, scale=self.scale, backend=backend)
+        kwargs = dict(num_prefix_tokens=self.num_prefix_tokens, init_grid_size=self.init_grid_size, rate=rate,
+                      scale=self.scale, backend="reference" if self.backend == "eager" else self.backend)
+        if type(self.q_norm) is nn.Identity and type(self.k_norm) is nn.Identity:
+            # one tensor in: the kernels write its gradient in the qkv layer's layout (no stack, no copy)
+            x = locat_attention_qkvpacked(qkv, *self.gaug.weights(), self.grid_size, **kwargs)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            x = locat_attention(self.q_norm(q), self.k_norm(k), v, *self.gaug.weights(), self.grid_size, **kwargs)
         x = self.norm(x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim))
         if gate is not None:
             x = x * gate

@@ -174,11 +174,13 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
     ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
     ("backward_dkdv", "FACTOR_LO", True, "FACTOR_LO", 24),
+    ("backward_dkdv", "MAX_FACTORED_LO_COLS", 64, "FACTORED", 40),
     ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION", 24)])
 def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field, gw):
     """launch_meta caches its launches: one made under a switch's other value is never read back (the
     A/B of ``tune --switch`` timed one layout twice when a switch was not in the cache's key)."""
-    q = torch.empty(2, 1, 1 + 24 * gw, 64, dtype=torch.float32 if switch == "FP32_PRECISION" else torch.bfloat16)
+    dtype = {"FP32_PRECISION": torch.float32, "MAX_FACTORED_LO_COLS": torch.float16}.get(switch, torch.bfloat16)
+    q = torch.empty(2, 1, 1 + 24 * gw, 64, dtype=dtype)
     with configs.switched({}, {kernel: (64, 64, 4, 3)}):
         before = configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field]
         with configs.switched({switch: value}):
@@ -208,10 +210,12 @@ def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_rad
 
 
 def test_factored_dkdv_where_measured_faster():
-    """"auto": the factored Gaussian for 16-bit inputs, head_dim <= 128, up to 64 columns (next_pow2(gw))
-    and MAX_FACTORED_ROWS rows; the Gaussian per logit for fp32, wider or taller grids, or head_dim 256."""
+    """"auto": the factored Gaussian for 16-bit inputs, head_dim <= 128, up to 64 columns (next_pow2(gw);
+    fp16, whose tables carry remainders, 32) and MAX_FACTORED_ROWS rows; the Gaussian per logit for fp32, wider
+    or taller grids, or head_dim 256."""
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-    cases = {(bf16, 64, 14, 14): True, (fp16, 64, 37, 37): True, (bf16, 128, 40, 40): True, (bf16, 64, 64, 64): True,
+    cases = {(bf16, 64, 14, 14): True, (fp16, 64, 37, 37): False, (fp16, 64, 24, 24): True, (fp16, 64, 32, 32): True,
+             (bf16, 64, 37, 37): True, (bf16, 128, 40, 40): True, (bf16, 64, 64, 64): True,
              (bf16, 64, 65, 65): False, (bf16, 64, 8, 96): False, (fp32, 64, 14, 14): False,
              (bf16, 256, 14, 14): False, (bf16, 64, configs.MAX_FACTORED_ROWS + 1, 8): False}
     assert {case: configs.dkdv_factored(*case, setting="auto") for case in cases} == cases

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import locat_vit  # noqa: F401  (registers the LocAtViT models with timm)
-from locat_kernels import gaussian_attention, locat_attention, resolve_backend
+from locat_kernels import gaussian_attention, locat_attention, locat_attention_qkvpacked, resolve_backend
 
 
 def _ok(B=1, H=2, grid=(3, 4), P=1, D=16, dtype=torch.float32):
@@ -94,6 +94,18 @@ def test_locat_attention_names_bad_layer_tensors():
             locat_attention(q, k, v, *weights, (3, 4), num_prefix_tokens=1)
     with pytest.raises(TypeError, match="log_var_bias must be a torch.Tensor"):
         locat_attention(q, k, v, good[0], [0.0, 0.0], *good[2:], (3, 4), num_prefix_tokens=1)
+
+
+def test_qkvpacked_names_a_qkv_of_the_wrong_shape():
+    layers = [torch.zeros(2, 16), torch.zeros(2), torch.zeros(1, 16), torch.zeros(1)]
+    for bad in (torch.zeros(1, 13, 2, 2, 16), torch.zeros(1, 2, 13, 16)):
+        with pytest.raises(ValueError, match=r"qkv must have shape \(B, N, 3, H, D\)"):
+            locat_attention_qkvpacked(bad, *layers, (3, 4), num_prefix_tokens=1)
+    with pytest.raises(TypeError, match="qkv must be a torch.Tensor"):
+        locat_attention_qkvpacked([0.0], *layers, (3, 4), num_prefix_tokens=1)
+    qkv = torch.zeros(1, 12, 3, 2, 16)  # 12 tokens where 1 + 3 * 4 are due: locat_attention's own check
+    with pytest.raises(ValueError, match="q has N=12 tokens"):
+        locat_attention_qkvpacked(qkv, *layers, (3, 4), num_prefix_tokens=1)
 
 
 def test_device_mismatch():

@@ -8,8 +8,8 @@ needs CUDA.
 import pytest
 import torch
 
-from helpers import assert_matches_reference, make_inputs, make_layers, rel_err, run
-from locat_kernels import gaussian_attention, gaussian_parameters, locat_attention
+from helpers import assert_matches_reference, make_inputs, make_layers, record, rel_err, run
+from locat_kernels import gaussian_attention, gaussian_parameters, locat_attention, locat_attention_qkvpacked
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -80,6 +80,39 @@ def test_layer_gradients_have_the_parameters_strides(device):
         assert g.shape == w.shape and g.stride() == w.stride(), (g.stride(), w.stride())
 
 
+def _split(qkv, *layers, **kwargs):
+    """``locat_attention`` on the three views of a (B, N, 3, H, D) qkv."""
+    return locat_attention(*qkv.permute(2, 0, 3, 1, 4).unbind(0), *layers, **kwargs)
+
+
+@pytest.mark.parametrize("grid,P,D,rate,init", [SMALL[0], SMALL[2], SMALL[4], SMALL[5]],
+                         ids=lambda x: str(x).replace(" ", ""))
+def test_qkvpacked_matches_float64(request, device, grid, P, D, rate, init):
+    """``locat_attention_qkvpacked``: out, the one gradient of qkv (B, N, 3, H, D) that the kernels write and
+    the layers' gradients against float64's ``locat_attention`` on the three views."""
+    qkv = torch.randn(2, P + grid[0] * grid[1], 3, 2, D, device=device).requires_grad_()
+    inputs, do = [qkv, *make_layers(D, device=device)], torch.randn(2, 2, qkv.shape[1], D, device=device)
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
+    got = run(locat_attention_qkvpacked, inputs, do, backend="triton", **kwargs)
+    ref = run(_split, [t.detach().cpu().double().requires_grad_() for t in inputs], do.cpu().double(),
+              backend="reference", **kwargs)
+    for name, g, r in zip(("out", "dqkv", "dw_var", "db_var", "dw_alpha", "db_alpha"), got, ref):
+        assert g.shape == r.shape and g.dtype == torch.float32, name
+        assert record(request, name, rel_err(g, r)) <= 1e-5, f"{name}: {rel_err(g, r):.2e}"
+
+
+def test_qkvpacked_gradient_skips_the_split(device):
+    """The packed op's backward hands qkv's producer its gradient directly: no unbind (whose backward
+    stacks dq, dk, dv) between them, where ``locat_attention`` on the views has one."""
+    qkv = torch.randn(1, 17, 3, 2, 16, device=device, requires_grad=True) * 1.0  # a non-leaf, as a layer's output
+    layers = make_layers(16, device=device)
+    packed = locat_attention_qkvpacked(qkv, *layers, (4, 4), num_prefix_tokens=1, backend="triton")
+    split = _split(qkv, *layers, grid_size=(4, 4), num_prefix_tokens=1, backend="triton")
+    assert packed.grad_fn.next_functions[0][0] is qkv.grad_fn
+    assert "Unbind" in split.grad_fn.next_functions[0][0].name()
+    torch.testing.assert_close(packed, split, rtol=0, atol=0)
+
+
 def _rotated(q, k, v, qg, *layers, **kwargs):
     """RoPE-ViT's call: the attention on q, var and alpha from the queries ``qg`` (before the rotation)."""
     return locat_attention(q, k, v, *layers, gaussian_queries=qg, **kwargs)
@@ -125,17 +158,22 @@ def test_gaussian_queries_of_another_shape_are_refused(device):
         locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, gaussian_queries=q[:, :, 1:])
 
 
-def test_compile_fullgraph_equals_eager(device):
-    """Under torch.compile the triton ops (locat::locat_attention and its backward) give eager's
-    out and gradients exactly."""
+@pytest.mark.parametrize("packed", [False, True], ids=["views", "qkvpacked"])
+def test_compile_fullgraph_equals_eager(device, packed):
+    """Under torch.compile the triton ops (locat::locat_attention, locat::locat_attention_qkvpacked and
+    their backwards) give eager's out and gradients exactly."""
     from helpers import LOCAT_NAMES, run
 
     inputs = _inputs(1, 2, (4, 4), 1, 16, device)
+    fn, names = locat_attention, LOCAT_NAMES
+    if packed:
+        qkv = torch.randn(1, 17, 3, 2, 16, device=device, requires_grad=True)
+        fn, names, inputs = locat_attention_qkvpacked, ("out", "dqkv", *LOCAT_NAMES[4:]), [qkv, *inputs[3:]]
     kwargs = dict(grid_size=(4, 4), num_prefix_tokens=1, backend="triton")
-    do = torch.randn_like(inputs[0])
-    eager = run(locat_attention, inputs, do, **kwargs)
-    compiled = torch.compile(locat_attention, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
-    for name, g, e in zip(LOCAT_NAMES, run(compiled, inputs, do, **kwargs), eager):
+    do = torch.randn(1, 2, 17, 16, device=device)
+    eager = run(fn, inputs, do, **kwargs)
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    for name, g, e in zip(names, run(compiled, inputs, do, **kwargs), eager):
         assert torch.equal(g, e), name
 
 
@@ -161,7 +199,7 @@ def test_cuda_matches_float64(request, shape, dtype):
                              num_prefix_tokens=P, rate=rate)
 
 
-@pytest.mark.parametrize("call", ["locat", "gaussian_queries", "window", "gaussian_attention"])
+@pytest.mark.parametrize("call", ["locat", "packed", "gaussian_queries", "window", "gaussian_attention"])
 def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, monkeypatch, call):
     """Under no_grad, or on inputs that need no gradient, the launches run without the autograd
     Function (none is called: each raises here), with the recorded call's output to the bit."""
@@ -179,6 +217,9 @@ def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, mo
             return gaussian_attention(q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="triton")
         if call == "window":
             return locat_attention(q, k, v, *layers, grid, attn_bias=bias, window_mask=mask, backend="triton")
+        if call == "packed":
+            qkv = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4)  # (B, N, 3, H, D), differentiable in q, k, v
+            return locat_attention_qkvpacked(qkv, *layers, grid, num_prefix_tokens=P, backend="triton")
         return locat_attention(q, k, v, *layers, grid, num_prefix_tokens=P, backend="triton",
                                gaussian_queries=q.detach() * 0.5 if call == "gaussian_queries" else None)
 
@@ -190,7 +231,8 @@ def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, mo
         def apply(*args):
             raise AssertionError("an autograd Function was called without a gradient to record")
 
-    for name in ("_LocatAttention", "_GaussianAttention", "_WindowAttention", "_GaussianAugmentation"):
+    for name in ("_LocatAttention", "_LocatAttentionPacked", "_GaussianAttention", "_WindowAttention",
+                 "_GaussianAugmentation"):
         monkeypatch.setattr(attention, name, Refused)
     with torch.no_grad():
         out = op(q, k, v, var, alpha, layers, bias)

@@ -258,9 +258,16 @@ def test_eval_and_exact_mode_use_the_exact_formula_at_large_grids():
     torch.testing.assert_close(attn(x), attn.proj(ref.transpose(1, 2).reshape(1, -1, 192)), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_backends_agree_with_eager(backend, device):
-    model = timm.create_model("locatvit_tiny", img_size=48, num_classes=3, attn_backend="eager").to(device)
+@pytest.mark.parametrize("backend,qk_norm", [("sdpa", False), ("triton", False), ("triton", True)])
+def test_backends_agree_with_eager(backend, qk_norm, device, monkeypatch):
+    """Every layer on the triton backend without q/k norms takes qkv packed (the kernels write its
+    gradient in the qkv layer's layout); with them, the normed views."""
+    import locat_kernels.attention as attention
+
+    packed, apply = [], attention._LocatAttentionPacked.apply
+    monkeypatch.setattr(attention._LocatAttentionPacked, "apply", lambda *args: packed.append(1) or apply(*args))
+    model = timm.create_model("locatvit_tiny", img_size=48, num_classes=3, attn_backend="eager",
+                              qk_norm=qk_norm).to(device)
     x = torch.randn(2, 3, 48, 48, device=device)
     want = model(x)
     grads_want = torch.autograd.grad(want.square().sum(), list(model.parameters()))
@@ -270,6 +277,7 @@ def test_backends_agree_with_eager(backend, device):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     for g, w in zip(grads, grads_want):
         torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-5)
+    assert len(packed) == (len(model.blocks) if backend == "triton" and not qk_norm else 0)
 
 
 def test_locatify_keeps_weights_and_adds_only_published_keys():

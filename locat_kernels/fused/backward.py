@@ -8,7 +8,7 @@ deterministic; it loops over keys in the forward's layouts (column chunks includ
 at rate 1 (``chain``) it carries dvar and dalpha on through the sigmoid and softplus that made var and
 alpha, and adds their part of dq itself. The dk/dv kernel owns key rows and loops over the prefix
 queries, then over query tiles aligned at the first patch (no bounds masks where the tile divides the
-patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 64 wide, factored into row and
+patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 64 wide (fp16: 32), factored into row and
 column factors (fp16 tables of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the
 amplitude split between them; for fp16 inputs each followed by its rounding remainders) spread to the
 keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
@@ -30,17 +30,18 @@ from .tiles import (
 
 
 def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale,
-                       traced=False, chain=None):
+                       traced=False, chain=None, grads=None):
     """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32.
 
     ``chain = (w_var, w_alpha, var_scale)`` (rate 1, var and alpha made from q by those layers, as
     ``gaug_forward`` makes them): the gradient carried on through the sigmoid and softplus, so dvar and
-    dalpha hold the layers' output gradients ``dz`` and dq already has their part ``dz w``."""
+    dalpha hold the layers' output gradients ``dz`` and dq already has their part ``dz w``.
+    ``grads``: (dq, dk, dv) to write into, (B, H, N, D) with a unit last stride (views of one qkv gradient)."""
     B, H, N, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = configs.empty((B, H, N), q, torch.float32)
-    dq, dk, dv = (configs.empty((B, N, H, D), q).transpose(1, 2) for _ in range(3))
+    dq, dk, dv = grads or (configs.empty((B, N, H, D), q).transpose(1, 2) for _ in range(3))
     dvar = configs.empty(var.shape, q, torch.float32)
     dalpha = configs.empty(alpha.shape, q, torch.float32)
     common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
@@ -534,10 +535,10 @@ def _dkdv_keys(
     loops over all queries, the prefix queries as tiles of BLOCK_P (no bias), then the patch queries
     in tiles of BLOCK_M aligned at token P (far, near, far; no bounds masks when BLOCK_M divides the
     patch count; NEAR = False: all far, for the prefix keys): ``dv = P^T dO``, ``dk = scale * dS^T q``.
-    With FACTORED (16-bit inputs, gw <= configs.MAX_FACTORED_COLS) the Gaussian of a near tile is
-    ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most KEY_ROWS quantized grid
-    rows from ``row0`` and KEY_COLS columns, so a query tile needs (KEY_ROWS + KEY_COLS) x BLOCK_M row
-    and column factors, not an exp2 per logit; they are loaded from the tables of
+    With FACTORED (``configs.dkdv_factored``: 16-bit inputs on grids up to 64 wide, fp16 up to 32) the
+    Gaussian of a near tile is ``(sel_r @ f_r) * (sel_c @ f_c)``: the key tile's patches span at most
+    KEY_ROWS quantized grid rows from ``row0`` and KEY_COLS columns, so a query tile needs (KEY_ROWS +
+    KEY_COLS) x BLOCK_M row and column factors, not an exp2 per logit; they are loaded from the tables of
     ``_factor_tables_kernel`` (computed once per query, not once per key tile), and one-hot fp16 matrices
     ``sel_r`` (BLOCK_N, KEY_ROWS) and ``sel_c`` (BLOCK_N, KEY_COLS), built once, spread them to the
     keys on the tensor cores. Each factor is rounded to fp16 (2^-11 relative), so a bias b is off by up

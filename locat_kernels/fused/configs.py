@@ -84,8 +84,11 @@ MAX_FACTORED_COLS = 64
 MAX_FACTORED_ROWS = 128
 # The factors' fp16 rounding remainders as second tables (FACTOR_LO): "fp16" for fp16 inputs, whose eager error
 # is 8x finer than bf16's (at alpha 50 the single tables put fp16's dv at 4x eager's; v26); True: every dtype
-# (tests); False: none.
+# (tests); False: none. With them "auto" factors only up to MAX_FACTORED_LO_COLS columns: H200, fp16, the
+# whole backward with remainders against the Gaussian per logit, 384 px (32 columns) 0.526 against 0.713 ms,
+# 518 px (64 columns) 1.014 against 0.866 (benchmarks/NOTES.md, v27).
 FACTOR_LO: bool | str = "fp16"
+MAX_FACTORED_LO_COLS = 32
 
 
 # How the kernels multiply fp32 inputs (set_fp32_precision).
@@ -96,7 +99,7 @@ FP32_PRECISION = "ieee"
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
                                        "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
-                                       "FACTOR_LO", "FP32_PRECISION")
+                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -249,9 +252,15 @@ def dkdv_factored(dtype: torch.dtype, head_dim: int, gh: int, gw: int, setting: 
     """Whether the dk/dv kernel uses its factored Gaussian (``setting``: FACTORED_DKDV by default) on a
     grid of ``gh`` rows and ``gw`` columns."""
     setting = FACTORED_DKDV if setting is None else setting
+    max_cols = MAX_FACTORED_LO_COLS if factor_remainders(dtype) else MAX_FACTORED_COLS
     return gh <= MAX_FACTORED_ROWS and (
         setting is True or (setting == "auto" and dtype != torch.float32 and head_dim <= 128
-                            and dot_width(gw) <= MAX_FACTORED_COLS))
+                            and dot_width(gw) <= max_cols))
+
+
+def factor_remainders(dtype: torch.dtype) -> bool:
+    """Whether the factored Gaussian's tables carry their rounding remainders for inputs of ``dtype`` (FACTOR_LO)."""
+    return FACTOR_LO is True or (FACTOR_LO == "fp16" and dtype == torch.float16)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -300,7 +309,7 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         split = _split_prefix(N, P, cfg["BLOCK_N"], block_p)
         meta.update(EVEN_N=(N - P if split else N) % cfg["BLOCK_N"] == 0, EVEN_PATCHES=(N - P) % cfg["BLOCK_M"] == 0,
                     FACTORED=factored, KEY_ROWS=key_rows, KEY_COLS=key_cols, SPLIT_PREFIX=split,
-                    FACTOR_LO=factored and (FACTOR_LO is True or (FACTOR_LO == "fp16" and dtype == torch.float16)))
+                    FACTOR_LO=factored and factor_remainders(dtype))
     return meta
 
 
