@@ -251,9 +251,9 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
             var, alpha = _augmentation_forward(qg, *weights, *gparams)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
-    if torch.compiler.is_compiling() and qkv is not None:
-        return torch.ops.locat.locat_attention_qkvpacked(qkv, *weights, *params)[0]
     if torch.compiler.is_compiling():
+        if qkv is not None:
+            return torch.ops.locat.locat_attention_qkvpacked(qkv, *weights, *params)[0]
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     if qkv is not None and _recorded(qkv, *weights):
         return _LocatAttentionPacked.apply(qkv, *weights, params)

@@ -8,11 +8,11 @@ deterministic; it loops over keys in the forward's layouts (column chunks includ
 at rate 1 (``chain``) it carries dvar and dalpha on through the sigmoid and softplus that made var and
 alpha, and adds their part of dq itself. The dk/dv kernel owns key rows and loops over the prefix
 queries, then over query tiles aligned at the first patch (no bounds masks where the tile divides the
-patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 64 wide (fp16: 32), factored into row and
-column factors (fp16 tables of one small kernel before it, (B*H, gh, Np) and (B*H, KEY_COLS, Np), the
-amplitude split between them; for fp16 inputs each followed by its rounding remainders) spread to the
-keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a key tile,
-its key tiles start at the first patch and the prefix keys get a small tile of their own
+patch count), the Gaussian per logit or, for 16-bit inputs on grids up to 64 wide (fp16: 32), factored
+into row and column factors (fp16 tables of one small kernel before it, (B*H, gh, Np) and (B*H,
+KEY_COLS, Np), the amplitude split between them; for fp16 inputs each followed by its rounding
+remainders) spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a
+key tile, its key tiles start at the first patch and the prefix keys get a small tile of their own
 (``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and
 dalpha in float32.
 """
