@@ -22,6 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.fx.experimental.symbolic_shapes import guard_float, guard_int
 
 from . import fused
 from .fused import configs
@@ -187,8 +188,11 @@ def locat_attention_qkvpacked(
     ``q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)``. On the triton backend the kernels write dq,
     dk and dv into one (B, N, 3, H, D) gradient of ``qkv``: the backward of that split (a stack of
     the three gradients, then a copy into the qkv layer's layout: two passes over 3 B N H D values
-    per layer) does not run; eager through its autograd Function, under ``torch.compile`` through the
-    triton op ``locat::locat_attention_qkvpacked``.
+    per layer) does not run. That is the eager path (its autograd Function). Under ``torch.compile`` the
+    call runs ``locat::locat_attention`` on the three views, whose gradient the compiler stacks and
+    copies in one fused pass: a triton op that writes into views of one buffer is functionalized by
+    inductor into a copy of each view, and torch 2.11's copy read past the view's buffer (an illegal
+    address at LocAtViT-Tiny, batch 256; benchmarks/NOTES.md, v28).
     """
     if not isinstance(qkv, Tensor):
         raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
@@ -251,9 +255,7 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
             var, alpha = _augmentation_forward(qg, *weights, *gparams)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
-    if torch.compiler.is_compiling():
-        if qkv is not None:
-            return torch.ops.locat.locat_attention_qkvpacked(qkv, *weights, *params)[0]
+    if torch.compiler.is_compiling():  # on the views, packed or not (locat_attention_qkvpacked says why)
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     if qkv is not None and _recorded(qkv, *weights):
         return _LocatAttentionPacked.apply(qkv, *weights, params)
@@ -496,10 +498,10 @@ def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
     return dq, dk, dv, *dweights
 
 
-def _locat_packed_backward(do, qkv, *saved, traced=False):
+def _locat_packed_backward(do, qkv, *saved):
     """dqkv (one (B, N, 3, H, D) tensor that the kernels write dq, dk, dv into) and the four layer gradients."""
     dqkv = configs.empty(qkv.shape, qkv)
-    _, _, _, *dweights = _locat_backward(do, *_split(qkv), *saved, traced=traced, grads=_split(dqkv))
+    _, _, _, *dweights = _locat_backward(do, *_split(qkv), *saved, grads=_split(dqkv))
     return dqkv, dweights
 
 
@@ -527,7 +529,24 @@ def _augmentation_backward(q, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, eps, cmin
 # are their fake implementations).
 
 
-@torch.library.triton_op("locat::gaussian_attention", mutates_args=())
+def _triton_op(name: str):
+    """``torch.library.triton_op(name)`` whose int and float arguments reach the launch sequence as plain
+    numbers. Where a grid or a rate changes between calls of one compiled function, Dynamo passes them
+    (and the token count) as SymInt / SymFloat; the kernels specialize on them (constexprs, the launch
+    cache), so the graph is specialized on their values too: a guard each, a recompile per new value."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def op(*args):
+            return fn(*(guard_int(a) if isinstance(a, torch.SymInt) else
+                        guard_float(a) if isinstance(a, torch.SymFloat) else a for a in args))
+
+        return torch.library.triton_op(name, op, mutates_args=())
+
+    return decorate
+
+
+@_triton_op("locat::gaussian_attention")
 def _gaussian_op(
     q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor,
     gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
@@ -535,7 +554,7 @@ def _gaussian_op(
     return _gaussian_forward(q, k, v, var, alpha, gw, num_prefix_tokens, eps, cmin, rate, scale, traced=True)
 
 
-@torch.library.triton_op("locat::gaussian_attention_backward", mutates_args=())
+@_triton_op("locat::gaussian_attention_backward")
 def _gaussian_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, out: Tensor, lse: Tensor,
     radius: Tensor, gw: int, num_prefix_tokens: int, eps: float, cmin: float, rate: int, scale: float,
@@ -557,7 +576,7 @@ def _gaussian_autograd_backward(ctx, dout, *_):  # lse and radius are internal o
 _gaussian_op.register_autograd(_gaussian_autograd_backward, setup_context=_gaussian_setup_context)
 
 
-@torch.library.triton_op("locat::locat_attention", mutates_args=())
+@_triton_op("locat::locat_attention")
 def _locat_op(
     q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
     gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
@@ -567,7 +586,7 @@ def _locat_op(
                           scale, traced=True)
 
 
-@torch.library.triton_op("locat::locat_attention_backward", mutates_args=())
+@_triton_op("locat::locat_attention_backward")
 def _locat_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
     out: Tensor, lse: Tensor, var: Tensor, alpha: Tensor, radius: Tensor,
@@ -594,42 +613,7 @@ def _locat_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: interna
 _locat_op.register_autograd(_locat_autograd_backward, setup_context=_locat_setup_context)
 
 
-@torch.library.triton_op("locat::locat_attention_qkvpacked", mutates_args=())
-def _locat_packed_op(
-    qkv: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
-    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
-    rate: int, scale: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _locat_forward(*_split(qkv), wv, bv, wa, ba, gh, gw, num_prefix_tokens, eps, cmin, shift, var_scale,
-                          rate, scale, traced=True)
-
-
-@torch.library.triton_op("locat::locat_attention_qkvpacked_backward", mutates_args=())
-def _locat_packed_backward_op(
-    do: Tensor, qkv: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
-    out: Tensor, lse: Tensor, var: Tensor, alpha: Tensor, radius: Tensor,
-    gh: int, gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float,
-    rate: int, scale: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dqkv, dweights = _locat_packed_backward(do, qkv, wv, bv, wa, ba, out, lse, var, alpha, radius, gh, gw,
-                                            num_prefix_tokens, eps, cmin, shift, var_scale, rate, scale, traced=True)
-    return dqkv, *(t.clone() for t in dweights)  # views of one reduced buffer; an op's outputs may not alias
-
-
-def _locat_packed_setup_context(ctx, inputs, output):
-    qkv, wv, bv, wa, ba, *ctx.params = inputs
-    ctx.save_for_backward(qkv, wv, bv, wa, ba, *output)
-
-
-def _locat_packed_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: internal outputs
-    grads = _locat_packed_backward_op(dout, *ctx.saved_tensors, *ctx.params)
-    return (*grads,) + (None,) * len(ctx.params)
-
-
-_locat_packed_op.register_autograd(_locat_packed_autograd_backward, setup_context=_locat_packed_setup_context)
-
-
-@torch.library.triton_op("locat::gaussian_augmentation", mutates_args=())
+@_triton_op("locat::gaussian_augmentation")
 def _augmentation_op(
     q: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor, gh: int, gw: int, num_prefix_tokens: int,
     eps: float, cmin: float, shift: float, var_scale: float, rate: int,
@@ -638,7 +622,7 @@ def _augmentation_op(
                                  traced=True)
 
 
-@torch.library.triton_op("locat::gaussian_augmentation_backward", mutates_args=())
+@_triton_op("locat::gaussian_augmentation_backward")
 def _augmentation_backward_op(
     q: Tensor, dvar: Tensor, dalpha: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor, gh: int, gw: int,
     num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float, rate: int,
@@ -678,7 +662,7 @@ class _GaussianAugmentation(torch.autograd.Function):
         return *grads, None  # params: no gradient
 
 
-@torch.library.triton_op("locat::window_attention", mutates_args=())
+@_triton_op("locat::window_attention")
 def _window_op(
     q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, bias: Tensor, mask: Optional[Tensor],
     gw: int, eps: float, cmin: float, scale: float,
@@ -686,7 +670,7 @@ def _window_op(
     return fused.window_forward(q, k, v, var, alpha, bias, mask, gw, eps, cmin, scale, traced=True)
 
 
-@torch.library.triton_op("locat::window_attention_backward", mutates_args=())
+@_triton_op("locat::window_attention_backward")
 def _window_backward_op(
     do: Tensor, q: Tensor, k: Tensor, v: Tensor, var: Tensor, alpha: Tensor, bias: Tensor, mask: Optional[Tensor],
     out: Tensor, lse: Tensor, gw: int, eps: float, cmin: float, scale: float,

@@ -158,10 +158,12 @@ def test_gaussian_queries_of_another_shape_are_refused(device):
         locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, gaussian_queries=q[:, :, 1:])
 
 
+@pytest.mark.parametrize("rate", [1, 2])
 @pytest.mark.parametrize("packed", [False, True], ids=["views", "qkvpacked"])
-def test_compile_fullgraph_equals_eager(device, packed):
-    """Under torch.compile the triton ops (locat::locat_attention, locat::locat_attention_qkvpacked and
-    their backwards) give eager's out and gradients exactly."""
+def test_compile_fullgraph_equals_eager(device, packed, rate):
+    """Under torch.compile the triton op locat::locat_attention and its backward (for the views and for
+    ``locat_attention_qkvpacked`` alike) give eager's out and gradients exactly, also at rate 2 where the
+    augmentation's backward adds into dq."""
     from helpers import LOCAT_NAMES, run
 
     inputs = _inputs(1, 2, (4, 4), 1, 16, device)
@@ -169,12 +171,27 @@ def test_compile_fullgraph_equals_eager(device, packed):
     if packed:
         qkv = torch.randn(1, 17, 3, 2, 16, device=device, requires_grad=True)
         fn, names, inputs = locat_attention_qkvpacked, ("out", "dqkv", *LOCAT_NAMES[4:]), [qkv, *inputs[3:]]
-    kwargs = dict(grid_size=(4, 4), num_prefix_tokens=1, backend="triton")
+    kwargs = dict(grid_size=(4, 4), num_prefix_tokens=1, rate=rate, backend="triton")
     do = torch.randn(1, 2, 17, 16, device=device)
     eager = run(fn, inputs, do, **kwargs)
     compiled = torch.compile(fn, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
     for name, g, e in zip(names, run(compiled, inputs, do, **kwargs), eager):
         assert torch.equal(g, e), name
+
+
+def test_compile_specializes_on_each_grid_and_rate(device):
+    """One compiled function called at a new grid, then a new rate: Dynamo passes what changed (and the
+    token count) as symbols; the ops specialize on their values and still give eager's out and gradients."""
+    from helpers import LOCAT_NAMES, run
+
+    torch._dynamo.reset()
+    compiled = torch.compile(locat_attention, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    for grid, rate in (((4, 4), 1), ((4, 6), 1), ((6, 6), 1), ((6, 6), 2)):
+        inputs = _inputs(1, 2, grid, 1, 16, device)
+        kwargs = dict(grid_size=grid, num_prefix_tokens=1, rate=rate, backend="triton")
+        do = torch.randn_like(inputs[0])
+        for name, g, e in zip(LOCAT_NAMES, run(compiled, inputs, do, **kwargs), run(locat_attention, inputs, do, **kwargs)):
+            assert torch.equal(g, e), (grid, rate, name)
 
 
 LOW = [torch.bfloat16, torch.float16]

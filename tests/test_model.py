@@ -434,6 +434,16 @@ def test_compile_fullgraph_model(device):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_compile_dynamic_img_size_model_at_two_sizes(device):
+    """A compiled dynamic_img_size model keeps eager's output at new image sizes (the grids of the ops change)."""
+    model = timm.create_model("locatvit_tiny", img_size=32, num_classes=3, dynamic_img_size=True,
+                              attn_backend="triton").to(device)
+    compiled = torch.compile(model, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    for size in (32, 48):
+        x = torch.randn(2, 3, size, size, device=device)
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
 @cuda
 def test_cuda_triton_matches_sdpa_in_bf16_autocast():
     model = timm.create_model("locatvit_small", num_classes=10, attn_backend="sdpa").cuda()

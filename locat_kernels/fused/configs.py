@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.fx.experimental.symbolic_shapes import guard_int
 from triton.runtime import driver
 
 try:
@@ -243,6 +244,8 @@ def column_chunks(gw: int, block_n: int, dtype: torch.dtype) -> tuple[int, int, 
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
     """Every keyword argument of one launch of ``kernel`` on q's shape: config and constexpr flags."""
     _, _, N, D = q.shape
+    if isinstance(N, torch.SymInt):  # a traced call at a new size: the launch specializes on it (attention._triton_op)
+        N = guard_int(N)
     arch = device_arch(q.device.index or 0) if q.device.type == "cuda" and not INTERPRET else DEFAULT_ARCH
     return _launch_meta(kernel, D, N, q.dtype, gw, num_prefix_tokens, cmin, rate, arch,
                         _LAUNCH_SWITCHES(globals()), tuple(OVERRIDES.items()))
