@@ -258,7 +258,7 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
     if torch.compiler.is_compiling():  # on the views, packed or not (locat_attention_qkvpacked says why)
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     if qkv is not None and _recorded(qkv, *weights):
-        return _LocatAttentionPacked.apply(qkv, *weights, params)
+        return _LocatAttentionPacked.apply(qkv, *weights, (q, k, v), params)
     if _recorded(q, k, v, *weights):
         return _LocatAttention.apply(q, k, v, *weights, params)
     return _locat_forward(q, k, v, *weights, *params)[0]
@@ -750,8 +750,8 @@ class _LocatAttentionPacked(torch.autograd.Function):
     """Eager ``locat_attention_qkvpacked`` on the triton backend: dq, dk, dv written into one gradient of qkv."""
 
     @staticmethod
-    def forward(ctx, qkv, wv, bv, wa, ba, params):
-        out, lse, var, alpha, radius = _locat_forward(*_split(qkv), wv, bv, wa, ba, *params)
+    def forward(ctx, qkv, wv, bv, wa, ba, views, params):  # views: q, k, v of qkv, split once by the caller
+        out, lse, var, alpha, radius = _locat_forward(*views, wv, bv, wa, ba, *params)
         ctx.save_for_backward(qkv, wv, bv, wa, ba, out, lse, var, alpha, radius)
         ctx.params = params
         return out
@@ -759,4 +759,4 @@ class _LocatAttentionPacked(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         dqkv, dweights = _locat_packed_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return dqkv, *dweights, None  # params: no gradient
+        return dqkv, *dweights, None, None  # views, params: no gradient
