@@ -2,6 +2,7 @@
 
     python -m locat_bench.host_profile [--calls 300] [--top 25] [--forward | --op]
     python -m locat_bench.host_profile --compiled-step tiny:224:256 [--calls 20] [--output DIR]
+    python -m locat_bench.host_profile --step tiny:224:256 [--calls 20] [--output DIR]
 
 Default: eager forward+backward calls of one LocAt attention layer on a launch-bound tiny input
 (B = 1, 17 tokens, bf16 autocast), with the wall time per call (500 calls); ``--forward``: forward
@@ -13,6 +14,8 @@ on that input, through Triton's ``kernel[grid]``, through
 ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
 of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
 time per step; the tables by own and by cumulative time go to ``DIR/cprofile_<size>_<variant>.txt``.
+``--step``: the same for eager training steps (``DIR/cprofile_eager_<size>_<variant>.txt``); at a
+small batch the GPU keeps up and the wall time per step is the host's.
 """
 from __future__ import annotations
 
@@ -33,12 +36,13 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, help="profiled calls (default 300 layer calls, 20 steps)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--compiled-step", metavar="SIZE:IMG:BATCH", help="profile compiled training steps instead")
+    parser.add_argument("--step", metavar="SIZE:IMG:BATCH", help="profile eager training steps instead")
     parser.add_argument("--launches", action="store_true", help="time each kernel's launch paths instead")
     parser.add_argument("--forward", action="store_true", help="forward calls only, the LocAt layer's and timm's")
     parser.add_argument("--op", action="store_true",
                         help="the op alone: gaussian_attention's forward+backward and SDPA's on that input")
     parser.add_argument("--output", type=Path, default=Path("."),
-                        help="--compiled-step: folder for the tables; --launches: the JSON file")
+                        help="--compiled-step, --step: folder for the tables; --launches: the JSON file")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.launches:
@@ -49,10 +53,11 @@ def main(argv=None) -> int:
         if not configs.DIRECT_LAUNCH:
             parser.error("DirectLaunch is off here (LOCAT_DIRECT_LAUNCH=0, or a Triton it was not checked against)")
         return _launches(args.output)
-    if args.compiled_step:
+    if args.compiled_step or args.step:
+        flag, mode = ("--compiled-step", "compiled") if args.compiled_step else ("--step", "eager")
         if device != "cuda":
-            parser.error("--compiled-step needs CUDA (the triton backend under torch.compile)")
-        return _compiled_steps(ModelCase.parse(args.compiled_step), args.calls or 20, args.top, args.output)
+            parser.error(f"{flag} needs CUDA (the triton backend)")
+        return _steps(ModelCase.parse(args.compiled_step or args.step), mode, args.calls or 20, args.top, args.output)
     case = ModelCase("tiny", 64, 1)
     layer = build(case, "locat_triton" if device == "cuda" else "locat_sdpa", device).blocks[0].attn
     x = torch.randn(1, 17, 192, device=device, requires_grad=True)
@@ -144,14 +149,15 @@ def _launches(path: Path) -> int:
     return 0
 
 
-def _compiled_steps(case: ModelCase, calls: int, top: int, folder: Path) -> int:
+def _steps(case: ModelCase, mode: str, calls: int, top: int, folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
+    prefix = "cprofile_" if mode == "compiled" else "cprofile_eager_"
     for variant in ("vit", "locat_triton"):
-        step = train_step(case, variant, "compiled")
+        step = train_step(case, variant, mode)
         wall = wall_ms(step, calls, warmup=8)
         table = _profile(step, calls, top, "tottime", "cumulative")
         torch.cuda.synchronize()
-        path = folder / f"cprofile_{case.size}_{variant}.txt"
+        path = folder / f"{prefix}{case.size}_{variant}.txt"
         path.write_text(f"wall ms/step {wall:.2f}\n{table}")
         print(f"{case.name} {variant}: {wall:.2f} ms per step (wall); {path}")
     return 0

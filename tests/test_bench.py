@@ -52,6 +52,9 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
         host_profile.main(["--compiled-step", "tiny:224:8"])
     assert "--compiled-step needs CUDA" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        host_profile.main(["--step", "tiny:224:8"])
+    assert "--step needs CUDA" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         host_profile.main(["--launches"])
     assert "--launches needs CUDA" in capsys.readouterr().err
 

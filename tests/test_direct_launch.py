@@ -113,6 +113,50 @@ def test_a_runtime_argument_passed_by_keyword_is_never_cached(kernel):
     assert [e[0] for e in kernel.log] == ["triton"] * 3
 
 
+def test_a_tensor_past_the_leading_ones_is_never_kept(kernel):
+    """Such a key would hold the tensor (its memory kept alive) and miss at every call."""
+    launch = configs.DirectLaunch(kernel)
+    x = torch.zeros(64)
+    for _ in range(3):
+        launch[(1,)](x, 5, torch.zeros(8), BLOCK=16)
+    assert [e[0] for e in kernel.log] == ["triton"] * 3 and not launch.compiled
+    for _ in range(2):
+        launch[(1,)](x, 5, 0.5, BLOCK=16)  # a layout with its tensors first is kept again
+    assert [e[0] for e in kernel.log[3:]] == ["triton", "direct"]
+
+
+@pytest.mark.parametrize("call", ["locat", "packed", "rate2", "gaussian_queries", "gaussian_attention", "window"])
+def test_every_launch_passes_its_tensors_first(device, call):
+    """Every kernel launch of every entry point, forward and backward, passes its tensors (or None) before
+    any other argument: the layout DirectLaunch keeps keys of."""
+    from locat_kernels import gaussian_attention, locat_attention_qkvpacked
+
+    from helpers import make_inputs
+
+    grid, P = (4, 6), 0 if call == "window" else 1
+    q, k, v, var, alpha = make_inputs(2, 2, grid, P, 16, device=device)
+    layers = make_layers(16, device=device)
+    N = q.shape[2]
+    with configs.recorded_launches() as launches:
+        if call == "gaussian_attention":
+            out = gaussian_attention(q, k, v, var, alpha, grid, num_prefix_tokens=P, backend="triton")
+        elif call == "window":
+            bias = torch.randn(2, N, N, device=device, requires_grad=True)
+            mask = torch.zeros(1, N, N, device=device)
+            out = locat_attention(q, k, v, *layers, grid, attn_bias=bias, window_mask=mask, backend="triton")
+        elif call == "packed":
+            qkv = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4)
+            out = locat_attention_qkvpacked(qkv, *layers, grid, num_prefix_tokens=P, backend="triton")
+        else:
+            out = locat_attention(q, k, v, *layers, grid, num_prefix_tokens=P, rate=2 if call == "rate2" else 1,
+                                  backend="triton", gaussian_queries=q * 0.5 if call == "gaussian_queries" else None)
+        out.sum().backward()
+    assert len(launches) >= 2
+    for kernel, _, args, _ in launches:
+        lead = next(i for i, a in enumerate(args) if not (a is None or isinstance(a, torch.Tensor)))
+        assert not any(isinstance(a, torch.Tensor) for a in args[lead:]), kernel.fn.__name__
+
+
 def test_the_cache_is_bounded(kernel, monkeypatch):
     monkeypatch.setattr(configs.DirectLaunch, "MAX_ENTRIES", 4)
     launch = configs.DirectLaunch(kernel)
@@ -158,3 +202,28 @@ def test_cuda_direct_launches_give_tritons_bits(monkeypatch, dtype):
     for ours, triton_path in zip(results[True], results[False]):
         for a, b in zip(ours, triton_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="launches on a GPU")
+def test_cuda_eager_calls_keep_no_memory():
+    """Eager forward+backward calls of the layers' op leave the allocated memory as they found it: no launch
+    key keeps a tensor alive (v22-v28's dk/dv launch kept every call's qkv gradient)."""
+    from locat_kernels import locat_attention_qkvpacked
+
+    layers = make_layers(64, device="cuda")
+
+    def call():
+        qkv = torch.randn(2, 37, 3, 3, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        locat_attention_qkvpacked(qkv, *layers, (6, 6), num_prefix_tokens=1, backend="triton").sum().backward()
+
+    call()
+    for w in layers:
+        w.grad = None
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(5):
+        call()
+    for w in layers:
+        w.grad = None
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before

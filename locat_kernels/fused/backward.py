@@ -68,7 +68,7 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
         CHAIN=chain is not None, **meta,
     )
     configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta_kv) * B * H,)](
-        q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, f_r.stride(1), dk, dv,
+        q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, dk, dv, f_r.stride(1),
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
         *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta_kv,
     )
@@ -475,7 +475,7 @@ def _dkdv_sweep(
 
 @triton.jit
 def _backward_dkdv_kernel(
-    q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv,
+    q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, dk, dv, stride_f,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,

@@ -419,14 +419,16 @@ class DirectLaunch:
     calls the compiled kernel's launcher directly, with the arguments Triton's ``JITFunction.run``
     would pass (the tensors and scalars, then the constexprs in the kernel's parameter order). Any
     other key, and every launch while a Triton launch hook is set (profilers), takes Triton's path.
-    Arguments are laid out by call site: the leading tensors (or None) first, then no tensor."""
+    Arguments are laid out by call site: the leading tensors (or None) first, then no tensor. A launch
+    with a tensor past them takes Triton's path and is not kept: a key holding a tensor would miss on
+    every call and keep the tensor's memory alive (v22-v28's dk/dv launch did; benchmarks/NOTES.md, v29)."""
 
     MAX_ENTRIES = 512  # shapes of one process; past it the cache starts over
 
     def __init__(self, kernel):
         self.kernel = kernel
         self.compiled = {}
-        self.n = 1  # leading tensors of the call site's arguments, found at its first launch
+        self.n = None  # leading tensors of the call site's arguments, found at its first launch
 
     def __getitem__(self, grid):
         return functools.partial(self.launch, grid)
@@ -434,8 +436,12 @@ class DirectLaunch:
     def launch(self, grid, *args, **meta):
         device = driver.active.get_current_device()
         n = self.n
-        if not _tensor_or_none(args[n - 1]) or (n < len(args) and _tensor_or_none(args[n])):
+        if n is None or not _tensor_or_none(args[n - 1]) or (n < len(args) and _tensor_or_none(args[n])):
             n = self.n = next((i for i, a in enumerate(args) if not _tensor_or_none(a)), len(args))
+            if any(isinstance(a, torch.Tensor) for a in args[n:]):
+                self.n = None  # looked at again on the next launch
+                self.kernel[grid](*args, **meta)
+                return
         key = (device, tuple(meta.values()), args[n:],
                tuple(None if t is None else (t.dtype, t.data_ptr() % 16) for t in args[:n]))
         entry = self.compiled.get(key)
