@@ -39,8 +39,13 @@ def main(argv=None) -> int:
     parser.add_argument("--modes", nargs="*", choices=["eager", "compiled"],
                         help="--model: eager and/or torch.compile (default: both on CUDA, eager on CPU)")
     parser.add_argument("--variants", nargs="*", help="--model: subset of vit locat_triton locat_sdpa")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="--model: timed runs of each case, mode and variant, interleaved (CUDA; the median "
+                             "is reported with the spread of the runs beside it; default 5)")
     parser.add_argument("--plot", type=Path, metavar="JSON", help="only draw the PNG of a saved op result")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.plot:
         print(f"wrote {plot(args.plot)}")
         return 0
@@ -111,7 +116,8 @@ def run_models(args, device: str, env: dict) -> int:
     for i, case in enumerate(cases):
         print(f"[{i + 1}/{len(cases)}] {case.name}, batch {case.batch}", flush=True)
         for mode in modes:
-            rows += bm.bench_case(case, variants, device, mode, log=lambda s: print(s, flush=True))
+            rows += bm.bench_case(case, variants, device, mode, repeats=args.repeats,
+                                  log=lambda s: print(s, flush=True))
         if not args.no_save and i + 1 < len(cases):  # a run cut short keeps the cases it finished
             save(args, "model", env, rows, bm.ratios(rows) if device == "cuda" else [], complete=False)
     ratios = bm.ratios(rows) if device == "cuda" else []

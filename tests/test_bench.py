@@ -76,6 +76,18 @@ def test_a_model_report_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypa
     assert seen == [(2, False), (4, True)]  # two variants per case: after the first case, then at the end
 
 
+def test_model_repeats_reach_every_case_and_a_bad_count_is_refused(monkeypatch, capsys):
+    from locat_bench import bench_model as bm
+
+    seen = []
+    monkeypatch.setattr(bm, "bench_case", lambda case, variants, device, mode, repeats, log: seen.append(repeats) or [])
+    assert cli.main(["--model", "--no-save", "--repeats", "9", "--cases", "tiny:64:2", "tiny:64:4"]) == 0
+    assert seen == [9, 9]
+    with pytest.raises(SystemExit):
+        cli.main(["--model", "--no-save", "--repeats", "0"])
+    assert "--repeats must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_model_cases_of_every_family_build_the_backbone_and_its_locat_model():
     """``[family:]size:img:batch``: the "vit" variant is the family's backbone without LocAt, the
     locat variants its LocAt model."""

@@ -219,3 +219,13 @@ def test_factored_dkdv_where_measured_faster():
              (bf16, 64, 65, 65): False, (bf16, 64, 8, 96): False, (fp32, 64, 14, 14): False,
              (bf16, 256, 14, 14): False, (bf16, 64, configs.MAX_FACTORED_ROWS + 1, 8): False}
     assert {case: configs.dkdv_factored(*case, setting="auto") for case in cases} == cases
+
+
+def test_cdiv_is_the_ceiling_of_the_quotient():
+    """The launch sequences size grids with ``configs.cdiv`` (plain integers, no host call of Triton's constexpr
+    ``cdiv``); a grid one program short would leave outputs unwritten."""
+    import math
+
+    for a in range(0, 300):
+        for b in (1, 2, 3, 7, 16, 64, 128):
+            assert configs.cdiv(a, b) == math.ceil(a / b), (a, b)

@@ -50,10 +50,10 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     factored, key_cols, lo = meta_kv["FACTORED"], meta_kv["KEY_COLS"], meta_kv["FACTOR_LO"]
     if factored:  # the dk/dv kernel's row and column factors, once per query (its own launch)
         n_p = N - num_prefix_tokens
-        n_pad = triton.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
+        n_pad = configs.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
         f_r = configs.empty((B * H, (1 + lo) * (n_p // gw), n_pad), q, torch.float16)
         f_c = configs.empty((B * H, (1 + lo) * key_cols, n_pad), q, torch.float16)
-        configs.launcher(_factor_tables_kernel, traced)[(triton.cdiv(n_p, TABLE_BLOCK) * B * H,)](
+        configs.launcher(_factor_tables_kernel, traced)[(configs.cdiv(n_p, TABLE_BLOCK) * B * H,)](
             var, alpha, f_r, f_c, *var.stride(), *alpha.stride(), f_r.stride(1), H, N, gw, num_prefix_tokens,
             eps, cmin, RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, FACTOR_LO=lo, BLOCK_M=TABLE_BLOCK,
             num_warps=4,

@@ -122,6 +122,12 @@ def dot_precision(dtype: torch.dtype, fp32_precision: str | None = None) -> str:
     return (fp32_precision or FP32_PRECISION) if dtype == torch.float32 else "tf32"
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of host integers. Not ``triton.cdiv``: since Triton 3.5 a constexpr function, whose host
+    calls cost microseconds each (a bound and checked call; v30's profile of the layers' eager calls)."""
+    return -(-a // b)
+
+
 def dot_width(n: int) -> int:
     """The smallest power of two that holds ``n`` and is at least 16 (``tl.dot``'s smallest side)."""
     return max(16, 1 << (n - 1).bit_length())
@@ -319,12 +325,12 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
 def _split_prefix(N: int, P: int, block: int, block_p: int) -> bool:
     """Whether tiles of ``block`` tokens start at the first patch and the P prefix tokens get a program of
     their own: where they fit its BLOCK_P and would otherwise add a tile."""
-    return 0 < P <= block_p and -(-(N - P) // block) < -(-N // block)
+    return 0 < P <= block_p and cdiv(N - P, block) < cdiv(N, block)
 
 
 def _tiles(N: int, P: int, block: int, split: bool) -> int:
     """Programs per (batch, head): tiles of ``block`` tokens, with ``split`` the patches' plus the prefix's."""
-    return -(-(N - P) // block) + 1 if split else -(-N // block)
+    return cdiv(N - P, block) + 1 if split else cdiv(N, block)
 
 
 def query_tiles(N: int, P: int, meta: dict) -> int:

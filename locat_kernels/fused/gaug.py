@@ -55,7 +55,7 @@ def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, n
     B, H, _, D = q.shape
     assert rate == 1 or not dz_given, "dz is given at rate 1 only"
     config = _config(BACKWARD_CONFIG, "dz" if dz_given else min(rate, 2))
-    chunks = triton.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
+    chunks = configs.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
     partial = configs.empty((B * H * chunks, 3 * D + 3), q, torch.float32)
     configs.launcher(_gaug_backward_kernel, traced)[(B * H, chunks)](
         q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],

@@ -52,7 +52,7 @@ def window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin
     dq, dk, dv = (configs.empty((Bw, N, H, D), q).transpose(1, 2) for _ in range(3))
     dvar = configs.empty(var.shape, q, torch.float32)
     dalpha = configs.empty(alpha.shape, q, torch.float32)
-    groups = triton.cdiv(Bw, _windows_per_program())
+    groups = configs.cdiv(Bw, _windows_per_program())
     partial = configs.empty((groups, H, N, N), q, torch.float32)
     configs.launcher(_window_backward_kernel, traced)[_grid(Bw, H)](
         q, k, v, var, alpha, bias, mask if mask is not None else bias, out, lse, do, dq, dk, dv, dvar, dalpha,
@@ -71,7 +71,7 @@ def _windows_per_program():
 
 
 def _grid(Bw, H):
-    return (triton.cdiv(Bw, _windows_per_program()), H)
+    return (configs.cdiv(Bw, _windows_per_program()), H)
 
 
 def _meta(q, gw, cmin, mask):
