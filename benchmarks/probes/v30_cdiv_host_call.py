@@ -23,5 +23,6 @@ def host_us(f, n=100000):
     return sorted(rounds)[3]
 
 
-print(f"triton {triton.__version__}: triton.cdiv is {type(triton.cdiv).__name__}; host call: triton.cdiv {host_us(lambda: triton.cdiv(197, 64)):.2f} us, "
+print(f"triton {triton.__version__}: triton.cdiv is {type(triton.cdiv).__name__}; host call: "
+      f"triton.cdiv {host_us(lambda: triton.cdiv(197, 64)):.2f} us, "
       f"configs.cdiv {host_us(lambda: configs.cdiv(197, 64)):.3f} us")

@@ -96,7 +96,8 @@ def main(path):
             torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t) / CALLS * 1e6)
     configs.launcher = real_launcher
-    out = {name: dict(us=sorted(runs)[len(runs) // 2], spread=max(runs) / min(runs) - 1) for name, runs in times.items()}
+    out = {name: dict(us=sorted(runs)[len(runs) // 2], spread=max(runs) / min(runs) - 1)
+           for name, runs in times.items()}
     for name, r in out.items():
         print(f"{name:<34} {r['us']:8.1f} us  (spread {r['spread']:.0%})")
     env = dict(environment("cuda"), command="PYTHONPATH=. python benchmarks/probes/v30_host_split.py " + path)
