@@ -157,6 +157,33 @@ def test_every_launch_passes_its_tensors_first(device, call):
         assert not any(isinstance(a, torch.Tensor) for a in args[lead:]), kernel.fn.__name__
 
 
+def test_an_eager_layer_call_makes_its_launches_and_allocations_and_no_more(device, monkeypatch):
+    """The host budget of the LocAt layers' eager path (``locat_attention_qkvpacked``, forward+backward, fp32):
+    five launches, ten output buffers, no host call of Triton's constexpr ``cdiv``. Each costs host time on every
+    layer of every step (benchmarks/NOTES.md, v30: a small torch.empty 5.6-6.6 us and ``triton.cdiv`` 2.2 us on the
+    H200 machine; the host time of the eager layers decides small models' eager steps): a change that adds one
+    changes this budget on purpose."""
+    import triton
+
+    from locat_kernels import locat_attention_qkvpacked
+
+    def host_cdiv(*args):
+        raise AssertionError("triton.cdiv called on the host: configs.cdiv is plain integer arithmetic")
+
+    empty, buffers = configs.empty, []
+    monkeypatch.setattr(triton, "cdiv", host_cdiv)
+    monkeypatch.setattr(configs, "empty", lambda *args, **kwargs: buffers.append(args[0]) or empty(*args, **kwargs))
+    qkv = torch.randn(2, 1 + 4 * 6, 3, 2, 16, device=device, requires_grad=True)
+    layers = make_layers(16, device=device)
+    with configs.recorded_launches() as launches:
+        out = locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1, backend="triton")
+        out.sum().backward()
+    assert [kernel.fn.__name__ for kernel, *_ in launches] == [
+        "_gaug_forward_kernel", "_forward_kernel", "_backward_dq_kernel", "_backward_dkdv_kernel",
+        "_gaug_backward_kernel"]
+    assert len(buffers) == 10, buffers  # var, alpha, radius, out, lse; dqkv, delta, dvar, dalpha, the partial sums
+
+
 def test_the_cache_is_bounded(kernel, monkeypatch):
     monkeypatch.setattr(configs.DirectLaunch, "MAX_ENTRIES", 4)
     launch = configs.DirectLaunch(kernel)
