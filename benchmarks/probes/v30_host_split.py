@@ -6,8 +6,8 @@ the device keeps up, so the wall time is the host's), median of interleaved roun
 - that layer with every kernel launch skipped (``configs.launcher`` answering with a no-op): its Python without
   the launches; the difference to the layer is what the launches cost;
 - the pieces on their own: one ``torch.empty`` of a small CUDA tensor, one view (``transpose``), the split of
-  qkv into q, k, v (``permute`` + ``unbind``), an autograd Function's floor (forward+backward that saves ten
-  tensors and launches nothing), and SDPA's forward+backward on that input.
+  qkv into q, k, v (``permute`` + ``unbind``), an autograd Function's floor (forward+backward of one that saves
+  ten tensors and only clones its input), and SDPA's forward+backward on that input.
 
 ``PYTHONPATH=. python benchmarks/probes/v30_host_split.py OUT.json`` on a GPU."""
 import json
