@@ -18,10 +18,10 @@ steps=${*:-tests extremes bench model train}
 for step in $steps; do
   case $step in
     tests)    LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 400 python3 -m pytest -q -p no:cacheprovider -n 8 \
-                --timeout 200 tests/test_direct_launch.py tests/test_kernel.py tests/test_locat_attention.py \
+                --timeout 200 tests/test_launch.py tests/test_kernel.py tests/test_locat_attention.py \
                 tests/test_window.py > "$OUT/tests.log" 2>&1 ;;
     tests_models) OMP_NUM_THREADS=1 timeout 560 python3 -m pytest tests -q -rfE -p no:cacheprovider -n 14 \
-                --timeout 300 --durations 20 --ignore tests/test_extremes.py --ignore tests/test_direct_launch.py \
+                --timeout 300 --durations 20 --ignore tests/test_extremes.py --ignore tests/test_launch.py \
                 --ignore tests/test_kernel.py --ignore tests/test_locat_attention.py --ignore tests/test_window.py \
                 > "$OUT/tests_models.log" 2>&1 ;;
     extremes) LOCAT_FUZZ_CASES=${LOCAT_FUZZ_CASES:-40} LOCAT_FUZZ_SUMMARY=$OUT/fuzz.json timeout 330 python3 -m pytest \

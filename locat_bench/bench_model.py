@@ -159,16 +159,18 @@ class Workload:
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def train_step(case: ModelCase, variant: str, mode: str, device="cuda", model=None):
+def train_step(case: ModelCase, variant: str, mode: str, device="cuda", model=None, phase: str = "train"):
     """A no-argument training step of a fresh ``variant`` model (or of ``model``) on a random batch of
-    ``case``, eager or compiled (Dynamo reset first: see ``bench_case``)."""
+    ``case``, eager or compiled (Dynamo reset first: see ``bench_case``); with ``phase="infer"`` its
+    inference call instead."""
     if mode == "compiled":
         torch._dynamo.reset()
     x = torch.randn(case.batch, 3, case.img_size, case.img_size, device=device)
     y = torch.randint(0, 1000, (case.batch,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
     model = model if model is not None else build(case, variant, device)
-    return functools.partial(Workload(model, mode, device).train_step, x, y, autocast)
+    work = Workload(model, mode, device)
+    return functools.partial(work.train_step if phase == "train" else work.infer, x, y, autocast)
 
 
 def interleaved_step_times_ms(fns: dict, *, repeats: int, steps: int, warmup: int = 5) -> dict[str, list[float]]:

@@ -10,7 +10,7 @@ calls (recording the gradient, as in training) of that layer and of timm's ``Att
 each; ``--op``: forward+backward calls of the op alone and of SDPA without a bias on that input.
 ``--launches``: host microseconds per launch of each kernel of one ``locat_attention`` forward+backward
 on that input, through Triton's ``kernel[grid]``, through
-``configs.DirectLaunch`` and through the compiled kernel's launcher alone (JSON to ``--output``).
+``configs.Launch`` and through the compiled kernel's launcher alone (JSON to ``--output``).
 ``--compiled-step``: training steps (fused AdamW, bf16 autocast)
 of timm's ViT and then LocAtViT (triton) under ``torch.compile`` in one process, each with its wall
 time per step; the tables by own and by cumulative time go to ``DIR/cprofile_<size>_<variant>.txt``.
@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         if device != "cuda":
             parser.error("--launches needs CUDA (it launches the kernels)")
         if not configs.DIRECT_LAUNCH:
-            parser.error("DirectLaunch is off here (LOCAT_DIRECT_LAUNCH=0, or a Triton it was not checked against)")
+            parser.error("direct launches are off here (LOCAT_DIRECT_LAUNCH=0, or a Triton they were not checked "
+                         "against)")
         return _launches(args.output)
     if args.compiled_step or args.step:
         flag, mode = ("--compiled-step", "compiled") if args.compiled_step else ("--step", "eager")
@@ -113,8 +114,9 @@ def _profile(fn, calls: int, top: int, *orders: str) -> str:
 
 def _launches(path: Path) -> int:
     """Per kernel of one locat_attention forward+backward (B = 1, H = 3, 4 x 4 grid, 1 prefix token,
-    D = 64, bf16): host us per launch by Triton's path, by DirectLaunch, and by the compiled kernel's
-    launcher alone (the floor: no binding, no key); calls back to back, the device keeping up."""
+    D = 64, bf16): host us per launch by Triton's path, by its ``configs.Launch`` (as an eager call's plan keeps
+    it), and by the compiled kernel's launcher alone (the floor: no binding); calls back to back, the device
+    keeping up."""
     import json
 
     from locat_kernels import locat_attention
@@ -128,19 +130,20 @@ def _launches(path: Path) -> int:
         locat_attention(q, k, v, *weights, (4, 4), num_prefix_tokens=1).sum().backward()
     rows = []
     for kernel, grid, args, meta in launches:
-        direct = configs.DirectLaunch(kernel)
-        direct[grid](*args, **meta)  # its first launch: Triton's path, the compiled kernel kept
-        compiled, constexprs = next(iter(direct.compiled.values()))
+        n = next(i for i, a in enumerate(args) if not (a is None or isinstance(a, torch.Tensor)))
+        tensors, launch = args[:n], configs.Launch(kernel, grid, args[n:], meta)
+        launch(tensors)  # its first launch: Triton's path, the compiled kernel kept
+        (compiled, rest), = launch.compiled.values()
         g = (*grid, 1, 1)
         stream = torch.cuda.current_stream().cuda_stream
-        row = dict(kernel=kernel.fn.__name__, arguments=len(args) + len(constexprs), grid=list(grid))
+        row = dict(kernel=kernel.fn.__name__, arguments=n + len(rest), grid=list(grid))
         for name, fn in (("triton_us", lambda: kernel[grid](*args, **meta)),
-                         ("direct_launch_us", lambda: direct[grid](*args, **meta)),
+                         ("direct_launch_us", lambda: launch(tensors)),
                          ("launcher_only_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
                                                                    compiled.packed_metadata, None, None, None,
-                                                                   *args, *constexprs))):
+                                                                   *tensors, *rest))):
             row[name] = min(wall_ms(fn, 500, warmup=20) for _ in range(5)) * 1e3
-        print(f"{row['kernel']:<26} {row['arguments']:3d} arguments: Triton {row['triton_us']:6.1f} us, DirectLaunch "
+        print(f"{row['kernel']:<26} {row['arguments']:3d} arguments: Triton {row['triton_us']:6.1f} us, Launch "
               f"{row['direct_launch_us']:6.1f}, launcher alone {row['launcher_only_us']:6.1f}", flush=True)
         rows.append(row)
     env = dict(environment("cuda"), command="python -m locat_bench.host_profile --launches --output " + str(path))

@@ -1,7 +1,7 @@
 """Where a step's milliseconds go (CUDA): ``python -m locat_bench.profile_step --output F.json``.
 
-For each model case (``--cases size:img:batch``), variant and mode (eager / compiled), and for each
-op shape (``--shapes``, forward+backward of the fused op and of SDPA without bias), one profiled
+For each model case (``--cases size:img:batch``), variant, mode (eager / compiled) and phase (``--phases``:
+training steps, inference calls), and for each op shape (``--shapes``, forward+backward of the fused op and of SDPA without bias), one profiled
 step after warm-up: wall ms per step (plain calls), GPU busy ms (the sum of kernel times), kernels
 per step, the kernels grouped by name with their ms per step, and the host operators with the most
 self CPU time. Wall well above GPU busy means the host is the bottleneck.
@@ -91,6 +91,8 @@ def main(argv=None) -> int:
                         help="bench_model's variants, and \"before\": the LocAtViT of the baseline tree "
                         "(python -m locat_bench.baseline make REF; PYTHONPATH with .baseline)")
     parser.add_argument("--modes", nargs="*", default=["eager", "compiled"])
+    parser.add_argument("--phases", nargs="*", default=["train"], choices=["train", "infer"],
+                        help="training steps and / or inference calls of the model cases")
     parser.add_argument("--shapes", nargs="*", default=[], help="op shapes: names or B,H,gh,gw,P,D")
     parser.add_argument("--top", type=int, default=15, help="kernel families and host operators kept per row")
     args = parser.parse_args(argv)
@@ -101,12 +103,14 @@ def main(argv=None) -> int:
     for spec in args.cases:
         case = ModelCase.parse(spec)
         for mode in args.modes:
-            for variant in args.variants:
-                model = baseline.before_model(case) if variant == "before" else None
-                r = dict(model=case.name, batch=case.batch, variant=variant, mode=mode,
-                         **profile_fn(train_step(case, variant, mode, model=model), top=args.top))
-                show(f"{case.name} b{case.batch} {variant} {mode}", r)
-                rows.append(r)
+            for phase in args.phases:
+                for variant in args.variants:
+                    model = baseline.before_model(case) if variant == "before" else None
+                    step = train_step(case, variant, mode, model=model, phase=phase)
+                    r = dict(model=case.name, batch=case.batch, variant=variant, mode=mode, phase=phase,
+                             **profile_fn(step, top=args.top))
+                    show(f"{case.name} b{case.batch} {variant} {mode} {phase}", r)
+                    rows.append(r)
     for spec in args.shapes:
         shape = known[spec] if spec in known else Shape.parse(spec)
         for peer in ("sdpa", "locat"):

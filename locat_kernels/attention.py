@@ -11,7 +11,9 @@
 Under ``torch.compile`` both are ``torch.library.triton_op`` s (``locat::gaussian_attention``,
 ``locat::locat_attention`` and their backwards, autograd registered): the compiler traces into them
 and launches the kernels from its own generated code, without a Python call per op. Eager calls
-take a plain ``autograd.Function`` around the same launchers (less host time than the op dispatch).
+take a plain ``autograd.Function`` around the same launchers (less host time than the op dispatch), with a
+launch plan per call signature (``configs.Plans``: every launch's grid and arguments made by the signature's
+first call); a ``locat_attention_qkvpacked`` call whose signature passed the checks before skips them.
 """
 from __future__ import annotations
 
@@ -194,19 +196,25 @@ def locat_attention_qkvpacked(
     inductor into a copy of each view, and torch 2.11's copy read past the view's buffer (an illegal
     address at LocAtViT-Tiny, batch 256; benchmarks/NOTES.md, v28).
     """
+    weights = (log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias)
+    plan = _call_plan((qkv, *weights), (grid_size, num_prefix_tokens, init_grid_size, rate, scale, backend))
+    params = plan.get("params") if plan is not None else None
+    if params is not None:  # a call of this signature passed the checks before and ran on triton
+        return _packed_triton(qkv, weights, _split(qkv), params, plan)
     if not isinstance(qkv, Tensor):
         raise TypeError(f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must have shape (B, N, 3, H, D), got {tuple(qkv.shape)}")
     q, k, v = _split(qkv)
-    return _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias, grid_size,
-                            num_prefix_tokens, init_grid_size, rate, scale, backend, None, None, None, qkv)
+    return _locat_attention(q, k, v, *weights, grid_size, num_prefix_tokens, init_grid_size, rate, scale, backend,
+                            None, None, None, qkv, plan)
 
 
 def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, log_alpha_bias, grid_size,
                      num_prefix_tokens, init_grid_size, rate, scale, backend, gaussian_queries, attn_bias,
-                     window_mask, qkv=None):
-    """``locat_attention``; ``qkv``: the tensor that q, k, v are views of (``locat_attention_qkvpacked``)."""
+                     window_mask, qkv=None, plan=None):
+    """``locat_attention``; ``qkv``: the tensor that q, k, v are views of (``locat_attention_qkvpacked``), with
+    ``plan`` its call's plan (``_call_plan``) or None."""
     gh, gw = _check(q, k, v, grid_size, num_prefix_tokens, rate)
     windowed = attn_bias is not None or window_mask is not None
     if windowed:
@@ -249,19 +257,31 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
         gparams = (gh, gw, P, eps, cmin, shift, var_scale, rate)
         if torch.compiler.is_compiling():
             var, alpha = torch.ops.locat.gaussian_augmentation(qg, *weights, *gparams)
-        elif _recorded(qg, *weights):
-            var, alpha = _GaussianAugmentation.apply(qg, *weights, gparams)
         else:
-            var, alpha = _augmentation_forward(qg, *weights, *gparams)
+            plan = _plan("augmentation", (qg, *weights), gparams)
+            if _recorded(qg, *weights):
+                var, alpha = _GaussianAugmentation.apply(qg, *weights, gparams, plan)
+            else:
+                var, alpha = _augmentation_forward(qg, *weights, *gparams, plan=plan)
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
     if torch.compiler.is_compiling():  # on the views, packed or not (locat_attention_qkvpacked says why)
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
-    if qkv is not None and _recorded(qkv, *weights):
-        return _LocatAttentionPacked.apply(qkv, *weights, (q, k, v), params)
+    if qkv is not None:
+        plan = _plan("packed", (qkv, *weights), params) if plan is None else plan
+        plan["params"] = params  # the checks passed: later calls of the signature skip them
+        return _packed_triton(qkv, weights, (q, k, v), params, plan)
+    plan = _plan("locat", (q, k, v, *weights), params)
     if _recorded(q, k, v, *weights):
-        return _LocatAttention.apply(q, k, v, *weights, params)
-    return _locat_forward(q, k, v, *weights, *params)[0]
+        return _LocatAttention.apply(q, k, v, *weights, params, plan)
+    return _locat_forward(q, k, v, *weights, *params, plan=plan)[0]
+
+
+def _packed_triton(qkv, weights, views, params, plan):
+    """The eager triton path of ``locat_attention_qkvpacked`` on checked inputs (``views``: q, k, v of qkv)."""
+    if _recorded(qkv, *weights):
+        return _LocatAttentionPacked.apply(qkv, *weights, views, params, plan)
+    return _locat_forward(*views, *weights, *params, plan=plan)[0]
 
 
 def resolve_backend(backend: str, q: Tensor) -> str:
@@ -321,15 +341,49 @@ def _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_b
         params = (gw, eps, cmin, scale)
         if compiling:
             return torch.ops.locat.window_attention(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
+        plan = _plan("window", (q, k, v, var, alpha, attn_bias, window_mask), params)
         if _recorded(q, k, v, var, alpha, attn_bias):
-            return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, params)
-        return fused.window_forward(q, k, v, var, alpha, attn_bias, window_mask, *params)[0]
+            return _WindowAttention.apply(q, k, v, var, alpha, attn_bias, window_mask, params, plan)
+        return fused.window_forward(q, k, v, var, alpha, attn_bias, window_mask, *params, plan=plan)[0]
     params = (gw, P, eps, cmin, rate, scale)
     if compiling:
         return torch.ops.locat.gaussian_attention(q, k, v, var, alpha, *params)[0]
+    plan = _plan("gaussian", (q, k, v, var, alpha), params)
     if _recorded(q, k, v, var, alpha):
-        return _GaussianAttention.apply(q, k, v, var, alpha, params)
-    return _gaussian_forward(q, k, v, var, alpha, *params)[0]
+        return _GaussianAttention.apply(q, k, v, var, alpha, params, plan)
+    return _gaussian_forward(q, k, v, var, alpha, *params, plan=plan)[0]
+
+
+_PLANS = configs.Plans()
+
+
+def _plan(sequence: str, tensors: tuple, params: tuple) -> dict:
+    """An eager call's launch plan (``configs.Plans``), keyed by its launch sequence, the signature of its
+    tensors, its parameters and the launch switches."""
+    return _PLANS((sequence, configs.signature(*tensors), params, configs.launch_state()))
+
+
+def _call_plan(tensors: tuple, args: tuple) -> dict | None:
+    """The plan of an eager ``locat_attention_qkvpacked`` call, keyed by what the caller passed (the signature of
+    its tensors and its other arguments) rather than by what the checks make of it, so that a later call of the
+    signature finds the parameters there (``plan["params"]``) and skips the checks. None under torch.compile,
+    and where the key cannot be made (an argument that is not a tensor, or not hashable: the checks say which)."""
+    if torch.compiler.is_compiling():
+        return None
+    try:
+        return _PLANS(("packed call", configs.signature(*tensors), args, configs.launch_state()))
+    except (AttributeError, TypeError):
+        return None
+
+
+def _backward_plan(plan: dict, *grads: Tensor) -> dict:
+    """The backward's part of a call's plan, by the signature of the outputs' gradients (autograd hands them
+    over in any strides and alignment; the launches read them)."""
+    key = configs.signature(*grads)
+    backward = plan.get(key)
+    if backward is None:
+        backward = plan[key] = {}
+    return backward
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,40 +522,45 @@ def _clamps(gh, gw, cmin) -> bool:
 # Launch sequences shared by the triton ops and the eager autograd Functions.
 
 
-# ``traced``: inside a triton_op, where the launches go through ``torch.library.wrap_triton``.
+# ``traced``: inside a triton_op, where the launches go through ``torch.library.wrap_triton``. ``plan``: an eager
+# call's launch plan (``_plan``), which keeps the launches its first call made; traced calls have none.
 
 
-def _gaussian_forward(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, traced=False):
-    return fused.attention_forward(q, k, v, var, alpha, None, gw, P, eps, cmin, rate, scale, traced)
+def _gaussian_forward(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, traced=False, plan=None):
+    return fused.attention_forward(q, k, v, var, alpha, None, gw, P, eps, cmin, rate, scale, traced, plan)
 
 
-def _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced=False):
+def _gaussian_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced=False,
+                       plan=None):
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, plan=plan)
     return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype)
 
 
-def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False):
+def _locat_forward(q, k, v, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False,
+                   plan=None):
     var, alpha, radius = fused.gaug_forward(q, wv, bv, wa, ba, gh, gw, P, shift, var_scale, eps,
-                                            _clamps(gh, gw, cmin), rate, traced)
-    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale, traced)
+                                            _clamps(gh, gw, cmin), rate, traced, plan)
+    out, lse, _ = fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale, traced, plan)
     return out, lse, var, alpha, radius
 
 
 def _locat_backward(do, q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius,
-                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False, grads=None):
+                    gh, gw, P, eps, cmin, shift, var_scale, rate, scale, traced=False, grads=None, plan=None):
     chain = (wv, wa, var_scale) if rate == 1 else None  # at rate 1 the dq kernel carries dvar, dalpha on
     dq, dk, dv, dvar, dalpha = fused.attention_backward(
-        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, chain, grads)
+        do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale, traced, chain, grads, plan)
     dweights = fused.gaug_backward(q, dq, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, shift, var_scale, rate, traced,
-                                   dz_given=chain is not None)
+                                   dz_given=chain is not None, plan=plan)
     return dq, dk, dv, *dweights
 
 
-def _locat_packed_backward(do, qkv, *saved):
-    """dqkv (one (B, N, 3, H, D) tensor that the kernels write dq, dk, dv into) and the four layer gradients."""
-    dqkv = configs.empty(qkv.shape, qkv)
-    _, _, _, *dweights = _locat_backward(do, *_split(qkv), *saved, grads=_split(dqkv))
+def _locat_packed_backward(do, q, k, v, *saved, plan):
+    """dqkv (one (B, N, 3, H, D) tensor that the kernels write dq, dk, dv into; q, k, v are views of one such)
+    and the four layer gradients."""
+    B, H, N, D = q.shape
+    dqkv = configs.empty((B, N, 3, H, D), q)
+    _, _, _, *dweights = _locat_backward(do, q, k, v, *saved, grads=_split(dqkv), plan=plan)
     return dqkv, dweights
 
 
@@ -510,17 +569,18 @@ def _split(qkv):
     return qkv.permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def _augmentation_forward(q, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, traced=False):
+def _augmentation_forward(q, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate, traced=False,
+                          plan=None):
     var, alpha, _ = fused.gaug_forward(q, wv, bv, wa, ba, gh, gw, P, shift, var_scale, eps, _clamps(gh, gw, cmin),
-                                       rate, traced)
+                                       rate, traced, plan)
     return var, alpha  # the attention finds its radius itself
 
 
 def _augmentation_backward(q, dvar, dalpha, wv, bv, wa, ba, gh, gw, P, eps, cmin, shift, var_scale, rate,
-                           traced=False):
+                           traced=False, plan=None):
     dq = torch.zeros_like(q)  # gaug_backward adds the patch rows' gradient into it
     dweights = fused.gaug_backward(q, dq, dvar.float().contiguous(), dalpha.float().contiguous(), wv, bv, wa, ba,
-                                   gh, gw, P, shift, var_scale, rate, traced)
+                                   gh, gw, P, shift, var_scale, rate, traced, plan=plan)
     return dq, *dweights
 
 
@@ -650,16 +710,17 @@ class _GaussianAugmentation(torch.autograd.Function):
     """Eager var and alpha of ``locat_attention(..., gaussian_queries=...)`` on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, wv, bv, wa, ba, params):
+    def forward(ctx, q, wv, bv, wa, ba, params, plan):
         ctx.save_for_backward(q, wv, bv, wa, ba)
-        ctx.params = params
-        return _augmentation_forward(q, wv, bv, wa, ba, *params)
+        ctx.params, ctx.plan = params, plan
+        return _augmentation_forward(q, wv, bv, wa, ba, *params, plan=plan)
 
     @staticmethod
     def backward(ctx, dvar, dalpha):
         q, *weights = ctx.saved_tensors
-        grads = _augmentation_backward(q, dvar, dalpha, *weights, *ctx.params)
-        return *grads, None  # params: no gradient
+        grads = _augmentation_backward(q, dvar, dalpha, *weights, *ctx.params,
+                                       plan=_backward_plan(ctx.plan, dvar, dalpha))
+        return *grads, None, None  # params, plan: no gradient
 
 
 @_triton_op("locat::window_attention")
@@ -678,9 +739,9 @@ def _window_backward_op(
     return _window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=True)
 
 
-def _window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=False):
+def _window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=False, plan=None):
     dq, dk, dv, dvar, dalpha, dbias = fused.window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps,
-                                                            cmin, scale, traced)
+                                                            cmin, scale, traced, plan)
     return dq, dk, dv, dvar.to(var.dtype), dalpha.to(alpha.dtype), dbias.to(bias.dtype)
 
 
@@ -701,16 +762,16 @@ class _WindowAttention(torch.autograd.Function):
     """Eager ``gaussian_attention`` with attn_bias / window_mask on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, k, v, var, alpha, bias, mask, params):
-        out, lse = fused.window_forward(q, k, v, var, alpha, bias, mask, *params)
+    def forward(ctx, q, k, v, var, alpha, bias, mask, params, plan):
+        out, lse = fused.window_forward(q, k, v, var, alpha, bias, mask, *params, plan=plan)
         ctx.save_for_backward(q, k, v, var, alpha, bias, mask, out, lse)
-        ctx.params = params
+        ctx.params, ctx.plan = params, plan
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = _window_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return *grads, None, None  # the mask and params: no gradient
+        grads = _window_backward(dout, *ctx.saved_tensors, *ctx.params, plan=_backward_plan(ctx.plan, dout))
+        return *grads, None, None, None  # the mask, params, plan: no gradient
 
 
 class _GaussianAttention(torch.autograd.Function):
@@ -718,45 +779,47 @@ class _GaussianAttention(torch.autograd.Function):
     per call: forward 317 us through the custom op, 123 us this way, measured on an H100 machine)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, var, alpha, params):
-        out, lse, radius = _gaussian_forward(q, k, v, var, alpha, *params)
+    def forward(ctx, q, k, v, var, alpha, params, plan):
+        out, lse, radius = _gaussian_forward(q, k, v, var, alpha, *params, plan=plan)
         ctx.save_for_backward(q, k, v, var, alpha, out, lse, radius)
-        ctx.params = params
+        ctx.params, ctx.plan = params, plan
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = _gaussian_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return *grads, None  # params: no gradient
+        grads = _gaussian_backward(dout, *ctx.saved_tensors, *ctx.params, plan=_backward_plan(ctx.plan, dout))
+        return *grads, None, None  # params, plan: no gradient
 
 
 class _LocatAttention(torch.autograd.Function):
     """Eager ``locat_attention`` on the triton backend."""
 
     @staticmethod
-    def forward(ctx, q, k, v, wv, bv, wa, ba, params):
-        out, lse, var, alpha, radius = _locat_forward(q, k, v, wv, bv, wa, ba, *params)
+    def forward(ctx, q, k, v, wv, bv, wa, ba, params, plan):
+        out, lse, var, alpha, radius = _locat_forward(q, k, v, wv, bv, wa, ba, *params, plan=plan)
         ctx.save_for_backward(q, k, v, wv, bv, wa, ba, out, lse, var, alpha, radius)
-        ctx.params = params
+        ctx.params, ctx.plan = params, plan
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        grads = _locat_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return *grads, None  # params: no gradient
+        grads = _locat_backward(dout, *ctx.saved_tensors, *ctx.params, plan=_backward_plan(ctx.plan, dout))
+        return *grads, None, None  # params, plan: no gradient
 
 
 class _LocatAttentionPacked(torch.autograd.Function):
     """Eager ``locat_attention_qkvpacked`` on the triton backend: dq, dk, dv written into one gradient of qkv."""
 
     @staticmethod
-    def forward(ctx, qkv, wv, bv, wa, ba, views, params):  # views: q, k, v of qkv, split once by the caller
-        out, lse, var, alpha, radius = _locat_forward(*views, wv, bv, wa, ba, *params)
-        ctx.save_for_backward(qkv, wv, bv, wa, ba, out, lse, var, alpha, radius)
-        ctx.params = params
+    def forward(ctx, qkv, wv, bv, wa, ba, views, params, plan):  # views: q, k, v of qkv, split once by the caller
+        out, lse, var, alpha, radius = _locat_forward(*views, wv, bv, wa, ba, *params, plan=plan)
+        # the views saved, not qkv: the backward splits no qkv (saved tensors are freed by the backward)
+        ctx.save_for_backward(*views, wv, bv, wa, ba, out, lse, var, alpha, radius)
+        ctx.params, ctx.plan = params, plan
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        dqkv, dweights = _locat_packed_backward(dout, *ctx.saved_tensors, *ctx.params)
-        return dqkv, *dweights, None, None  # views, params: no gradient
+        dqkv, dweights = _locat_packed_backward(dout, *ctx.saved_tensors, *ctx.params,
+                                                plan=_backward_plan(ctx.plan, dout))
+        return dqkv, *dweights, None, None, None  # views, params, plan: no gradient

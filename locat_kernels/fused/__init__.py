@@ -7,7 +7,8 @@
   way, and the skip radius).
 - ``window``: ``window_forward`` / ``window_backward`` (small windows with an additive bias and a
   per-window mask, LocAt Swin: a window is one tile, one launch each way).
-- ``configs``: block sizes and constexpr flags per launch.
+- ``configs``: block sizes and constexpr flags per launch; ``Launch`` (one launch with all but its tensors
+  fixed) and the eager calls' ``Plans`` of them. Each launcher takes ``traced`` and an eager call's ``plan``.
 """
 from .backward import attention_backward
 from .forward import attention_forward

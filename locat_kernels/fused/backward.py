@@ -30,13 +30,14 @@ from .tiles import (
 
 
 def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix_tokens, eps, cmin, rate, scale,
-                       traced=False, chain=None, grads=None):
+                       traced=False, chain=None, grads=None, plan=None):
     """dq, dk, dv like q (stored as (B, N, H, D)); dvar (like var) and dalpha (like alpha) in float32.
 
     ``chain = (w_var, w_alpha, var_scale)`` (rate 1, var and alpha made from q by those layers, as
     ``gaug_forward`` makes them): the gradient carried on through the sigmoid and softplus, so dvar and
     dalpha hold the layers' output gradients ``dz`` and dq already has their part ``dz w``.
-    ``grads``: (dq, dk, dv) to write into, (B, H, N, D) with a unit last stride (views of one qkv gradient)."""
+    ``grads``: (dq, dk, dv) to write into, (B, H, N, D) with a unit last stride (views of one qkv gradient).
+    ``plan``: an eager call's launch plan (``configs.Plans``)."""
     B, H, N, D = q.shape
     if do.stride(-1) != 1:
         do = do.contiguous()
@@ -44,35 +45,51 @@ def attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, num_prefix
     dq, dk, dv = grads or (configs.empty((B, N, H, D), q).transpose(1, 2) for _ in range(3))
     dvar = configs.empty(var.shape, q, torch.float32)
     dalpha = configs.empty(alpha.shape, q, torch.float32)
-    common = (H, N, gw, num_prefix_tokens, scale * LOG2E, scale, eps, cmin)
-    meta = configs.launch_meta("backward_dq", q, gw, num_prefix_tokens, cmin, rate)
-    meta_kv = configs.launch_meta("backward_dkdv", q, gw, num_prefix_tokens, cmin, rate)
-    factored, key_cols, lo = meta_kv["FACTORED"], meta_kv["KEY_COLS"], meta_kv["FACTOR_LO"]
-    if factored:  # the dk/dv kernel's row and column factors, once per query (its own launch)
-        n_p = N - num_prefix_tokens
-        n_pad = configs.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
-        f_r = configs.empty((B * H, (1 + lo) * (n_p // gw), n_pad), q, torch.float16)
-        f_c = configs.empty((B * H, (1 + lo) * key_cols, n_pad), q, torch.float16)
-        configs.launcher(_factor_tables_kernel, traced)[(configs.cdiv(n_p, TABLE_BLOCK) * B * H,)](
-            var, alpha, f_r, f_c, *var.stride(), *alpha.stride(), f_r.stride(1), H, N, gw, num_prefix_tokens,
-            eps, cmin, RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, FACTOR_LO=lo, BLOCK_M=TABLE_BLOCK,
-            num_warps=4,
-        )
-    else:
-        f_r = f_c = delta  # unread
     w_var, w_alpha, var_scale = chain or (var, alpha, 1.0)  # unread without a chain
-    configs.launcher(_backward_dq_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
-        q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha, w_var, w_alpha, w_var.stride(0), var_scale,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *do.stride()[:3],
-        *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(), *common,
-        CHAIN=chain is not None, **meta,
-    )
-    configs.launcher(_backward_dkdv_kernel, traced)[(configs.key_tiles(N, num_prefix_tokens, meta_kv) * B * H,)](
-        q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, dk, dv, f_r.stride(1),
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], *var.stride(), *alpha.stride(), *common, **meta_kv,
-    )
+    tensors = (q, k, v, var, alpha, radius, out, do, lse, delta, dq, dk, dv, dvar, dalpha, w_var, w_alpha)
+    tables, launch_dq, launch_kv = configs.prepared(
+        plan, "backward", lambda: _launches(*tensors, gw, num_prefix_tokens, eps, cmin, rate, scale, var_scale,
+                                            chain is not None))
+    f_r = f_c = delta  # unread without the factored Gaussian
+    if tables is not None:  # the dk/dv kernel's row and column factors, once per query (their own launch)
+        shape_r, shape_c, launch_tables = tables
+        f_r = configs.empty(shape_r, q, torch.float16)
+        f_c = configs.empty(shape_c, q, torch.float16)
+        launch_tables((var, alpha, f_r, f_c), traced)
+    launch_dq((q, k, v, var, alpha, radius, out, do, lse, delta, dq, dvar, dalpha, w_var, w_alpha), traced)
+    launch_kv((q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, dk, dv), traced)
     return dq, dk, dv, dvar, dalpha
+
+
+def _launches(q, k, v, var, alpha, radius, out, do, lse, delta, dq, dk, dv, dvar, dalpha, w_var, w_alpha,
+              gw, P, eps, cmin, rate, scale, var_scale, chain):
+    """(the factor tables' (shape of f_r, shape of f_c, launch), or None), the dq launch, the dk/dv launch."""
+    B, H, N, _ = q.shape
+    common = (H, N, gw, P, scale * LOG2E, scale, eps, cmin)
+    meta = configs.launch_meta("backward_dq", q, gw, P, cmin, rate)
+    meta_kv = configs.launch_meta("backward_dkdv", q, gw, P, cmin, rate)
+    key_cols, lo = meta_kv["KEY_COLS"], meta_kv["FACTOR_LO"]
+    n_p = N - P
+    n_pad = configs.cdiv(n_p, TABLE_BLOCK) * TABLE_BLOCK  # whole query tiles of both kernels: unmasked along p
+    tables = None
+    if meta_kv["FACTORED"]:  # tables (B*H, rows, n_pad), contiguous: a row's stride is n_pad
+        tables = ((B * H, (1 + lo) * (n_p // gw), n_pad), (B * H, (1 + lo) * key_cols, n_pad), configs.Launch(
+            _factor_tables_kernel, (configs.cdiv(n_p, TABLE_BLOCK) * B * H,),
+            (*var.stride(), *alpha.stride(), n_pad, H, N, gw, P, eps, cmin),
+            dict(RATE=rate, CLAMP=meta_kv["CLAMP"], KEY_COLS=key_cols, FACTOR_LO=lo, BLOCK_M=TABLE_BLOCK,
+                 num_warps=4)))
+    launch_dq = configs.Launch(
+        _backward_dq_kernel, (configs.query_tiles(N, P, meta) * B * H,),
+        (w_var.stride(0), var_scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+         *do.stride()[:3], *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(),
+         *common),
+        dict(CHAIN=chain, **meta))
+    launch_kv = configs.Launch(
+        _backward_dkdv_kernel, (configs.key_tiles(N, P, meta_kv) * B * H,),
+        (n_pad, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
+         *dv.stride()[:3], *var.stride(), *alpha.stride(), *common),
+        meta_kv)
+    return tables, launch_dq, launch_kv
 
 
 # ----------------------------------------------------------------------------------------------

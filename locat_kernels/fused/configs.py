@@ -11,6 +11,9 @@ table. An architecture without entries (A100, Blackwell) uses sm_90's, with a on
 they are untested there. There is no autotuning at run time: it would compile every candidate for
 every variant. Under the Triton interpreter (``TRITON_INTERPRET=1``, the CPU tests) the config is a
 single small one.
+
+``Launch``: one launch with all but its tensors fixed, which eager calls on a GPU send to the compiled
+kernel's launcher directly; ``Plans``: the eager ops' Launches per call signature, made by its first call.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from triton.runtime import driver
 
 try:
     from triton import knobs
-except ImportError:  # an older Triton: no DirectLaunch
+except ImportError:  # an older Triton: no direct launches (Launch)
     knobs = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -349,14 +352,16 @@ def launcher(kernel, traced: bool):
     """``kernel`` for ``kernel[grid](*args, **meta)``: with ``traced`` (inside a ``torch.library.triton_op``)
     wrapped by ``torch.library.wrap_triton`` so torch.compile sees the launch and emits it in its own
     code (Inductor may type a float argument as fp64 there: each kernel casts its float scalars to
-    fp32); in eager calls on a GPU its ``DirectLaunch`` (Triton's per-launch binding done once). The
-    interpreter cannot be traced: there a traced launch runs on real tensors and does nothing on fake
-    ones (the op's fake implementation is the same function)."""
+    fp32); else the kernel itself (Triton's path; ``Launch`` takes a shorter one in eager calls on a GPU
+    while this function is the module's own). The interpreter cannot be traced: there a traced launch
+    runs on real tensors and does nothing on fake ones (the op's fake implementation is the same function).
+    Replaced by ``recorded_launches`` (and probes) to see or skip every launch."""
     if traced:
         return _FakeSkippingLaunch(kernel) if INTERPRET else torch.library.wrap_triton(kernel)
-    if INTERPRET or not DIRECT_LAUNCH:
-        return kernel
-    return _direct_launch(kernel)
+    return kernel
+
+
+_LAUNCHER = launcher  # the module's own: while ``launcher`` is it, eager launches take ``Launch``'s direct path
 
 
 class _FakeSkippingLaunch:
@@ -412,59 +417,91 @@ def recorded_launches(run: bool = False):
         launcher = saved
 
 
-class DirectLaunch:
-    """``kernel[grid](*args, **meta)`` for eager calls at a fraction of Triton's host time: on an H200
-    machine Triton's path took 34-65 us per launch of these kernels (24-66 arguments), the compiled
-    kernel's launcher alone 11-14 (``benchmarks/NOTES.md``, v10; ``python -m locat_bench.host_profile
-    --launches`` times the three).
+class Launch:
+    """One launch of ``kernel`` with everything but its leading tensors fixed: ``grid``, ``args`` (every argument
+    after the tensors: strides, sizes, scalars; never a tensor) and ``meta`` (constexprs, warps, stages).
+    ``launch(tensors, traced)`` runs it on ``tensors`` (the kernel's tensor arguments, or None, in order).
 
-    Triton binds and specializes every argument on every launch. Here the compiled kernel that
-    Triton's own first launch returns is kept under a key finer than its specialization: the current
-    device, ``meta``'s values, every argument after the leading tensors (strides, sizes and scalars,
-    by value), and each leading tensor's dtype and address modulo 16. A later launch with the same key
-    calls the compiled kernel's launcher directly, with the arguments Triton's ``JITFunction.run``
-    would pass (the tensors and scalars, then the constexprs in the kernel's parameter order). Any
-    other key, and every launch while a Triton launch hook is set (profilers), takes Triton's path.
-    Arguments are laid out by call site: the leading tensors (or None) first, then no tensor. A launch
-    with a tensor past them takes Triton's path and is not kept: a key holding a tensor would miss on
-    every call and keep the tensor's memory alive (v22-v28's dk/dv launch did; benchmarks/NOTES.md, v29)."""
+    Made from shapes and strides by the launch sites (``forward``, ``backward``, ``gaug``, ``window``), once per
+    call signature in eager calls (``Plans``). An eager launch on a GPU goes to the compiled kernel's launcher
+    directly, with the arguments Triton's ``JITFunction.run`` would pass (the tensors and the rest, then the
+    constexprs in the kernel's parameter order), once Triton's own first launch of it has compiled the kernel for
+    the current device: Triton binds and specializes every argument on every launch (an H200 machine: 35-71 us a
+    launch of these kernels by Triton's path, 11-16 by a Launch, 9-14 by the launcher alone; ``benchmarks/NOTES.md``,
+    v31). That reuse is exact while the tensors keep the dtypes and the 16-byte alignment of that first launch,
+    which a plan's key holds (``signature``). Traced launches (inside a ``triton_op``), the interpreter, a replaced
+    ``launcher`` (``recorded_launches``) and every launch while a Triton launch hook is set (profilers) take
+    ``launcher``'s path."""
 
-    MAX_ENTRIES = 512  # shapes of one process; past it the cache starts over
+    __slots__ = ("kernel", "grid", "args", "meta", "dims", "compiled")
 
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.compiled = {}
-        self.n = None  # leading tensors of the call site's arguments, found at its first launch
+    def __init__(self, kernel, grid: tuple, args: tuple, meta: dict):
+        if any(isinstance(a, torch.Tensor) for a in args):  # a plan would keep it alive, and miss on every call
+            raise TypeError(f"{kernel.fn.__name__}: a Launch's arguments after its tensors hold no tensor")
+        self.kernel, self.grid, self.args, self.meta = kernel, tuple(grid), tuple(args), meta
+        self.dims = (*self.grid, 1, 1)[:3]  # the launcher's three grid sizes
+        self.compiled = {}  # device -> (compiled kernel, args + constexprs)
 
-    def __getitem__(self, grid):
-        return functools.partial(self.launch, grid)
-
-    def launch(self, grid, *args, **meta):
+    def __call__(self, tensors: tuple, traced: bool = False) -> None:
+        if traced or not DIRECT_LAUNCH or launcher is not _LAUNCHER:
+            launcher(self.kernel, traced)[self.grid](*tensors, *self.args, **self.meta)
+            return
         device = driver.active.get_current_device()
-        n = self.n
-        if n is None or not _tensor_or_none(args[n - 1]) or (n < len(args) and _tensor_or_none(args[n])):
-            n = self.n = next((i for i, a in enumerate(args) if not _tensor_or_none(a)), len(args))
-            if any(isinstance(a, torch.Tensor) for a in args[n:]):
-                self.n = None  # looked at again on the next launch
-                self.kernel[grid](*args, **meta)
-                return
-        key = (device, tuple(meta.values()), args[n:],
-               tuple(None if t is None else (t.dtype, t.data_ptr() % 16) for t in args[:n]))
-        entry = self.compiled.get(key)
+        entry = self.compiled.get(device)
         if entry is None or _hooked(knobs.runtime.launch_enter_hook) or _hooked(knobs.runtime.launch_exit_hook):
-            kernel = self.kernel[grid](*args, **meta)
+            kernel = self.kernel[self.grid](*tensors, *self.args, **self.meta)
             if entry is None and kernel is not None:
                 kernel = kernel.result() if hasattr(kernel, "result") else kernel
-                params = self.kernel.params[len(args):]
+                params = self.kernel.params[len(tensors) + len(self.args):]
                 if all(p.is_constexpr for p in params):  # else: Triton's path every time
-                    if len(self.compiled) >= self.MAX_ENTRIES:
-                        self.compiled.clear()
-                    self.compiled[key] = (kernel, tuple(meta[p.name] if p.name in meta else p.default for p in params))
+                    constexprs = (self.meta[p.name] if p.name in self.meta else p.default for p in params)
+                    self.compiled[device] = (kernel, (*self.args, *constexprs))
             return
-        kernel, constexprs = entry
-        grid = (*grid, 1, 1)
-        kernel.run(grid[0], grid[1], grid[2], driver.active.get_current_stream(device), kernel.function,
-                   kernel.packed_metadata, None, None, None, *args, *constexprs)
+        kernel, rest = entry
+        kernel.run(*self.dims, driver.active.get_current_stream(device), kernel.function, kernel.packed_metadata,
+                   None, None, None, *tensors, *rest)
+
+
+def prepared(plan: dict | None, name: str, make):
+    """``plan[name]`` (a launch site's ``Launch`` es and the buffer shapes they go with), made by ``make()`` at the
+    plan's first call; with no plan (traced calls), made every call."""
+    launch = plan.get(name) if plan is not None else None
+    if launch is None:
+        launch = make()
+        if plan is not None:
+            plan[name] = launch
+    return launch
+
+
+class Plans:
+    """The eager ops' launch plans: per call signature (a key the caller makes with ``signature`` and
+    ``launch_state``), a dict of its launch sequence's ``Launch`` es by name, filled by its first call.
+    A later call with that key allocates and launches; it makes no grid, arguments or constexprs."""
+
+    MAX_ENTRIES = 512  # signatures of one process; past it the plans start over
+
+    def __init__(self):
+        self.plans: dict = {}
+
+    def __call__(self, key) -> dict:
+        plan = self.plans.get(key)
+        if plan is None:
+            if len(self.plans) >= self.MAX_ENTRIES:
+                self.plans.clear()
+            plan = self.plans[key] = {}
+        return plan
+
+
+def signature(*tensors) -> tuple:
+    """What the launches of a call depend on in ``tensors`` (None allowed): shape, strides, dtype, device and
+    16-byte alignment (Triton specializes a pointer on it). The buffers a launch sequence allocates are not in it:
+    their layouts follow from these, and the caching allocator aligns them."""
+    return tuple(None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16) for t in tensors)
+
+
+def launch_state() -> tuple:
+    """The switches and overrides that shape launches, for a plan's key (an A/B never reads a plan of the other side)."""
+    return _LAUNCH_SWITCHES(globals()), tuple(OVERRIDES.items())
 
 
 def _hooked(hook) -> bool:
@@ -472,18 +509,9 @@ def _hooked(hook) -> bool:
     return bool(getattr(hook, "calls", hook is not None))
 
 
-def _tensor_or_none(a) -> bool:
-    return a is None or isinstance(a, torch.Tensor)
-
-
-@functools.cache
-def _direct_launch(kernel) -> DirectLaunch:
-    return DirectLaunch(kernel)
-
-
 def _triton_launches_as_expected() -> bool:
     """Whether this Triton's ``JITFunction.run`` calls the compiled kernel's launcher the way
-    ``DirectLaunch`` does (checked in its source; Triton 3.6 and 3.8 do)."""
+    ``Launch`` does (checked in its source; Triton 3.6 and 3.8 do)."""
     import inspect
 
     from triton.runtime.jit import JITFunction
@@ -496,7 +524,7 @@ def _triton_launches_as_expected() -> bool:
             "knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook, *bound_args.values())") in source
 
 
-# Eager launches through DirectLaunch (LOCAT_DIRECT_LAUNCH=0: always Triton's own path).
+# Eager launches straight to the compiled kernel's launcher (``Launch``; LOCAT_DIRECT_LAUNCH=0: always Triton's path).
 DIRECT_LAUNCH = (knobs is not None and not INTERPRET and os.environ.get("LOCAT_DIRECT_LAUNCH", "1") != "0"
                  and _triton_launches_as_expected())
 

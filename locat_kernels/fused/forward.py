@@ -34,23 +34,31 @@ from .tiles import (
 )
 
 
-def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, cmin, rate, scale, traced=False):
+def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, cmin, rate, scale, traced=False,
+                      plan=None):
     """out (B, H, N, D) as a transposed (B, N, H, D) tensor, lse (B, H, N) float32, radius (B*H,).
-    ``traced``: launch through ``torch.library.wrap_triton`` (inside a ``triton_op``)."""
+    ``traced``: launch through ``torch.library.wrap_triton`` (inside a ``triton_op``). ``plan``: an eager
+    call's launch plan (``configs.Plans``), which keeps the launch made at its first call."""
     B, H, N, D = q.shape
     out = configs.empty((B, N, H, D), q).transpose(1, 2)
     lse = configs.empty((B, H, N), q, torch.float32)
     find_radius = radius is None
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
-    meta = configs.launch_meta("forward_radius" if find_radius else "forward", q, gw, num_prefix_tokens, cmin, rate)
-    configs.launcher(_forward_kernel, traced)[(configs.query_tiles(N, num_prefix_tokens, meta) * B * H,)](
-        q, k, v, var, alpha, radius, out, lse,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        *var.stride(), *alpha.stride(),
-        H, N, gw, num_prefix_tokens, scale * LOG2E, eps, cmin, FIND_RADIUS=find_radius, **meta,
-    )
+    tensors = (q, k, v, var, alpha, radius, out, lse)
+    configs.prepared(plan, "forward", lambda: _launch(*tensors, gw, num_prefix_tokens, eps, cmin, rate, scale,
+                                                      find_radius))(tensors, traced)
     return out, lse, radius
+
+
+def _launch(q, k, v, var, alpha, radius, out, lse, gw, P, eps, cmin, rate, scale, find_radius) -> configs.Launch:
+    B, H, N, _ = q.shape
+    meta = configs.launch_meta("forward_radius" if find_radius else "forward", q, gw, P, cmin, rate)
+    return configs.Launch(
+        _forward_kernel, (configs.query_tiles(N, P, meta) * B * H,),
+        (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
+         H, N, gw, P, scale * LOG2E, eps, cmin),
+        dict(FIND_RADIUS=find_radius, **meta))
 
 
 @triton.jit

@@ -37,34 +37,41 @@ BACKWARD_CONFIG = {1: (16, 1), 2: (64, 2), "dz": (32, 1)}
 
 
 def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale, eps, clamp, rate,
-                 traced=False):
+                 traced=False, plan=None):
     B, H, _, D = q.shape
     var = configs.empty((B, H, gh * gw, 2), q, torch.float32)
     alpha = configs.empty((B, H, gh * gw), q, torch.float32)
     radius = configs.empty((B * H,), q, torch.int32)
-    configs.launcher(_gaug_forward_kernel, traced)[(B * H,)](
-        q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, *q.stride()[:3], w_var.stride(0),
-        H, gh, gw, num_prefix_tokens, shift, var_scale, eps,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, min(rate, 2)),
-    )
+    configs.prepared(plan, "gaug_forward", lambda: configs.Launch(
+        _gaug_forward_kernel, (B * H,), (*q.stride()[:3], w_var.stride(0), H, gh, gw, num_prefix_tokens, shift,
+                                         var_scale, eps),
+        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, min(rate, 2))),
+    ))((q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius), traced)
     return var, alpha, radius
 
 
 def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, shift, var_scale,
-                  rate, traced=False, dz_given=False):
+                  rate, traced=False, dz_given=False, plan=None):
     B, H, _, D = q.shape
     assert rate == 1 or not dz_given, "dz is given at rate 1 only"
-    config = _config(BACKWARD_CONFIG, "dz" if dz_given else min(rate, 2))
-    chunks = configs.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
-    partial = configs.empty((B * H * chunks, 3 * D + 3), q, torch.float32)
-    configs.launcher(_gaug_backward_kernel, traced)[(B * H, chunks)](
-        q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, *q.stride()[:3], *dq.stride()[:3],
-        w_var.stride(0), H, gh, gw, num_prefix_tokens, shift, var_scale,
-        D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, DZ_GIVEN=dz_given, **config,
-    )
+    partial_shape, launch = configs.prepared(plan, "gaug_backward", lambda: _backward_launch(
+        q, dq, w_var, gh, gw, num_prefix_tokens, shift, var_scale, rate, dz_given))
+    partial = configs.empty(partial_shape, q, torch.float32)
+    launch((q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial), traced)
     g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
     return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
             g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
+
+
+def _backward_launch(q, dq, w_var, gh, gw, P, shift, var_scale, rate, dz_given):
+    """The partial sums' shape (programs, 3 D + 3) and the launch."""
+    B, H, _, D = q.shape
+    config = _config(BACKWARD_CONFIG, "dz" if dz_given else min(rate, 2))
+    chunks = configs.cdiv((gh // rate) * (gw // rate), config["BLOCK_P"])
+    return (B * H * chunks, 3 * D + 3), configs.Launch(
+        _gaug_backward_kernel, (B * H, chunks),
+        (*q.stride()[:3], *dq.stride()[:3], w_var.stride(0), H, gh, gw, P, shift, var_scale),
+        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, DZ_GIVEN=dz_given, **config))
 
 
 def _config(table, key):

@@ -28,22 +28,22 @@ MAX_WINDOW = 64  # tokens per window: a window is one tile (Swin's 7 x 7 = 49)
 WINDOWS_PER_PROGRAM = 16  # windows of one head per program: the bias tile loaded once, dbias summed once
 
 
-def window_forward(q, k, v, var, alpha, bias, mask, gw, eps, cmin, scale, traced=False):
-    """out (Bw, H, N, D) as a transposed (Bw, N, H, D) tensor, lse (Bw, H, N) float32."""
+def window_forward(q, k, v, var, alpha, bias, mask, gw, eps, cmin, scale, traced=False, plan=None):
+    """out (Bw, H, N, D) as a transposed (Bw, N, H, D) tensor, lse (Bw, H, N) float32. ``plan``: an eager
+    call's launch plan (``configs.Plans``)."""
     Bw, H, N, D = q.shape
     out = configs.empty((Bw, N, H, D), q).transpose(1, 2)
     lse = configs.empty((Bw, H, N), q, torch.float32)
-    configs.launcher(_window_forward_kernel, traced)[_grid(Bw, H)](
-        q, k, v, var, alpha, bias, mask if mask is not None else bias, out, lse,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
-        *bias.stride(), *(mask.stride() if mask is not None else (0, 0, 0)),
-        Bw, H, N, gw, mask.shape[0] if mask is not None else 1, scale * LOG2E, scale, eps, cmin,
-        **_meta(q, gw, cmin, mask),
-    )
+    tensors = (q, k, v, var, alpha, bias, mask if mask is not None else bias, out, lse)
+    configs.prepared(plan, "window_forward", lambda: configs.Launch(
+        _window_forward_kernel, _grid(Bw, H),
+        (*_strides(q, k, v, out, var, alpha, bias, mask), Bw, H, N, gw, _windows(mask), scale * LOG2E, scale, eps,
+         cmin),
+        _meta(q, gw, cmin, mask)))(tensors, traced)
     return out, lse
 
 
-def window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=False):
+def window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin, scale, traced=False, plan=None):
     """dq, dk, dv like q (stored as (Bw, N, H, D)); dvar, dalpha float32 like var, alpha; dbias
     (H, N, N) float32."""
     Bw, H, N, D = q.shape
@@ -52,18 +52,27 @@ def window_backward(do, q, k, v, var, alpha, bias, mask, out, lse, gw, eps, cmin
     dq, dk, dv = (configs.empty((Bw, N, H, D), q).transpose(1, 2) for _ in range(3))
     dvar = configs.empty(var.shape, q, torch.float32)
     dalpha = configs.empty(alpha.shape, q, torch.float32)
-    groups = configs.cdiv(Bw, _windows_per_program())
-    partial = configs.empty((groups, H, N, N), q, torch.float32)
-    configs.launcher(_window_backward_kernel, traced)[_grid(Bw, H)](
-        q, k, v, var, alpha, bias, mask if mask is not None else bias, out, lse, do, dq, dk, dv, dvar, dalpha,
-        partial,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
-        *bias.stride(), *(mask.stride() if mask is not None else (0, 0, 0)), *do.stride()[:3], *dq.stride()[:3],
-        *dk.stride()[:3], *dv.stride()[:3], *dvar.stride(), *dalpha.stride(),
-        Bw, H, N, gw, mask.shape[0] if mask is not None else 1, scale * LOG2E, scale, eps, cmin,
-        **_meta(q, gw, cmin, mask),
-    )
+    partial = configs.empty((_grid(Bw, H)[0], H, N, N), q, torch.float32)
+    tensors = (q, k, v, var, alpha, bias, mask if mask is not None else bias, out, lse, do, dq, dk, dv, dvar, dalpha,
+               partial)
+    configs.prepared(plan, "window_backward", lambda: configs.Launch(
+        _window_backward_kernel, _grid(Bw, H),
+        (*_strides(q, k, v, out, var, alpha, bias, mask), *do.stride()[:3], *dq.stride()[:3], *dk.stride()[:3],
+         *dv.stride()[:3], *dvar.stride(), *dalpha.stride(), Bw, H, N, gw, _windows(mask), scale * LOG2E, scale, eps,
+         cmin),
+        _meta(q, gw, cmin, mask)))(tensors, traced)
     return dq, dk, dv, dvar, dalpha, partial.sum(0)
+
+
+def _strides(q, k, v, out, var, alpha, bias, mask):
+    """The strides both kernels take first: q, k, v, out (batch, head, token), var, alpha, bias, mask (or zeros)."""
+    return (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
+            *bias.stride(), *(mask.stride() if mask is not None else (0, 0, 0)))
+
+
+def _windows(mask):
+    """Window positions of the shift mask (one without a mask)."""
+    return mask.shape[0] if mask is not None else 1
 
 
 def _windows_per_program():

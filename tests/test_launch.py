@@ -1,15 +1,16 @@
-"""configs.DirectLaunch: eager launches that skip Triton's per-call binding once a launch's key is known.
+"""configs.Launch and the eager ops' launch plans: a launch made once per call signature, then run by the compiled
+kernel's launcher directly.
 
-The CPU tests drive it with a stand-in kernel (what reaches Triton's path, what goes to the compiled
-kernel's launcher and with which arguments); the CUDA test runs the op both ways and asks for the
-same bits.
+The CPU tests drive a Launch with a stand-in kernel (what reaches Triton's path, what goes to the compiled
+kernel's launcher and with which arguments) and the ops under the interpreter (what a plan holds, when the checks
+run); the CUDA tests run the ops both ways and ask for the same bits, and for no memory kept.
 """
 import inspect
 
 import pytest
 import torch
 
-from locat_kernels import locat_attention
+from locat_kernels import attention, locat_attention, locat_attention_qkvpacked
 from locat_kernels.fused import configs
 
 from helpers import make_layers
@@ -54,45 +55,32 @@ class _Driver:
 
 @pytest.fixture
 def kernel(monkeypatch):
+    """The stand-in kernel, with direct launches on (as on a GPU) and a stand-in driver."""
     if configs.knobs is None:
-        pytest.skip("this Triton has no knobs (DirectLaunch is off)")
+        pytest.skip("this Triton has no knobs (no direct launches)")
     monkeypatch.setattr(configs, "driver", _Driver)
+    monkeypatch.setattr(configs, "DIRECT_LAUNCH", True)
     return _Kernel()
 
 
-def test_a_known_key_goes_to_the_compiled_launcher(kernel):
-    launch = configs.DirectLaunch(kernel)
+def test_a_launch_goes_to_the_compiled_launcher_after_its_first(kernel):
     x = torch.zeros(64)
-    launch[(3,)](x, 5, 0.5, BLOCK=16, num_warps=4)
-    assert [e[0] for e in kernel.log] == ["triton"]
-    launch[(3, 2)](x, 5, 0.5, BLOCK=16, num_warps=4)
+    launch = configs.Launch(kernel, (3, 2), (5, 0.5), dict(BLOCK=16, num_warps=4))
+    launch((x,))
+    assert [e[0] for e in kernel.log] == ["triton"] and kernel.log[0][1:] == ((3, 2), (x, 5, 0.5),
+                                                                              dict(BLOCK=16, num_warps=4))
+    launch((x,))
     # Triton's JITFunction.run arguments: grid, stream, function, metadata, launch metadata and the
     # two hooks (None), the arguments, then the constexprs in parameter order (FLAG's default).
     assert kernel.log[-1] == ("direct", (3, 2, 1, 1234, "function", "packed_metadata", None, None, None,
                                          x, 5, 0.5, 16, False))
 
 
-@pytest.mark.parametrize("change", ["int", "float", "dtype", "alignment", "meta", "options"])
-def test_any_other_key_takes_tritons_path_first(kernel, change):
-    launch = configs.DirectLaunch(kernel)
-    x = torch.zeros(64)
-    base = dict(args=(x, 5, 0.5), meta=dict(BLOCK=16, num_warps=4))
-    other = {"int": dict(base, args=(x, 6, 0.5)), "float": dict(base, args=(x, 5, 0.25)),
-             "dtype": dict(base, args=(x.double(), 5, 0.5)), "alignment": dict(base, args=(x[1:], 5, 0.5)),
-             "meta": dict(base, meta=dict(BLOCK=32, num_warps=4)),
-             "options": dict(base, meta=dict(BLOCK=16, num_warps=8))}[change]
-    assert x[1:].data_ptr() % 16  # a float32 view one element in: not 16-byte aligned
-    for call in (base, base, other, other):
-        launch[(1,)](*call["args"], **call["meta"])
-    assert [e[0] for e in kernel.log] == ["triton", "direct", "triton", "direct"]
-    assert kernel.log[-1][1][9:12] == other["args"]
-
-
 def test_a_launch_hook_takes_tritons_path(kernel, monkeypatch):
-    launch = configs.DirectLaunch(kernel)
+    launch = configs.Launch(kernel, (1,), (5, 0.5), dict(BLOCK=16))
     x = torch.zeros(64)
     for _ in range(2):
-        launch[(1,)](x, 5, 0.5, BLOCK=16)
+        launch((x,))
     hooks = configs.knobs.runtime.launch_enter_hook
 
     def hook(metadata):
@@ -101,35 +89,115 @@ def test_a_launch_hook_takes_tritons_path(kernel, monkeypatch):
         monkeypatch.setattr(hooks, "calls", [hook])
     else:
         monkeypatch.setattr(configs.knobs.runtime, "launch_enter_hook", hook)
-    launch[(1,)](x, 5, 0.5, BLOCK=16)
+    launch((x,))
     assert [e[0] for e in kernel.log] == ["triton", "direct", "triton"]
 
 
-def test_a_runtime_argument_passed_by_keyword_is_never_cached(kernel):
-    launch = configs.DirectLaunch(kernel)
+def test_a_replaced_launcher_sees_every_launch(kernel):
+    launch = configs.Launch(kernel, (1,), (5, 0.5), dict(BLOCK=16))
     x = torch.zeros(64)
-    for _ in range(3):
-        launch[(1,)](x, 5, scale=0.5, BLOCK=16)
-    assert [e[0] for e in kernel.log] == ["triton"] * 3
+    launch((x,))
+    with configs.recorded_launches() as launches:
+        launch((x,))
+    assert launches == [(kernel, (1,), (x, 5, 0.5), dict(BLOCK=16))]
+    assert [e[0] for e in kernel.log] == ["triton"]  # recorded, not run
 
 
-def test_a_tensor_past_the_leading_ones_is_never_kept(kernel):
-    """Such a key would hold the tensor (its memory kept alive) and miss at every call."""
-    launch = configs.DirectLaunch(kernel)
-    x = torch.zeros(64)
+def test_a_runtime_argument_left_to_the_keywords_is_never_cached(kernel):
+    """The compiled launcher takes every runtime argument in order: one given by keyword leaves Triton's path on."""
+    launch = configs.Launch(kernel, (1,), (5,), dict(scale=0.5, BLOCK=16))
     for _ in range(3):
-        launch[(1,)](x, 5, torch.zeros(8), BLOCK=16)
+        launch((torch.zeros(64),))
     assert [e[0] for e in kernel.log] == ["triton"] * 3 and not launch.compiled
-    for _ in range(2):
-        launch[(1,)](x, 5, 0.5, BLOCK=16)  # a layout with its tensors first is kept again
-    assert [e[0] for e in kernel.log[3:]] == ["triton", "direct"]
+
+
+def test_a_launch_holds_no_tensor():
+    """A plan keeps its launches for the process: a tensor among their arguments would stay allocated."""
+    from locat_kernels.fused import forward
+
+    with pytest.raises(TypeError, match="hold no tensor"):
+        configs.Launch(forward._forward_kernel, (1,), (5, torch.zeros(3)), {})
+
+
+def test_a_signature_tells_apart_what_a_launch_specializes_on():
+    x = torch.zeros(4, 8)
+    same = configs.signature(x.clone())
+    assert configs.signature(x) == same
+    for other in (x.double(), x[:, 1:5], x.t(), x[:2], x.view(8, 4)):  # dtype, alignment, strides, shapes
+        assert configs.signature(other) != same
+    assert x[:, 1:5].data_ptr() % 16  # a float32 view one element in: not 16-byte aligned
+    assert configs.signature(None, x) == (None, *same)
+
+
+def test_plans_are_bounded(monkeypatch):
+    monkeypatch.setattr(configs.Plans, "MAX_ENTRIES", 4)
+    plans = configs.Plans()
+    first = plans("a")
+    assert plans("a") is first
+    for n in range(10):
+        plans(n)["launch"] = n
+    assert len(plans.plans) <= 4
+
+
+class _Counted(configs.Launch):
+    made = 0
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        type(self).made += 1
+
+
+def _packed_call(qkv, layers, **kwargs):
+    out = locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1, backend="triton", **kwargs)
+    out.sum().backward()
+    return out
+
+
+def test_an_eager_signature_makes_its_launches_once(device, monkeypatch):
+    """The second call of a signature makes no Launch; a change of alignment, dtype or strides makes new ones."""
+    monkeypatch.setattr(configs, "Launch", _Counted)
+    monkeypatch.setattr(_Counted, "made", 0)
+    base = torch.randn(2, 1 + 4 * 6, 3, 2, 17, device=device)
+    layers = make_layers(16, device=device)
+    counts = []
+    for qkv in (base[..., :16], base[..., :16], base[..., 1:], base[..., 1:], base[..., :16].half(),
+                base[..., :16].contiguous(), base[..., :16]):
+        _packed_call(qkv.detach().requires_grad_(), layers)
+        counts.append(_Counted.made)
+    made = [b - a for a, b in zip([0, *counts], counts)]
+    assert made[0] == 5 and made[1] == 0, made  # f+b in fp32: five launches (four launch sites' Launches)
+    assert made[2] > 0 and made[3] == 0, made  # one element in: not 16-byte aligned
+    assert made[4] > 0 and made[5] > 0 and made[6] == 0, made  # fp16; contiguous strides; the first again
+
+
+def test_a_known_call_skips_the_checks_and_a_bad_one_still_raises(device, monkeypatch):
+    """A call whose signature passed the checks before goes straight to the launches; any other call is checked."""
+    qkv = torch.randn(2, 1 + 4 * 6, 3, 2, 16, device=device, requires_grad=True)
+    layers = make_layers(16, device=device)
+    first = _packed_call(qkv, layers, scale=0.3)
+    checks = []
+    check = attention._check
+    monkeypatch.setattr(attention, "_check", lambda *args: checks.append(args) or check(*args))
+    again = _packed_call(qkv, layers, scale=0.3)
+    assert not checks
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="N=25 tokens"):
+        locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=2, backend="triton", scale=0.3)
+    with pytest.raises(ValueError, match="log_var_weight must have shape"):
+        locat_attention_qkvpacked(qkv, layers[0][:, :8], *layers[1:], (4, 6), num_prefix_tokens=1,
+                                  backend="triton", scale=0.3)
+    assert len(checks) == 2
+    with torch.no_grad():  # the same signature without a gradient: the launches alone, same bits
+        torch.testing.assert_close(locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1,
+                                                             backend="triton", scale=0.3), first, rtol=0, atol=0)
+    assert len(checks) == 2
 
 
 @pytest.mark.parametrize("call", ["locat", "packed", "rate2", "gaussian_queries", "gaussian_attention", "window"])
 def test_every_launch_passes_its_tensors_first(device, call):
     """Every kernel launch of every entry point, forward and backward, passes its tensors (or None) before
-    any other argument: the layout DirectLaunch keeps keys of."""
-    from locat_kernels import gaussian_attention, locat_attention_qkvpacked
+    any other argument: the layout a Launch takes (its tensors, then the rest)."""
+    from locat_kernels import gaussian_attention
 
     from helpers import make_inputs
 
@@ -165,8 +233,6 @@ def test_an_eager_layer_call_makes_its_launches_and_allocations_and_no_more(devi
     changes this budget on purpose."""
     import triton
 
-    from locat_kernels import locat_attention_qkvpacked
-
     def host_cdiv(*args):
         raise AssertionError("triton.cdiv called on the host: configs.cdiv is plain integer arithmetic")
 
@@ -184,16 +250,7 @@ def test_an_eager_layer_call_makes_its_launches_and_allocations_and_no_more(devi
     assert len(buffers) == 10, buffers  # var, alpha, radius, out, lse; dqkv, delta, dvar, dalpha, the partial sums
 
 
-def test_the_cache_is_bounded(kernel, monkeypatch):
-    monkeypatch.setattr(configs.DirectLaunch, "MAX_ENTRIES", 4)
-    launch = configs.DirectLaunch(kernel)
-    x = torch.zeros(64)
-    for n in range(10):
-        launch[(1,)](x, n, 0.5, BLOCK=16)
-    assert len(launch.compiled) <= 4
-
-
-def test_this_triton_launches_as_direct_launch_expects():
+def test_this_triton_launches_as_a_launch_expects():
     import triton
 
     version = tuple(int(p) for p in triton.__version__.split(".")[:2])
@@ -206,8 +263,7 @@ def test_this_triton_launches_as_direct_launch_expects():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_direct_launches_give_tritons_bits(monkeypatch, dtype):
     if not configs.DIRECT_LAUNCH:
-        pytest.skip("DirectLaunch is off for this Triton")
-    from locat_kernels.fused import forward
+        pytest.skip("direct launches are off for this Triton")
     B, H, gh, gw, P, D = 2, 3, 6, 5, 1, 64
     N = P + gh * gw
     layers = make_layers(D, device="cuda")
@@ -224,8 +280,10 @@ def test_cuda_direct_launches_give_tritons_bits(monkeypatch, dtype):
     results = {}
     for direct in (False, True):
         monkeypatch.setattr(configs, "DIRECT_LAUNCH", direct)
-        results[direct] = [run(offset) for offset in (0, 1, 0, 1)]  # the second round of each: a cached key
-    assert len(configs._direct_launch(forward._forward_kernel).compiled) >= 2
+        results[direct] = [run(offset) for offset in (0, 1, 0, 1)]  # the second round of each: its plan's launches
+    launches = [launch for plan in attention._PLANS.plans.values() for launch in plan.values()
+                if isinstance(launch, configs.Launch)]
+    assert sum(bool(launch.compiled) for launch in launches) >= 2  # aligned and not: a plan each, launched directly
     for ours, triton_path in zip(results[True], results[False]):
         for a, b in zip(ours, triton_path):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -234,9 +292,7 @@ def test_cuda_direct_launches_give_tritons_bits(monkeypatch, dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="launches on a GPU")
 def test_cuda_eager_calls_keep_no_memory():
     """Eager forward+backward calls of the layers' op leave the allocated memory as they found it: no launch
-    key keeps a tensor alive (v22-v28's dk/dv launch kept every call's qkv gradient)."""
-    from locat_kernels import locat_attention_qkvpacked
-
+    plan keeps a tensor alive (v22-v28's dk/dv launch kept every call's qkv gradient)."""
     layers = make_layers(64, device="cuda")
 
     def call():  # the gradients returned and dropped, none accumulated
