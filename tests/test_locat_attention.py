@@ -200,6 +200,22 @@ def test_compile_specializes_on_each_grid_and_rate(device):
                 torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6, msg=lambda m: f"{grid} rate {rate} {name}: {m}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64], ids=str)
+def test_layer_gradients_come_back_in_the_layers_dtype(device, dtype):
+    """The layers' gradients are reduced in float32 and handed back in each layer's own dtype: those of float32
+    layers holding the same values, cast."""
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    rounded = [w.detach().to(dtype) for w in layers]  # values both dtypes hold exactly
+    grads = {}
+    for layer_dtype in (torch.float32, dtype):
+        weights = [w.to(layer_dtype).requires_grad_() for w in rounded]
+        out = locat_attention(q, k, v, *weights, (4, 4), num_prefix_tokens=1, backend="triton")
+        grads[layer_dtype] = torch.autograd.grad(out.sum(), weights)
+    for g, g32 in zip(grads[dtype], grads[torch.float32]):
+        assert g.dtype == dtype
+        assert torch.equal(g, g32.to(dtype))
+
+
 LOW = [torch.bfloat16, torch.float16]
 CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     (4, 3, (14, 14), 1, 64, 1),

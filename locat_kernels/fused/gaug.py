@@ -58,9 +58,12 @@ def gaug_backward(q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, gh, gw, n
         q, dq, w_var, gh, gw, num_prefix_tokens, shift, var_scale, rate, dz_given))
     partial = configs.empty(partial_shape, q, torch.float32)
     launch((q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial), traced)
-    g = partial.sum(0)  # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
-    return (g[:2 * D].view(2, D).to(w_var.dtype), g[3 * D:3 * D + 2].to(b_var.dtype),
-            g[2 * D:3 * D].view(1, D).to(w_alpha.dtype), g[3 * D + 2:].to(b_alpha.dtype))
+    # (3 D + 3,): the weights of var_r, var_c, alpha, then their biases
+    dw_var, dw_alpha, db_var, db_alpha = partial.sum(0).split_with_sizes((2 * D, D, 2, 1))
+    grads, layers = (dw_var.view(2, D), db_var, dw_alpha.view(1, D), db_alpha), (w_var, b_var, w_alpha, b_alpha)
+    if all(p.dtype == torch.float32 for p in layers):  # the usual case: no cast (a host call each)
+        return grads
+    return tuple(g.to(p.dtype) for g, p in zip(grads, layers))
 
 
 def _backward_launch(q, dq, w_var, gh, gw, P, shift, var_scale, rate, dz_given):
