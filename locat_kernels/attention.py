@@ -367,8 +367,9 @@ def _call_plan(tensors: tuple, args: tuple) -> dict | None:
     """The plan of an eager ``locat_attention_qkvpacked`` call, keyed by what the caller passed (the signature of
     its tensors and its other arguments) rather than by what the checks make of it, so that a later call of the
     signature finds the parameters there (``plan["params"]``) and skips the checks. None under torch.compile,
-    and where the key cannot be made (an argument that is not a tensor, or not hashable: the checks say which)."""
-    if torch.compiler.is_compiling():
+    where the key cannot be made (an argument that is not a tensor, or not hashable: the checks say which), and
+    where an argument that is no tensor is one (a tensor ``scale``: a key would keep it alive and never match)."""
+    if torch.compiler.is_compiling() or any(isinstance(a, Tensor) for a in args):
         return None
     try:
         return _PLANS(("packed call", configs.signature(*tensors), args, configs.launch_state()))

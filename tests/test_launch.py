@@ -193,6 +193,22 @@ def test_a_known_call_skips_the_checks_and_a_bad_one_still_raises(device, monkey
     assert len(checks) == 2
 
 
+def test_a_tensor_argument_is_never_kept_in_a_plan_key(device):
+    """A 0-d tensor ``scale`` works as a float does, and no plan's key holds it (it would stay allocated)."""
+    qkv = torch.randn(1, 1 + 4 * 6, 3, 2, 16, device=device)
+    layers = [w.detach() for w in make_layers(16, device=device)]
+    scale = torch.tensor(0.3)
+    out = locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1, backend="triton", scale=scale)
+    torch.testing.assert_close(out, locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1,
+                                                              backend="triton", scale=0.3), rtol=0, atol=0)
+
+    def tensors_in(x):
+        if isinstance(x, torch.Tensor):
+            return 1
+        return sum(map(tensors_in, x)) if isinstance(x, tuple) else 0
+    assert not any(tensors_in(key) for key in attention._PLANS.plans)
+
+
 @pytest.mark.parametrize("call", ["locat", "packed", "rate2", "gaussian_queries", "gaussian_attention", "window"])
 def test_every_launch_passes_its_tensors_first(device, call):
     """Every kernel launch of every entry point, forward and backward, passes its tensors (or None) before
