@@ -372,7 +372,7 @@ def _call_plan(tensors: tuple, args: tuple) -> dict | None:
     if torch.compiler.is_compiling() or any(isinstance(a, Tensor) for a in args):
         return None
     try:
-        return _PLANS(("packed call", configs.signature(*tensors), args, configs.launch_state()))
+        return _plan("packed call", tensors, args)
     except (AttributeError, TypeError):
         return None
 
@@ -380,11 +380,7 @@ def _call_plan(tensors: tuple, args: tuple) -> dict | None:
 def _backward_plan(plan: dict, *grads: Tensor) -> dict:
     """The backward's part of a call's plan, by the signature of the outputs' gradients (autograd hands them
     over in any strides and alignment; the launches read them)."""
-    key = configs.signature(*grads)
-    backward = plan.get(key)
-    if backward is None:
-        backward = plan[key] = {}
-    return backward
+    return configs.prepared(plan, configs.signature(*grads), dict)
 
 
 # ----------------------------------------------------------------------------------------------

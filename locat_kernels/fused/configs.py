@@ -462,9 +462,9 @@ class Launch:
                    None, None, None, *tensors, *rest)
 
 
-def prepared(plan: dict | None, name: str, make):
-    """``plan[name]`` (a launch site's ``Launch`` es and the buffer shapes they go with), made by ``make()`` at the
-    plan's first call; with no plan (traced calls), made every call."""
+def prepared(plan: dict | None, name, make):
+    """``plan[name]`` (a launch site's ``Launch`` es and the buffer shapes they go with, or the backward's part of
+    a plan), made by ``make()`` at the plan's first call; with no plan (traced calls), made every call."""
     launch = plan.get(name) if plan is not None else None
     if launch is None:
         launch = make()
