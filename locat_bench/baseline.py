@@ -9,8 +9,9 @@ side. ``run`` times, on the same inputs: the op (forward and forward+backward, p
 CUDA-graph replays, each over SDPA without a bias; ``--op-rounds`` rounds of the three in turn; with
 ``--layer`` as a LocAt layer launches it, ``locat_attention`` with layer weights of the regime) at
 the op shapes; at ``--kernel-shapes`` each kernel's ms of one forward+backward of the op (or layer), by
-torch.profiler; and whole-model eager training and inference images/s (over timm's ViT) for the model
-cases, eager (and with ``--modes eager compiled`` under torch.compile).
+torch.profiler; at ``--gaug-shapes`` the Gaussian augmentation's two kernels alone; and whole-model eager
+training and inference images/s (over timm's ViT) for the model cases, eager (and with ``--modes eager
+compiled`` under torch.compile).
 """
 from __future__ import annotations
 
@@ -154,22 +155,30 @@ def run(args) -> dict:
         print(json.dumps(row), flush=True)
         kernel_rows.append(row)
 
-    gaug_rows = []  # the Gaussian augmentation's backward kernel alone (kernel time, graph replays)
+    gaug_rows = []  # the Gaussian augmentation's kernels alone (kernel time, graph replays), q a view of qkv
     for spec in args.gaug_shapes:
         B, H, gh, gw, P, D, rate = (int(x) for x in spec.split(","))
-        q, dq = (torch.randn(B, H, P + gh * gw, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        q = torch.randn(B, P + gh * gw, 3, H, D, device="cuda", dtype=torch.bfloat16)[:, :, 0].transpose(1, 2)
+        dq = torch.randn(B, H, P + gh * gw, D, device="cuda", dtype=torch.bfloat16)
         dvar, dalpha = torch.randn(B, H, gh * gw, 2, device="cuda"), torch.randn(B, H, gh * gw, device="cuda")
         layers = [0.3 * torch.randn(*shape, device="cuda") for shape in ((2, D), (2,), (1, D), (1,))]
         row = dict(gaug_shape=spec)
-        grads = {}
+        grads, params = {}, {}
         for name, fused in (("after", locat_kernels.fused), ("before", locat_kernels_base.fused)):
+            def forward(fused=fused):
+                return fused.gaug_forward(q, *layers, gh, gw, P, 0.5, 1.0, 1e-6, False, rate)
+
             def call(fused=fused, dq=dq.clone()):
                 return fused.gaug_backward(q, dq, dvar, dalpha, *layers, gh, gw, P, 0.5, 1.0, rate)
+            row[f"forward_{name}_ms"] = cuda_median_ms(forward, graph=True)
             row[f"{name}_ms"] = cuda_median_ms(call, graph=True)
+            params[name] = forward()[:2]
             out = dq.clone()
             grads[name] = [out, *fused.gaug_backward(q, out, dvar, dalpha, *layers, gh, gw, P, 0.5, 1.0, rate)]
         row["max_rel_diff"] = max(((a.float() - b.float()).norm() / b.float().norm()).item()
                                   for a, b in zip(grads["after"], grads["before"]))
+        row["forward_max_abs_diff"] = max((a - b).abs().max().item() for a, b in zip(params["after"], params["before"]))
+        row["forward_after_over_before"] = row["forward_after_ms"] / row["forward_before_ms"]
         row["after_over_before"] = row["after_ms"] / row["before_ms"]
         print(json.dumps(row), flush=True)
         gaug_rows.append(row)
@@ -190,7 +199,7 @@ def run(args) -> dict:
     env = dict(environment("cuda"), command="python -m locat_bench.baseline run " + " ".join(args.argv))
     ref = Path(locat_kernels_base.__file__).parents[1] / "REF"  # whichever baseline folder PYTHONPATH names
     return dict(environment=env, baseline_ref=ref.read_text().strip() if ref.exists() else None, op=op_rows,
-                kernels=kernel_rows, gaug_backward=gaug_rows, model=model_rows, model_ratios=bm.ratios(model_rows),
+                kernels=kernel_rows, gaug=gaug_rows, model=model_rows, model_ratios=bm.ratios(model_rows),
                 host_times=host)
 
 
@@ -214,7 +223,8 @@ def main(argv=None) -> int:
         "8,12,40,40,1,64", "4,12,64,64,1,64", "16,8,32,32,1,128"], help="B,H,gh,gw,P,D")
     p.add_argument("--kernel-shapes", nargs="*", default=[],
                    help="B,H,gh,gw,P,D: each kernel's ms of one forward+backward of the op (with --layer, the layer's)")
-    p.add_argument("--gaug-shapes", nargs="*", default=[], help="B,H,gh,gw,P,D,rate: the gaug backward kernel alone")
+    p.add_argument("--gaug-shapes", nargs="*", default=[],
+                   help="B,H,gh,gw,P,D,rate: the gaug kernels alone (forward, and backward as before)")
     p.add_argument("--models", nargs="*", default=["tiny:224:256", "base:224:128", "base:384:32", "base:512:16"],
                    help="size:img:batch")
     p.add_argument("--modes", nargs="*", default=["eager"], choices=list(("eager", "compiled")))

@@ -115,8 +115,9 @@ def _profile(fn, calls: int, top: int, *orders: str) -> str:
 def _launches(path: Path) -> int:
     """Per kernel of one locat_attention forward+backward (B = 1, H = 3, 4 x 4 grid, 1 prefix token,
     D = 64, bf16): host us per launch by Triton's path, by its ``configs.Launch`` (as an eager call's plan keeps
-    it), and by the compiled kernel's launcher alone (the floor: no binding); calls back to back, the device
-    keeping up."""
+    it), and by the compiled kernel's launcher alone (the floor: no binding), given the tensors (it asks each for
+    its pointer and the driver about it) or their device pointers (as a Launch passes them); calls back to back,
+    the device keeping up."""
     import json
 
     from locat_kernels import locat_attention
@@ -136,15 +137,20 @@ def _launches(path: Path) -> int:
         (compiled, rest), = launch.compiled.values()
         g = (*grid, 1, 1)
         stream = torch.cuda.current_stream().cuda_stream
-        row = dict(kernel=kernel.fn.__name__, arguments=n + len(rest), grid=list(grid))
+        pointers = [None if t is None else t.data_ptr() for t in tensors]
+        row = dict(kernel=kernel.fn.__name__, arguments=n + len(rest), tensors=n, grid=list(grid))
         for name, fn in (("triton_us", lambda: kernel[grid](*args, **meta)),
                          ("direct_launch_us", lambda: launch(tensors)),
                          ("launcher_only_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
                                                                    compiled.packed_metadata, None, None, None,
-                                                                   *tensors, *rest))):
+                                                                   *tensors, *rest)),
+                         ("launcher_pointers_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
+                                                                       compiled.packed_metadata, None, None, None,
+                                                                       *pointers, *rest))):
             row[name] = min(wall_ms(fn, 500, warmup=20) for _ in range(5)) * 1e3
-        print(f"{row['kernel']:<26} {row['arguments']:3d} arguments: Triton {row['triton_us']:6.1f} us, Launch "
-              f"{row['direct_launch_us']:6.1f}, launcher alone {row['launcher_only_us']:6.1f}", flush=True)
+        print(f"{row['kernel']:<26} {row['arguments']:3d} arguments ({n} tensors): Triton {row['triton_us']:6.1f} us, "
+              f"Launch {row['direct_launch_us']:6.1f}, launcher alone {row['launcher_only_us']:6.1f} (tensors), "
+              f"{row['launcher_pointers_us']:6.1f} (pointers)", flush=True)
         rows.append(row)
     env = dict(environment("cuda"), command="python -m locat_bench.host_profile --launches --output " + str(path))
     path.write_text(json.dumps(dict(environment=env, launches=rows), indent=1))

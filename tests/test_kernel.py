@@ -90,11 +90,12 @@ def test_any_logit_scale_matches_float64(request, device, grid, P, scale):
 
 
 def test_grid_layout_of_key_tiles():
-    """Grid tiles where a tile holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots (else token
-    tiles, (0, 1)); packed rows of gw slots where that fits more rows or a tile holds at most 2."""
-    layouts = [configs.grid_layout(gw, 64) for gw in (64, 32, 14, 16, 9, 8, 65, 96, 1, 21, 24, 37)]
-    assert layouts == [(1, 64), (2, 32), (4, 16), (4, 16), (4, 16), (0, 1), (0, 1), (0, 1), (0, 1), (3, 21),
-                       (2, 24), (1, 37)]
+    """Grid tiles where a tile holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots, or up to MAX_CHUNK_ROWS
+    rows of 8 (else token tiles, (0, 1)); packed rows of gw slots where that fits more rows or a tile holds at
+    most 2."""
+    layouts = [configs.grid_layout(gw, 64) for gw in (64, 32, 14, 16, 9, 8, 7, 5, 4, 65, 96, 1, 21, 24, 37)]
+    assert layouts == [(1, 64), (2, 32), (4, 16), (4, 16), (4, 16), (8, 8), (8, 8), (8, 8), (0, 1), (0, 1), (0, 1),
+                       (0, 1), (3, 21), (2, 24), (1, 37)]
     assert [configs.grid_layout(gw, 128) for gw in (37, 40, 48, 24, 96)] == [(3, 37), (3, 40), (2, 48), (4, 32),
                                                                             (1, 96)]
     assert [configs.grid_layout(gw, 16) for gw in (16, 12, 5, 3, 2)] == [(1, 16), (1, 12), (3, 5), (4, 4), (0, 1)]
@@ -124,22 +125,25 @@ def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, r
 
 def test_column_chunks_of_key_tiles():
     """Two column chunks, the first 32 wide, where they fill at least a tenth more slots than grid_layout:
-    widths 33-48 (64-key tiles); none at powers of two, where the first chunk would not be 32 wide, or where
-    packed rows fill the tile as well; 16-bit inputs only by default."""
+    widths 33-48 (64-key tiles); or the first a whole tile of at least 64 keys, where a grid row overflows it
+    (widths 65-127); none at powers of two, where the first chunk would be neither, or where packed rows fill
+    the tile as well; 16-bit inputs only by default."""
     bf16 = torch.bfloat16
-    chunks = {gw: configs.column_chunks(gw, 64, bf16) for gw in (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65)}
-    assert chunks == {33: (2, 32, 8, 8), 37: (2, 32, 8, 8), 40: (2, 32, 8, 8), 41: (2, 32, 4, 16),
-                      48: (2, 32, 4, 16), 49: None, 63: None, 24: None, 80: None, 16: None, 32: None, 14: None,
-                      65: None}
+    widths = (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65, 96, 127, 128)
+    assert {gw: configs.column_chunks(gw, 64, bf16) for gw in widths} == {
+        33: (2, 32, 8, 8), 37: (2, 32, 8, 8), 40: (2, 32, 8, 8), 41: (2, 32, 4, 16), 48: (2, 32, 4, 16), 49: None,
+        63: None, 24: None, 80: (1, 64, 4, 16), 16: None, 32: None, 14: None, 65: (1, 64, 8, 8), 96: (1, 64, 2, 32),
+        127: (1, 64, 1, 64), 128: None}
     assert configs.column_chunks(40, 128, bf16) is None and configs.column_chunks(48, 128, bf16) == (4, 32, 8, 16)
-    assert configs.column_chunks(37, 32, bf16) is None  # one row of the first chunk a tile
+    assert configs.column_chunks(37, 32, bf16) is None  # one row of the first chunk a tile of 32 keys
     assert configs.column_chunks(37, 64, torch.float32) is None
     with configs.switched({"COLUMN_CHUNKS": True}):
         assert configs.column_chunks(37, 64, torch.float32) == (2, 32, 8, 8)
 
 
 @pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
-                                                 ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128)])
+                                                 ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128), ((3, 70), 1, 1, 64),
+                                                 ((2, 80), 2, 2, 64)])
 def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate, block_n):
     """The forward's and dq's key tiles in two column chunks (configs.column_chunks), each swept with its
     own column tables: a chunk skipped or a column misplaced shows as an O(1) error in out, dq, dvar or
@@ -151,6 +155,19 @@ def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate
         meta = configs.launch_meta(kernel, torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
         assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == configs.column_chunks(
             grid[1], block_n, torch.float32)
+    inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
+    assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
+                             rate=rate)
+
+
+@pytest.mark.parametrize("grid,P,rate", [((10, 7), 1, 1), ((12, 6), 2, 2)])
+def test_eight_grid_rows_of_eight_match_float64(request, device, monkeypatch, grid, P, rate):
+    """64-key tiles on grids 7 and 6 wide: 8 grid rows of 8 slots a tile (each register's row known at compile
+    time), where 4 rows of 16 would not fit the width; rate 2 quantizes rows across the tile's rows."""
+    for kernel in ("forward", "forward_radius", "backward_dq"):
+        monkeypatch.setitem(configs.OVERRIDES, kernel, (16, 64, 1, 1))
+    meta = configs.launch_meta("backward_dq", torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
+    assert (meta["ROWS"], meta["COLS"]) == (8, 8)
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
                              rate=rate)
@@ -380,6 +397,9 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (20, 37), 5, 48),  # 37 wide: column chunks (32 + 8), rectangular, 5 prefix tokens, head_dim 48
     (1, 3, (36, 40), 0, 64),  # 40 wide: column chunks, no prefix
     (1, 2, (10, 48), 1, 64),  # 48 wide: column chunks (32 + 16) and that width's entry
+    (1, 2, (5, 80), 1, 64),  # 80 wide: column chunks of one 64-wide row a tile (64 + 16)
+    (1, 1, (4, 96), 2, 64),  # 96 wide: column chunks (64 + 32), 2 prefix tokens
+    (1, 2, (40, 7), 1, 64),  # 7 wide: 8 grid rows of 8 slots a tile
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
     (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's entry of that width (48, 64 below)
     (1, 2, (9, 48), 2, 112),  # 48 wide, head_dim 112 (padded to 128)

@@ -64,7 +64,8 @@ OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
 # Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS slots each, COLS =
 # next_pow2(gw) or gw (grid_layout; tiles.tile_keys), so the Gaussian splits into a per-query row factor
 # per tile and a column table computed once. Used while a tile holds at most MAX_GRID_ROWS grid rows of
-# next_pow2(gw) slots (each row costs a select per logit); off: tune A/B.
+# next_pow2(gw) slots (each row costs a select per logit), or MAX_CHUNK_ROWS rows of 8 (each register's row
+# known at compile time: grid widths 5-8); off: tune A/B.
 GRID_TILES = True
 MAX_GRID_ROWS = 4
 # Column chunks (the forward and dq; column_chunks): a grid width that is not a power of two split into two chunks
@@ -213,14 +214,16 @@ def device_arch(index: int) -> str:
 
 def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     """(ROWS, COLS) of the grid key tiles of ``block_n`` slots for grid width ``gw``; (0, 1): token
-    tiles. Grid tiles where ``block_n`` holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots. COLS =
-    gw (the rows packed, the tile's last slots padding) where that fits more rows (a width of 21: 3
-    rows in 64 slots, not 2), or where a tile holds at most 2 rows and a quarter or more of its
-    next_pow2(gw) slots would pad: H200, forward at 384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster
-    (benchmarks/NOTES.md, v8). Else COLS = next_pow2(gw): packed rows of 14 cost 3-4% at 224 px."""
+    tiles. Grid tiles where ``block_n`` holds 1 to MAX_GRID_ROWS rows of next_pow2(gw) slots, or up to
+    MAX_CHUNK_ROWS rows of 8 slots, as column_chunks' tails (widths 5-8: H200, bf16, 83 x 7 forward 1.53x
+    SDPA's where token tiles took 2.54x; benchmarks/NOTES.md, v32). COLS = gw (the rows packed, the tile's
+    last slots padding) where that fits more rows (a width of 21: 3 rows in 64 slots, not 2), or where a
+    tile holds at most 2 rows and a quarter or more of its next_pow2(gw) slots would pad: H200, forward at
+    384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster (benchmarks/NOTES.md, v8). Else COLS = next_pow2(gw):
+    packed rows of 14 cost 3-4% at 224 px."""
     cols = 1 << (gw - 1).bit_length()
     rows = block_n // cols
-    if not GRID_TILES or not 1 <= rows <= MAX_GRID_ROWS:
+    if not GRID_TILES or not 1 <= rows <= (MAX_CHUNK_ROWS if cols == 8 else MAX_GRID_ROWS):
         return 0, 1
     packed = min(block_n // gw, MAX_GRID_ROWS)
     if packed > rows or (rows <= 2 and 4 * rows * gw <= 3 * block_n):
@@ -236,10 +239,14 @@ def column_chunks(gw: int, block_n: int, dtype: torch.dtype) -> tuple[int, int, 
     a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where COLS is CHUNK_COLS,
     a tile holds at least two rows of it, and the chunks fill at least a tenth more of the slots than
     ``grid_layout`` (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16%
-    faster (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26)."""
+    faster (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26). And where a grid row
+    overflows a tile of at least 64 keys, which then holds one row of chunk 0 (widths 65-127 in 64-key tiles,
+    which grid_layout leaves to token tiles): forward at 80 / 96 wide 1.17x SDPA's where token tiles took
+    2.39x / 2.30x (v32)."""
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
-    if not (GRID_TILES and on) or cols != CHUNK_COLS or cols == gw or 2 * cols > block_n:
+    one_row = cols == block_n >= 64
+    if not (GRID_TILES and on) or cols == gw or not (one_row or cols == CHUNK_COLS and 2 * cols <= block_n):
         return None
     tail = max(8, 1 << (gw - cols - 1).bit_length())
     if block_n // tail > MAX_CHUNK_ROWS or block_n // cols > MAX_CHUNK_ROWS:
