@@ -68,6 +68,11 @@ GPU_SHAPES = [
     Shape("ViT-B 1024", 4, 12, (64, 64)),
     Shape("D128 1025", 16, 8, (32, 32), D=128),
 ]
+# ``--shapes widths``: grid widths 7 to 96 at N >= 577 (issue #11's range; README, v32), then head dims 128 and 80.
+WIDTH_SHAPES = [Shape(f"{gh}x{gw}", B, 12, (gh, gw), P=P) for B, gh, gw, P in (
+    (16, 83, 7, 1), (32, 48, 12, 1), (32, 34, 17, 1), (32, 29, 20, 1), (32, 24, 24, 1), (16, 28, 28, 1),
+    (16, 32, 32, 1), (8, 37, 37, 5), (8, 40, 40, 1), (8, 48, 48, 1), (4, 56, 56, 1), (4, 64, 64, 1), (2, 80, 80, 1),
+    (2, 96, 96, 1))] + [Shape("32x32 D128", 16, 8, (32, 32), D=128), Shape("32x32 D80", 16, 12, (32, 32), D=80)]
 CPU_SHAPES = [Shape("tiny 7x7", 1, 2, (7, 7), D=32), Shape("tiny 4x6+5", 2, 2, (4, 6), P=5, D=16)]
 REGIMES = ("broad", "init")
 PEERS = ("locat", "locat_layer", "eager", "sdpa_bias", "flex", "sdpa")

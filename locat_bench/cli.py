@@ -1,10 +1,11 @@
 """``locat-bench``: the benchmark report. The fused op against its peers: table, JSON and a plot.
 
 On CUDA: the shapes of docs/method.md section 4, 384 px, patch 14 at 518 px and head_dim 128, in
-bf16, both regimes, every peer that imports (``--shapes B,H,gh,gw,P,D`` times your own). Without
-CUDA it still runs: tiny shapes through the Triton interpreter and the eager peers, and says what
-needs a GPU (timings of the compiled kernels, FlexAttention, peak memory). ``--model``: whole-model
-training and inference images/s, eager and compiled, LocAtViT per backend against timm's ViT.
+bf16, both regimes, every peer that imports (``--shapes B,H,gh,gw,P,D`` times your own; ``--shapes
+widths``: grid widths 7 to 96). Without CUDA it still runs: tiny shapes through the Triton interpreter
+and the eager peers, and says what needs a GPU (timings of the compiled kernels, FlexAttention, peak
+memory). ``--model``: whole-model training and inference images/s, eager and compiled, LocAtViT per
+backend against timm's ViT.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ RESULTS = Path("locat-bench-results")  # in the working directory (the repositor
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="locat-bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", nargs="*", help="shape names, or your own as B,H,gh,gw,P,D (default: all for "
-                        "this device)")
+    parser.add_argument("--shapes", nargs="*", help="shape names, or your own as B,H,gh,gw,P,D, or 'widths' (grid "
+                        "widths 7 to 96) (default: all for this device)")
     parser.add_argument("--regimes", nargs="*", default=None, help="broad and/or init")
     parser.add_argument("--peers", nargs="*", default=None, help="subset of locat locat_layer eager sdpa_bias flex sdpa")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -66,11 +67,12 @@ def main(argv=None) -> int:
 
     shapes = ba.GPU_SHAPES if device == "cuda" else ba.CPU_SHAPES
     if args.shapes:
-        known = {s.name: s for s in ba.GPU_SHAPES + ba.CPU_SHAPES}
+        known = {s.name: s for s in ba.GPU_SHAPES + ba.CPU_SHAPES + ba.WIDTH_SHAPES}
         try:
-            shapes = [known[s] if s in known else ba.Shape.parse(s) for s in args.shapes]
+            shapes = [shape for s in args.shapes for shape in (
+                ba.WIDTH_SHAPES if s == "widths" else [known[s] if s in known else ba.Shape.parse(s)])]
         except ValueError as e:
-            parser.error(f"{e}; known names: {sorted(known)}")
+            parser.error(f"{e}; known names: {sorted(known)}, or 'widths'")
     regimes = args.regimes or ba.REGIMES
     peers = args.peers or ba.PEERS
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))

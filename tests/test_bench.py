@@ -299,3 +299,15 @@ def test_baseline_ops_launch_the_op_or_the_layer_of_each_tree(layer):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert all(g is not None for g in torch.autograd.grad(out.sum(), inputs))
     assert ops["sdpa"](*inputs, shape).shape == out.shape
+
+
+def test_the_widths_group_spans_grid_widths_7_to_96_at_577_tokens_or_more(capsys):
+    """``--shapes widths`` (README, v32): issue #11's widths at N >= 577, then head dims 128 and 80; a name
+    outside the groups is refused with the known names."""
+    from locat_bench import bench_attention as ba
+
+    assert [s.grid[1] for s in ba.WIDTH_SHAPES] == [7, 12, 17, 20, 24, 28, 32, 37, 40, 48, 56, 64, 80, 96, 32, 32]
+    assert all(s.N >= 577 for s in ba.WIDTH_SHAPES) and [s.D for s in ba.WIDTH_SHAPES[-2:]] == [128, 80]
+    with pytest.raises(SystemExit):
+        cli.main(["--no-save", "--shapes", "widths", "no such shape"])
+    assert "or 'widths'" in capsys.readouterr().err
