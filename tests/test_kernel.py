@@ -163,7 +163,7 @@ def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate
 @pytest.mark.parametrize("grid,P,rate", [((10, 7), 1, 1), ((12, 6), 2, 2)])
 def test_eight_grid_rows_of_eight_match_float64(request, device, monkeypatch, grid, P, rate):
     """64-key tiles on grids 7 and 6 wide: 8 grid rows of 8 slots a tile (each register's row known at compile
-    time), where 4 rows of 16 would not fit the width; rate 2 quantizes rows across the tile's rows."""
+    time), more rows than MAX_GRID_ROWS (token tiles before v32); rate 2 quantizes rows across the tile's rows."""
     for kernel in ("forward", "forward_radius", "backward_dq"):
         monkeypatch.setitem(configs.OVERRIDES, kernel, (16, 64, 1, 1))
     meta = configs.launch_meta("backward_dq", torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
