@@ -82,8 +82,9 @@ def test_fp16_within_twice_eager(request, device, grid, P, rate):
 @pytest.mark.parametrize("scale", [0.7, -0.4, 0.0])
 @pytest.mark.parametrize("grid,P", [((7, 5), 1), ((5, 12), 2)])
 def test_any_logit_scale_matches_float64(request, device, grid, P, scale):
-    """A scale other than head_dim^-0.5, negative and zero included: the forward takes the softmax
-    max before scaling (the scale's sign moved onto q), the backward rescales as it recomputes."""
+    """A scale other than head_dim^-0.5, negative and zero included: the forward's softmax max is of the
+    scaled logits (a max taken before the scale is the min of the scaled ones where the scale is negative),
+    the backward rescales as it recomputes."""
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
                              scale=scale)
