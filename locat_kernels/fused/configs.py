@@ -96,6 +96,12 @@ FACTOR_LO: bool | str = "fp16"
 MAX_FACTORED_LO_COLS = 32
 
 
+# A cap on the forward's registers a thread (ptxas's .maxnreg; None: ptxas's own count), for tune A/B
+# (``--switch FORWARD_MAXNREG=None,168``). Compiled for sm_90 (python -m locat_bench.resources), the forward takes
+# 178 / 193 / 201 registers at 17 / 37 / 56 wide, two programs of 4 warps an SM, where 168 fits three (and compiles
+# without spills at 17 and 37 wide, 24 bytes at 56): benchmarks/NOTES.md, v33. Not measured on a GPU.
+FORWARD_MAXNREG: int | None = None
+
 # How the kernels multiply fp32 inputs (set_fp32_precision).
 FP32_PRECISIONS = ("ieee", "tf32x3")
 FP32_PRECISION = "ieee"
@@ -104,7 +110,7 @@ FP32_PRECISION = "ieee"
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
                                        "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
-                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
+                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION", "FORWARD_MAXNREG")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -304,6 +310,8 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
     block_p = meta["BLOCK_P"] = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"],
                                     dot_width(P))
+    if kernel in ("forward", "forward_radius") and FORWARD_MAXNREG:
+        meta["maxnreg"] = FORWARD_MAXNREG  # a compile option: the launch's constexprs do not see it
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # Query tiles from the first patch and the prefix rows a program of BLOCK_P rows, where the prefix
