@@ -7,7 +7,9 @@ recorded instead of run, compiles every recorded launch for the target with Trit
 (``JITFunction.warmup`` under a stand-in driver that names the target), and reads ptxas's resource
 usage from the cubin (``cuobjdump -res-usage``, shipped with Triton). Per kernel: the launch config,
 registers per thread, STACK (bytes per thread of local memory: > 0 means spills), and the shared
-memory the launch needs. The configs are those the table gives on sm_90 (``--override`` swaps a
+memory the launch needs, and the programs of it an SM holds at once (``programs_per_sm``: the fewest that its
+registers, shared memory and warps allow; where registers set it, a ``configs.FORWARD_MAXNREG``-style cap can add
+one, benchmarks/NOTES.md v33). The configs are those the table gives on sm_90 (``--override`` swaps a
 kernel's; ``--switch NAME=VALUE`` sets a ``configs`` switch while the launches are recorded).
 ``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
 (one per backward branch, in address order: a sweep's far / near / far ranges) with the instructions
@@ -80,7 +82,8 @@ def main(argv=None) -> int:
         for row in resources(shape, args.rate, DTYPES[args.dtype], args.arch, overrides, args.loops, switches):
             row = dict(shape=spec, rate=args.rate, dtype=args.dtype, **row)
             print(f"{spec:>20} {row['kernel']:<14} config {str(row['config']):<18} regs {row['regs']:>3}  "
-                  f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB", flush=True)
+                  f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB  "
+                  f"programs/SM {row['programs_per_sm'] or '?'}", flush=True)
             for i, loop in enumerate(row.get("loops", [])):
                 ops = ", ".join(f"{op} {n}" for op, n in loop["opcodes"].items())
                 print(f"{'':>22}loop {i}: {loop['instructions']:5d} instructions ({ops})")
@@ -124,6 +127,8 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         usage = _resource_usage(compiled.asm["cubin"])
         rows.append(dict(kernel=name, config=[kwargs.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")],
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
+                         programs_per_sm=programs_per_sm(usage["REG"], kwargs.get("num_warps", 4),
+                                                         compiled.metadata.shared, arch),
                          flags={k: v for k, v in kwargs.items() if k in ("FACTORED", "ROWS", "COLS", "KEY_ROWS",
                                                                           "KEY_COLS", "CLAMP", "RATE")}))
         if loops:
@@ -145,6 +150,25 @@ def sass_loops(sass: str, top: int = 8) -> list[dict]:
             ops = Counter(re.sub(r"^@!?U?PT?\d*\s+", "", t).split()[0].split(".")[0] for t in body)
             loops.append(dict(instructions=len(body), opcodes=dict(ops.most_common(top))))
     return loops
+
+
+# Per SM: registers, shared memory (bytes), warps, programs; 1 KiB of shared memory is reserved per program
+# (CUDA's occupancy rules; the compute-capability tables of the CUDA C++ Programming Guide).
+SM_LIMITS = {80: (65536, 167936, 64, 32), 86: (65536, 102400, 48, 16), 89: (65536, 102400, 48, 24),
+             90: (65536, 233472, 64, 32)}
+
+
+def programs_per_sm(regs: int, warps: int, shared: int, arch: int = 90) -> int | None:
+    """How many programs of ``warps`` warps, ``regs`` registers a thread and ``shared`` bytes of shared memory an SM
+    of ``sm_<arch>`` runs at once (None for an architecture without limits here). Registers go to a warp in units of
+    256, shared memory to a program in units of 128 bytes plus the 1 KiB the runtime reserves."""
+    if arch not in SM_LIMITS:
+        return None
+    sm_regs, sm_shared, sm_warps, sm_programs = SM_LIMITS[arch]
+    warp_regs = -(-regs * 32 // 256) * 256
+    by_regs = sm_regs // warp_regs // warps
+    by_shared = sm_shared // (-(-shared // 128) * 128 + 1024)
+    return min(by_regs, by_shared, sm_warps // warps, sm_programs)
 
 
 class _TargetOnly:

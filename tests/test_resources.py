@@ -25,7 +25,7 @@ def test_reports_each_kernels_resources(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["kernel"] for r in rows] == ["gaug_forward", "forward", "backward_dq", "backward_dkdv", "gaug_backward"]
     for r in rows:
-        assert 16 <= r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] > 0, r
+        assert 16 <= r["regs"] <= 255 and r["stack"] >= 0 and r["shared"] > 0 and r["programs_per_sm"] >= 1, r
     dkdv = rows[3]
     # the override, the rate and the switch arrive (bf16 on a 4-wide grid would take the factored Gaussian)
     assert dkdv["config"] == [32, 32, 4, 2] and dkdv["flags"]["RATE"] == 2 and not dkdv["flags"]["FACTORED"]
@@ -33,6 +33,19 @@ def test_reports_each_kernels_resources(tmp_path):
         loops = [loop["instructions"] for loop in r["loops"]]
         assert len(loops) >= 3 and max(loops) > min(loops) > 0, (r["kernel"], r["loops"])
         assert all(sum(loop["opcodes"].values()) <= loop["instructions"] for loop in r["loops"])
+
+
+def test_programs_per_sm_follow_registers_shared_memory_and_warps():
+    """The counts that v33's reading rests on (sm_90): 4 warps of 168 registers fit three programs, of 178 two; 8
+    warps of 144 one, of 122 two; shared memory or warps bound where registers do not."""
+    from locat_bench.resources import programs_per_sm
+
+    kib = 1024
+    assert [programs_per_sm(r, 4, 60 * kib) for r in (118, 156, 168, 169, 178, 201, 255)] == [3, 3, 3, 2, 2, 2, 2]
+    assert [programs_per_sm(r, 8, 68 * kib) for r in (144, 128, 122)] == [1, 2, 2]
+    assert programs_per_sm(118, 4, 36 * kib) == 4  # registers: 15360 a program; shared memory would allow 6
+    assert programs_per_sm(32, 4, 200 * kib) == 1 and programs_per_sm(32, 4, 0) == 16  # shared; warps (64 / 4)
+    assert programs_per_sm(32, 1, 0) == 32 and programs_per_sm(64, 4, 0, arch=75) is None  # the cap; unknown arch
 
 
 def test_sass_loops_reads_back_edges():
