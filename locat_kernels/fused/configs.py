@@ -99,7 +99,8 @@ MAX_FACTORED_LO_COLS = 32
 # A cap on the forward's registers a thread (ptxas's .maxnreg; None: ptxas's own count), for tune A/B
 # (``--switch FORWARD_MAXNREG=None,168``). Compiled for sm_90 (python -m locat_bench.resources), the forward takes
 # 178 / 193 / 201 registers at 17 / 37 / 56 wide, two programs of 4 warps an SM, where 168 fits three (and compiles
-# without spills at 17 and 37 wide, 24 bytes at 56): benchmarks/NOTES.md, v33. Not measured on a GPU.
+# without spills at 17 and 37 wide, 24 bytes at 56): benchmarks/NOTES.md, v33. Not measured on a GPU; eager
+# launches only (under torch.compile not tried).
 FORWARD_MAXNREG: int | None = None
 
 # How the kernels multiply fp32 inputs (set_fp32_precision).
