@@ -139,14 +139,13 @@ def _launches(path: Path) -> int:
         stream = torch.cuda.current_stream().cuda_stream
         pointers = [None if t is None else t.data_ptr() for t in tensors]
         row = dict(kernel=kernel.fn.__name__, arguments=n + len(rest), tensors=n, grid=list(grid))
+
+        def launcher(leading, compiled=compiled, rest=rest, g=g):  # the compiled kernel's launcher alone
+            return lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata,
+                                        None, None, None, *leading, *rest)
         for name, fn in (("triton_us", lambda: kernel[grid](*args, **meta)),
                          ("direct_launch_us", lambda: launch(tensors)),
-                         ("launcher_only_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
-                                                                   compiled.packed_metadata, None, None, None,
-                                                                   *tensors, *rest)),
-                         ("launcher_pointers_us", lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
-                                                                       compiled.packed_metadata, None, None, None,
-                                                                       *pointers, *rest))):
+                         ("launcher_only_us", launcher(tensors)), ("launcher_pointers_us", launcher(pointers))):
             row[name] = min(wall_ms(fn, 500, warmup=20) for _ in range(5)) * 1e3
         print(f"{row['kernel']:<26} {row['arguments']:3d} arguments ({n} tensors): Triton {row['triton_us']:6.1f} us, "
               f"Launch {row['direct_launch_us']:6.1f}, launcher alone {row['launcher_only_us']:6.1f} (tensors), "

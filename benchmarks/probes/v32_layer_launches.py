@@ -24,6 +24,7 @@ import torch
 import locat_vit  # noqa: F401  (registers the models)
 from locat_bench import bench_model as bm
 from locat_bench.cli import environment
+from locat_bench.timing import wall_ms
 from locat_kernels import attention
 from locat_kernels.fused import configs
 
@@ -77,12 +78,7 @@ def main(path):
             fn()
     for _ in range(ROUNDS):
         for name, fn in steps.items():
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            for _ in range(CALLS):
-                fn()
-            torch.cuda.synchronize()
-            times[name].append((time.perf_counter() - t) / CALLS * 1e6)
+            times[name].append(wall_ms(fn, CALLS, warmup=0) * 1e3)
     configs.Launch.__call__, configs.launcher = _TENSOR_CALL, real_launcher
     walls = {name: dict(us=sorted(runs)[len(runs) // 2], spread=max(runs) / min(runs) - 1)
              for name, runs in times.items()}
