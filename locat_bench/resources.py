@@ -8,8 +8,8 @@ recorded instead of run, compiles every recorded launch for the target with Trit
 usage from the cubin (``cuobjdump -res-usage``, shipped with Triton). Per kernel: the launch config,
 registers per thread, STACK (bytes per thread of local memory: > 0 means spills), and the shared
 memory the launch needs, and the programs of it an SM holds at once (``programs_per_sm``: the fewest that its
-registers, shared memory and warps allow; where registers set it, a ``configs.FORWARD_MAXNREG``-style cap can add
-one, benchmarks/NOTES.md v33). The configs are those the table gives on sm_90 (``--override`` swaps a
+registers, shared memory and warps allow; where registers set it, a config's fifth element (``maxnreg``) can
+add one, benchmarks/NOTES.md v33-v34). The configs are those the table gives on sm_90 (``--override`` swaps a
 kernel's; ``--switch NAME=VALUE`` sets a ``configs`` switch while the launches are recorded).
 ``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
 (one per backward branch, in address order: a sweep's far / near / far ranges) with the instructions
@@ -59,9 +59,9 @@ def main(argv=None) -> int:
         try:
             overrides[name] = tuple(int(x) for x in cfg.split(","))
         except ValueError:
-            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES, got {spec!r}")
-        if name not in ("forward", "backward_dq", "backward_dkdv") or len(overrides[name]) != 4:
-            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES with KERNEL forward, backward_dq or "
+            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES[,MAXNREG], got {spec!r}")
+        if name not in ("forward", "backward_dq", "backward_dkdv") or len(overrides[name]) not in (4, 5):
+            parser.error(f"--override takes KERNEL=M,N,WARPS,STAGES[,MAXNREG] with KERNEL forward, backward_dq or "
                          f"backward_dkdv, got {spec!r}")
     switches = {}
     for spec in args.switch:
@@ -125,7 +125,7 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         usage = _resource_usage(compiled.asm["cubin"])
-        rows.append(dict(kernel=name, config=[kwargs.get(k) for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")],
+        rows.append(dict(kernel=name, config=[kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg") if k in kwargs],
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
                          programs_per_sm=programs_per_sm(usage["REG"], kwargs.get("num_warps", 4),
                                                          compiled.metadata.shared, arch),

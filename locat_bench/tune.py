@@ -14,7 +14,7 @@ three processes, benchmarks/NOTES.md v26) and adds each config's median and spre
 **Table** (``--table``): every entry of the config table (``locat_kernels/fused/configs.json``) for
 this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
 dtype (``TABLE_SHAPES``, each in its entry's class; a "tf32x3" entry under that fp32 precision) under
-each candidate; the fastest wins.
+each candidate, then the fastest under each register cap (``CAPS``); the fastest of those wins.
 ``--write PATH`` puts the winners into that table file under this architecture, each entry's source
 naming the GPU, shape, date and command; the timings go to ``--output`` as in the sweep.
 """
@@ -49,6 +49,9 @@ CANDIDATES = {  # (BLOCK_M, BLOCK_N, num_warps, num_stages), 16-bit inputs, head
                       (32, 128, 8, 3), (32, 64, 4, 3), (16, 128, 4, 3)],
 }
 CANDIDATES["forward_radius"] = CANDIDATES["forward"]  # the forward finding its skip radius (the public op)
+# Register caps (a config's fifth element, ptxas's maxnreg) that --table tries on each entry's winner: with 4 warps,
+# 168 / 128 / 96 registers a thread fit 3 / 4 / 5 programs an SM (benchmarks/NOTES.md, v34).
+CAPS = (168, 128, 96)
 # Head-dim class 256 and fp32 (exact or tf32x3 products: many registers): smaller tiles, every kernel.
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
                (16, 32, 4, 2), (64, 64, 4, 2)]
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="sweep: the inputs' dtype (float32: the small-tile candidates by default)")
     parser.add_argument("--configs", nargs="*", help="sweep: these configs instead of the kernel's candidates; "
-                        "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages")
+                        "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages[,maxnreg] (maxnreg: a cap "
+                        "on the registers a thread)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="sweep: time each shape's configs this many times in turn; the median and spread")
     parser.add_argument("--default-switch", action="store_true",
@@ -113,8 +117,8 @@ def main(argv=None) -> int:
         only = [tuple(int(x) for x in c.split(",")) for c in args.configs] if args.configs else None
     except ValueError:
         only = None
-    if args.configs and (only is None or any(len(c) != 4 for c in only)):
-        parser.error(f"--configs takes BLOCK_M,BLOCK_N,warps,stages per config, got {args.configs}")
+    if args.configs and (only is None or any(len(c) not in (4, 5) for c in only)):
+        parser.error(f"--configs takes BLOCK_M,BLOCK_N,warps,stages[,maxnreg] per config, got {args.configs}")
     ab = None  # (switch, values) of --switch
     if args.switch:
         try:
@@ -227,15 +231,22 @@ def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:
 def measure_table(keys, timer, only=None) -> dict:
     """key -> the fastest candidate (config, ms, shape, dtype) by ``timer(kernel, spec, dtype, cand,
     switch, value)`` (ms, or None for a candidate that fails; a "tf32x3" key under that
-    ``FP32_PRECISION``); keys whose every candidate fails are left out."""
+    ``FP32_PRECISION``); keys whose every candidate fails are left out. The winner among the uncapped
+    candidates is then timed under each register cap (``CAPS``; with ``only``, those of its caps listed
+    there) and keeps the fastest: torch.compile's launches drop the cap and run the uncapped winner."""
     winners = {}
     for key in keys:
         spec, dtype, cands = table_plan(key)
         switch = ("FP32_PRECISION", "tf32x3") if key[2] == "tf32x3" else (None, None)
-        times = [(ms, cand) for cand in cands if not only or cand in only
-                 if (ms := timer(key[0], spec, dtype, cand, *switch)) is not None]
+
+        def timed(cands):
+            return [(ms, cand) for cand in cands if (ms := timer(key[0], spec, dtype, cand, *switch)) is not None]
+
+        times = timed(cand for cand in cands if not only or cand in only)
         if times:
-            ms, cand = min(times)
+            best = min(times)
+            caps = [c for c in only if c[:4] == best[1] and len(c) == 5] if only else [(*best[1], r) for r in CAPS]
+            ms, cand = min([best, *timed(caps)])
             winners[key] = dict(config=list(cand), ms=ms, shape=spec, dtype=str(dtype).removeprefix("torch."))
     return winners
 
@@ -255,7 +266,20 @@ def write_table(path: Path, arch: str, gpu: str, winners: dict, command: str) ->
         if w:
             entry.update(config=w["config"], source=f"{gpu}, {w['dtype']}, {w['shape']}: {w['ms']:.4f} ms ({date}: {command})")
     table["archs"][arch] = spec
-    Path(path).write_text(json.dumps(table, indent=1) + "\n")
+    Path(path).write_text(dump_table(table))
+
+
+def dump_table(table: dict) -> str:
+    """The table file's text: indented JSON with each entry and each GPU list on one line (a diff shows entries)."""
+    def line(value, indent):
+        if isinstance(value, dict) and not {"kernel", "config"} <= value.keys():
+            items = [f'{" " * (indent + 1)}{json.dumps(k)}: {line(v, indent + 1)}' for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + f"\n{' ' * indent}}}"
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            items = [" " * (indent + 1) + line(v, indent + 1) for v in value]
+            return "[\n" + ",\n".join(items) + f"\n{' ' * indent}]"
+        return json.dumps(value)
+    return line(table, 0) + "\n"
 
 
 if __name__ == "__main__":

@@ -85,6 +85,27 @@ def test_dkdv_stage_rule_applies_to_overrides_as_to_table_entries(monkeypatch):
         assert config == (32, 128, 4, stages)
 
 
+def test_a_fifth_config_element_caps_the_registers_of_that_launch_only(monkeypatch, tmp_path):
+    """A config (M, N, warps, stages, maxnreg) passes ``maxnreg`` (ptxas's cap on registers a thread) to
+    its launch, from the table as from an override; a four-element config's launch has no cap."""
+    table = json.loads(configs.TABLE_PATH.read_text())
+    for e in table["archs"]["sm_90"]["entries"]:
+        if (e["kernel"], e["head_dim"], e["dtype"], e["grid"]) == ("forward", 64, "16bit", "small"):
+            e["config"] = [64, 32, 4, 3, 96]
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(configs, "TABLE", configs.load_table(path))
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    q = torch.empty(2, 3, 197, 64, dtype=torch.bfloat16)
+    assert configs.launch_meta("forward", q, 14, 1, -1e9, 1)["maxnreg"] == 96
+    assert configs.launch_meta("forward_radius", q, 14, 1, -1e9, 1)["maxnreg"] == 96  # the forward's entry
+    assert "maxnreg" not in configs.launch_meta("backward_dq", q, 14, 1, -1e9, 1)
+    with configs.switched({}, {"forward": (64, 32, 4, 3)}):
+        assert "maxnreg" not in configs.launch_meta("forward", q, 14, 1, -1e9, 1)
+    with configs.switched({}, {"backward_dq": (64, 32, 4, 3, 128)}):
+        assert configs.launch_meta("backward_dq", q, 14, 1, -1e9, 1)["maxnreg"] == 128
+
+
 def test_an_architecture_the_table_lacks_uses_the_default_and_says_so(monkeypatch):
     monkeypatch.setattr(configs, "INTERPRET", False)
     with pytest.warns(UserWarning, match="no kernel configs measured on sm_test.*untested"):
@@ -102,8 +123,8 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
 
     failing = (unmeasured[0], *tune.table_plan(unmeasured)[:2])
 
-    def speed(cand):  # the fastest: the largest BLOCK_N, then the fewest warps, ...
-        return 1.0 / cand[1] + cand[2] * 1e-3 + cand[0] * 1e-6 + cand[3] * 1e-9
+    def speed(cand):  # the fastest: the largest BLOCK_N, then the fewest warps, ...; a cap of 128 a little faster
+        return 1.0 / cand[1] + cand[2] * 1e-3 + cand[0] * 1e-6 + cand[3] * 1e-9 - (cand[4:] == (128,)) * 1e-12
 
     def timer(kernel, spec, dtype, cand, switch=None, value=None):
         switches.add((dtype, switch, value))
@@ -118,9 +139,8 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
     tune.write_table(path, "sm_80", "Test GPU", winners, "python -m locat_bench.tune --table")
     table = configs.load_table(path)
     assert table[configs.DEFAULT_ARCH] == configs.TABLE[configs.DEFAULT_ARCH]
-    for key in winners:
-        best = min(tune.table_plan(key)[2], key=speed)
-        assert table["sm_80"][key] == best
+    for key in winners:  # the uncapped winner, then capped at 128 (the other caps slower)
+        assert table["sm_80"][key] == (*min(tune.table_plan(key)[2], key=speed), 128)
     assert table["sm_80"][unmeasured] == configs.TABLE[configs.DEFAULT_ARCH][unmeasured]
     sources = {(e["kernel"], e["head_dim"], e["dtype"], e["grid"]): e["source"]
                for e in json.loads(path.read_text())["archs"]["sm_80"]["entries"]}
@@ -130,14 +150,14 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
 def test_tune_names_a_bad_configs_argument(capsys):
-    """``--configs`` takes four integers per config; anything else is refused naming the flag (before
-    the CUDA check), not a traceback."""
-    for bad in (["64,64,4"], ["64,64,4,x"]):
+    """``--configs`` takes four integers per config, or five (a register cap); anything else is refused
+    naming the flag (before the CUDA check), not a traceback."""
+    for bad in (["64,64,4"], ["64,64,4,x"], ["64,64,4,3,168,1"]):
         with pytest.raises(SystemExit):
             tune.main(["--output", "t.json", "--configs", *bad])
         assert "--configs takes BLOCK_M,BLOCK_N,warps,stages" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        tune.main(["--output", "t.json", "--configs", "64,64,4,3"])
+        tune.main(["--output", "t.json", "--configs", "64,64,4,3", "64,64,4,3,168"])
     assert "tuning needs CUDA" in capsys.readouterr().err
 
 
@@ -175,18 +195,17 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
     ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
     ("backward_dkdv", "FACTOR_LO", True, "FACTOR_LO", 24),
     ("backward_dkdv", "MAX_FACTORED_LO_COLS", 64, "FACTORED", 40),
-    ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION", 24), ("forward", "FORWARD_MAXNREG", 168, "maxnreg", 37),
-    ("forward_radius", "FORWARD_MAXNREG", 168, "maxnreg", 37)])
+    ("forward", "FP32_PRECISION", "tf32x3", "DOT_PRECISION", 24)])
 def test_a_launch_follows_each_switch_it_reads_though_cached(kernel, switch, value, field, gw):
     """launch_meta caches its launches: one made under a switch's other value is never read back (the
     A/B of ``tune --switch`` timed one layout twice when a switch was not in the cache's key)."""
     dtype = {"FP32_PRECISION": torch.float32, "MAX_FACTORED_LO_COLS": torch.float16}.get(switch, torch.bfloat16)
     q = torch.empty(2, 1, 1 + 24 * gw, 64, dtype=dtype)
     with configs.switched({}, {kernel: (64, 64, 4, 3)}):
-        before = configs.launch_meta(kernel, q, gw, 1, -1e9, 1).get(field)  # maxnreg: only where capped
+        before = configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field]
         with configs.switched({switch: value}):
-            assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1).get(field) != before
-        assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1).get(field) == before
+            assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field] != before
+        assert configs.launch_meta(kernel, q, gw, 1, -1e9, 1)[field] == before
 
 
 def test_the_forward_takes_the_radius_finding_configs_only_when_it_finds_the_radius(monkeypatch):

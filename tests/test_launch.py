@@ -103,6 +103,17 @@ def test_a_replaced_launcher_sees_every_launch(kernel):
     assert [e[0] for e in kernel.log] == ["triton"]  # recorded, not run
 
 
+def test_a_traced_launch_leaves_the_register_cap_out(kernel):
+    """A config's register cap (``maxnreg``) goes to eager launches; a traced one (torch.compile) leaves it out:
+    Inductor keeps a user kernel's warps and stages, not the cap (benchmarks/NOTES.md, v34)."""
+    launch = configs.Launch(kernel, (1,), (5, 0.5), dict(BLOCK=16, num_warps=4, maxnreg=96))
+    x = torch.zeros(64)
+    with configs.recorded_launches() as launches:
+        launch((x,))
+        launch((x,), traced=True)
+    assert [meta for *_, meta in launches] == [dict(BLOCK=16, num_warps=4, maxnreg=96), dict(BLOCK=16, num_warps=4)]
+
+
 def test_a_runtime_argument_left_to_the_keywords_is_never_cached(kernel):
     """The compiled launcher takes every runtime argument in order: one given by keyword leaves Triton's path on."""
     launch = configs.Launch(kernel, (1,), (5,), dict(scale=0.5, BLOCK=16))

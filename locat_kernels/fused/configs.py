@@ -47,8 +47,9 @@ TABLE_PATH = Path(__file__).with_name("configs.json")
 DEFAULT_ARCH = "sm_90"  # the architecture whose entries stand in for one the table lacks
 
 
-def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, int, int, int]]]:
-    """arch -> {(kernel, head_dim class, dtype class, grid class): (BLOCK_M, BLOCK_N, num_warps, num_stages)}."""
+def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, ...]]]:
+    """arch -> {(kernel, head_dim class, dtype class, grid class): (BLOCK_M, BLOCK_N, num_warps, num_stages)},
+    with a fifth element where the entry caps the registers a thread (``launch_config``)."""
     archs = json.loads(Path(path).read_text())["archs"]
     return {arch: {(e["kernel"], e["head_dim"], e["dtype"], e["grid"]): tuple(e["config"]) for e in spec["entries"]}
             for arch, spec in archs.items()}
@@ -57,9 +58,9 @@ def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, int,
 TABLE = load_table()
 _INTERPRETER = (16, 16, 1, 1)
 
-# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages), taking precedence: for locat_bench/tune.py
+# kernel -> (BLOCK_M, BLOCK_N, num_warps, num_stages[, maxnreg]), taking precedence: for locat_bench/tune.py
 # ("forward" serves "forward_radius" too, unless it has its own).
-OVERRIDES: dict[str, tuple[int, int, int, int]] = {}
+OVERRIDES: dict[str, tuple[int, ...]] = {}
 
 # Grid-shaped key tiles (forward and dq): a tile holds ROWS grid rows of COLS slots each, COLS =
 # next_pow2(gw) or gw (grid_layout; tiles.tile_keys), so the Gaussian splits into a per-query row factor
@@ -96,13 +97,6 @@ FACTOR_LO: bool | str = "fp16"
 MAX_FACTORED_LO_COLS = 32
 
 
-# A cap on the forward's registers a thread (ptxas's .maxnreg; None: ptxas's own count), for tune A/B
-# (``--switch FORWARD_MAXNREG=None,168``). Compiled for sm_90 (python -m locat_bench.resources), the forward takes
-# 178 / 193 / 201 registers at 17 / 37 / 56 wide, two programs of 4 warps an SM, where 168 fits three (and compiles
-# without spills at 17 and 37 wide, 24 bytes at 56): benchmarks/NOTES.md, v33. Not measured on a GPU; eager
-# launches only (under torch.compile not tried).
-FORWARD_MAXNREG: int | None = None
-
 # How the kernels multiply fp32 inputs (set_fp32_precision).
 FP32_PRECISIONS = ("ieee", "tf32x3")
 FP32_PRECISION = "ieee"
@@ -111,7 +105,7 @@ FP32_PRECISION = "ieee"
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
                                        "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
-                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION", "FORWARD_MAXNREG")
+                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -190,19 +184,23 @@ def _kernels(kernel: str) -> tuple[str, ...]:
 def launch_config(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1, factored: bool = False,
                   arch: str = DEFAULT_ARCH, fp32_precision: str | None = None) -> dict:
     """BLOCK_M, BLOCK_N, num_warps, num_stages of one launch on a GPU of architecture ``arch``
-    (``factored``: the dk/dv kernel's factored Gaussian on a grid of width ``gw``)."""
+    (``factored``: the dk/dv kernel's factored Gaussian on a grid of width ``gw``), and ``maxnreg`` where the
+    config has a fifth element: ptxas's cap on the registers a thread, where ptxas's own count fits fewer
+    programs an SM than the cap does (H200: the forward 5-7% faster at 224 px, 10-13% at 17 and 56 wide;
+    benchmarks/NOTES.md, v34). Eager launches only: traced ones leave it out (``Launch``)."""
     override = next((OVERRIDES[k] for k in _kernels(kernel) if k in OVERRIDES), None)
     if override:
-        m, b, w, s = override
+        config = override
     elif INTERPRET:
-        m, b, w, s = _INTERPRETER
+        config = _INTERPRETER
     else:
         table = TABLE.get(arch)
         if table is None:
             _warn_untested(arch)
             table = TABLE[DEFAULT_ARCH]
-        m, b, w, s = table[table_key(table, config_key(kernel, head_dim, n, dtype, gw, factored, fp32_precision))]
-    return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s)
+        config = table[table_key(table, config_key(kernel, head_dim, n, dtype, gw, factored, fp32_precision))]
+    m, b, w, s, *cap = config
+    return dict(BLOCK_M=m, BLOCK_N=b, num_warps=w, num_stages=s, **({"maxnreg": cap[0]} if cap else {}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -311,8 +309,6 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
     # BLOCK_P: the tile of the prefix tokens (a few: not a whole tile; tl.dot takes >= 16).
     block_p = meta["BLOCK_P"] = min(cfg["BLOCK_M" if kernel == "backward_dkdv" else "BLOCK_N"],
                                     dot_width(P))
-    if kernel in ("forward", "forward_radius") and FORWARD_MAXNREG:
-        meta["maxnreg"] = FORWARD_MAXNREG  # a compile option: the launch's constexprs do not see it
     if kernel != "backward_dkdv":  # the kernels that loop over key tiles
         rows, cols = grid_layout(gw, cfg["BLOCK_N"])
         # Query tiles from the first patch and the prefix rows a program of BLOCK_P rows, where the prefix
@@ -460,7 +456,10 @@ class Launch:
 
     def __call__(self, tensors: tuple, traced: bool = False) -> None:
         if traced or not DIRECT_LAUNCH or launcher is not _LAUNCHER:
-            launcher(self.kernel, traced)[self.grid](*tensors, *self.args, **self.meta)
+            meta = self.meta
+            if traced and "maxnreg" in meta:  # Inductor would drop it (its user-kernel configs keep warps and stages)
+                meta = {name: value for name, value in meta.items() if name != "maxnreg"}
+            launcher(self.kernel, traced)[self.grid](*tensors, *self.args, **meta)
             return
         device = driver.active.get_current_device()
         entry = self.compiled.get(device)
