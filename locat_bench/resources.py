@@ -125,7 +125,8 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         usage = _resource_usage(compiled.asm["cubin"])
-        rows.append(dict(kernel=name, config=[kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg") if k in kwargs],
+        config = [kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg") if k in kwargs]
+        rows.append(dict(kernel=name, config=config,
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
                          programs_per_sm=programs_per_sm(usage["REG"], kwargs.get("num_warps", 4),
                                                          compiled.metadata.shared, arch),

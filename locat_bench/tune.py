@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="sweep: the inputs' dtype (float32: the small-tile candidates by default)")
     parser.add_argument("--configs", nargs="*", help="sweep: these configs instead of the kernel's candidates; "
-                        "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages[,maxnreg] (maxnreg: a cap "
-                        "on the registers a thread)")
+                        "--table: only the candidates among them; as BLOCK_M,BLOCK_N,warps,stages[,maxnreg] "
+                        "(maxnreg: a cap on the registers a thread)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="sweep: time each shape's configs this many times in turn; the median and spread")
     parser.add_argument("--default-switch", action="store_true",

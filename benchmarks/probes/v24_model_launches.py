@@ -28,5 +28,6 @@ for name, (H, gh, gw, P, D) in MODELS.items():
                 differences += not same
                 traced_differences += {k: v for k, v in a.items() if k != "maxnreg"} != b  # as compiled code launches
                 print(f"{name:<9} rate {rate} {str(dtype):<15} {kernel:<15} {'same' if same else f'{b} -> {a}'}")
-print(f"launches that differ: {differences} (under torch.compile, which leaves a register cap out: {traced_differences}); baseline {open(before.__file__.rsplit('/', 3)[0] + '/REF').read().strip()}")
+print(f"launches that differ: {differences} (under torch.compile, which leaves a register cap out: "
+      f"{traced_differences}); baseline {open(before.__file__.rsplit('/', 3)[0] + '/REF').read().strip()}")
 # v34 against v33 (.baseline_v33 from 70a571b): results/probe_v34_model_launches.log (the forward's register caps)

@@ -457,7 +457,7 @@ class Launch:
     def __call__(self, tensors: tuple, traced: bool = False) -> None:
         if traced or not DIRECT_LAUNCH or launcher is not _LAUNCHER:
             meta = self.meta
-            if traced and "maxnreg" in meta:  # Inductor would drop it (its user-kernel configs keep warps and stages)
+            if traced and "maxnreg" in meta:  # torch 2.11's Inductor drops it; newer ones untested on a GPU (NOTES v34)
                 meta = {name: value for name, value in meta.items() if name != "maxnreg"}
             launcher(self.kernel, traced)[self.grid](*tensors, *self.args, **meta)
             return
