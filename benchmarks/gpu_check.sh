@@ -6,7 +6,8 @@
 # "table" measures the config table's entries for this GPU into $OUT/configs.json (TABLE_KERNELS=backward_dkdv
 # in a second call: the three kernels together outgrow one call).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
-# "tests" runs the kernel files (v10: 156 passed in 174 s with -n 8); "tests_models" the rest but the fuzz (v11: 161
+# "tests" runs the kernel files (v10: 156 passed in 174 s with -n 8; v34: 286 in 385 s, near its limit, hence -n 14 with
+# one CPU thread a worker as tests_models runs, not timed yet); "tests_models" the rest but the fuzz (v11: 161
 # passed, 9 skipped in 66 s with one CPU thread per worker; v10 without that reached 52% in 430 s). The family
 # tests need timm >= 1.0.31: where the machine has an older one, carry it (pip download --no-deps timm==1.0.31;
 # unzip the wheel into .devdeps/) and run with PYTHONPATH=.:.devdeps.
@@ -17,9 +18,9 @@ export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 steps=${*:-tests extremes bench model train}
 for step in $steps; do
   case $step in
-    tests)    LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 400 python3 -m pytest -q -p no:cacheprovider -n 8 \
-                --timeout 200 tests/test_launch.py tests/test_kernel.py tests/test_locat_attention.py \
-                tests/test_window.py > "$OUT/tests.log" 2>&1 ;;
+    tests)    OMP_NUM_THREADS=1 LOCAT_TEST_SUMMARY=$OUT/cuda_tests.json timeout 400 python3 -m pytest -q \
+                -p no:cacheprovider -n 14 --timeout 200 --durations 20 tests/test_launch.py tests/test_kernel.py \
+                tests/test_locat_attention.py tests/test_window.py > "$OUT/tests.log" 2>&1 ;;
     tests_models) OMP_NUM_THREADS=1 timeout 560 python3 -m pytest tests -q -rfE -p no:cacheprovider -n 14 \
                 --timeout 300 --durations 20 --ignore tests/test_extremes.py --ignore tests/test_launch.py \
                 --ignore tests/test_kernel.py --ignore tests/test_locat_attention.py --ignore tests/test_window.py \
