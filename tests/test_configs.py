@@ -25,6 +25,12 @@ def test_every_table_entry_is_timed_on_a_shape_of_its_own_class():
         assert candidates
 
 
+def test_the_committed_table_is_in_the_format_tune_writes():
+    """``tune --write`` rewrites the whole file: in the committed format its diff shows only the entries it changed."""
+    text = configs.TABLE_PATH.read_text()
+    assert tune.dump_table(json.loads(text)) == text
+
+
 def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     """A launch takes its architecture's table entry; head dims go by their padded class, a grid
     class an architecture (or a kernel) lacks falls back to "any"."""
