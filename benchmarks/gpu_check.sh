@@ -7,7 +7,7 @@
 # in a second call: the three kernels together outgrow one call).
 # Each step has its own time limit so a slow one cannot starve the others; logs and JSON land in $OUT.
 # "tests" runs the kernel files (v10: 156 passed in 174 s with -n 8; v34: 286 in 385 s, near its limit, hence -n 14 with
-# one CPU thread a worker as tests_models runs, not timed yet); "tests_models" the rest but the fuzz (v11: 161
+# one CPU thread a worker as tests_models runs: v35, 289 in 270 s); "tests_models" the rest but the fuzz (v11: 161
 # passed, 9 skipped in 66 s with one CPU thread per worker; v10 without that reached 52% in 430 s). The family
 # tests need timm >= 1.0.31: where the machine has an older one, carry it (pip download --no-deps timm==1.0.31;
 # unzip the wheel into .devdeps/) and run with PYTHONPATH=.:.devdeps.

@@ -106,14 +106,17 @@ def test_a_fifth_config_element_caps_the_registers_of_that_launch_only(monkeypat
     bf16 = torch.bfloat16
     assert configs.launch_config("forward", 64, 197, bf16, 14)["maxnreg"] == 88
     assert configs.launch_config("forward_radius", 64, 197, bf16, 14)["maxnreg"] == 88  # the forward's entry
-    assert "maxnreg" not in configs.launch_config("backward_dq", 64, 197, bf16, 14)
+    assert configs.launch_config("backward_dq", 64, 197, bf16, 14)["maxnreg"] == 128  # the table's own cap
+    assert "maxnreg" not in configs.launch_config("backward_dkdv", 64, 197, bf16, 14, factored=True)
     q = torch.empty(2, 3, 197, 64, dtype=bf16)
     with configs.switched({}, {"forward": (64, 32, 4, 3, 88)}):
         assert configs.launch_meta("forward", q, 14, 1, -1e9, 1)["maxnreg"] == 88
     with configs.switched({}, {"forward": (64, 32, 4, 3)}):
         assert "maxnreg" not in configs.launch_meta("forward", q, 14, 1, -1e9, 1)
-    with configs.switched({}, {"backward_dq": (64, 32, 4, 3, 128)}):
-        assert configs.launch_meta("backward_dq", q, 14, 1, -1e9, 1)["maxnreg"] == 128
+    with configs.switched({}, {"backward_dq": (64, 32, 4, 3, 112)}):
+        assert configs.launch_meta("backward_dq", q, 14, 1, -1e9, 1)["maxnreg"] == 112
+    with configs.switched({}, {"backward_dq": (64, 32, 4, 3)}):
+        assert "maxnreg" not in configs.launch_meta("backward_dq", q, 14, 1, -1e9, 1)
 
 
 def test_an_architecture_the_table_lacks_uses_the_default_and_says_so(monkeypatch):
@@ -198,9 +201,9 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
 
 
 @pytest.mark.parametrize("kernel,switch,value,field,gw", [
-    ("forward", "GRID_TILES", False, "ROWS", 24), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS", 24),
+    ("forward", "GRID_TILES", False, "ROWS", 24), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS", 20),
     ("forward", "COLUMN_CHUNKS", False, "TAIL_COLS", 40), ("forward", "MAX_CHUNK_ROWS", 2, "TAIL_COLS", 40),
-    ("forward", "CHUNK_COLS", 16, "TAIL_COLS", 40), ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
+    ("forward", "CHUNK_COLS", 32, "TAIL_COLS", 24), ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
     ("backward_dkdv", "FACTOR_LO", True, "FACTOR_LO", 24),

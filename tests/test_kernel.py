@@ -125,16 +125,19 @@ def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, r
 
 
 def test_column_chunks_of_key_tiles():
-    """Two column chunks, the first 32 wide, where they fill at least a tenth more slots than grid_layout:
-    widths 33-48 (64-key tiles); or the first a whole tile of at least 64 keys, where a grid row overflows it
-    (widths 65-127); none at powers of two, where the first chunk would be neither, or where packed rows fill
-    the tile as well; 16-bit inputs only by default."""
+    """Two column chunks, the first 32 wide, where they fill at least a tenth more slots than grid_layout: widths
+    33-48 (64-key tiles), and 16 + 8 at 24 wide on at most 4 warps; or the first a whole tile of at least 64 keys,
+    where a grid row overflows it (widths 65-127); none at powers of two, where the first chunk would be neither,
+    or where packed rows fill the tile as well; 16-bit inputs only by default."""
     bf16 = torch.bfloat16
-    widths = (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65, 96, 127, 128)
+    widths = (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65, 96, 127, 128, 17, 21, 22, 23, 25)
     assert {gw: configs.column_chunks(gw, 64, bf16) for gw in widths} == {
         33: (2, 32, 8, 8), 37: (2, 32, 8, 8), 40: (2, 32, 8, 8), 41: (2, 32, 4, 16), 48: (2, 32, 4, 16), 49: None,
-        63: None, 24: None, 80: (1, 64, 4, 16), 16: None, 32: None, 14: None, 65: (1, 64, 8, 8), 96: (1, 64, 2, 32),
-        127: (1, 64, 1, 64), 128: None}
+        63: None, 24: (4, 16, 8, 8), 80: (1, 64, 4, 16), 16: None, 32: None, 14: None, 65: (1, 64, 8, 8),
+        96: (1, 64, 2, 32), 127: (1, 64, 1, 64), 128: None, 17: None, 21: None, 22: None, 23: None, 25: None}
+    assert configs.column_chunks(24, 64, bf16, num_warps=8) is None  # 8 warps: 36% slower with them (v35)
+    assert configs.column_chunks(37, 64, bf16, num_warps=8) == (2, 32, 8, 8)
+    assert configs.column_chunks(24, 32, bf16) == (2, 16, 4, 8)  # one packed row of 24 in 32 slots: 75% filled
     assert configs.column_chunks(40, 128, bf16) is None and configs.column_chunks(48, 128, bf16) == (4, 32, 8, 16)
     assert configs.column_chunks(37, 32, bf16) is None  # one row of the first chunk a tile of 32 keys
     assert configs.column_chunks(37, 64, torch.float32) is None
@@ -144,7 +147,8 @@ def test_column_chunks_of_key_tiles():
 
 @pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
                                                  ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128), ((3, 70), 1, 1, 64),
-                                                 ((2, 80), 2, 2, 64)])
+                                                 ((2, 80), 2, 2, 64), ((5, 24), 1, 1, 64), ((4, 24), 2, 2, 32),
+                                                 ((3, 24), 0, 1, 32)])
 def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate, block_n):
     """The forward's and dq's key tiles in two column chunks (configs.column_chunks), each swept with its
     own column tables: a chunk skipped or a column misplaced shows as an O(1) error in out, dq, dvar or

@@ -17,6 +17,13 @@ for tree in (after, before):
     tree.INTERPRET = False  # the table's configs (sm_90), as on the GPU
 OFF = {"TAIL_ROWS": 0, "TAIL_COLS": 0, "TAIL_FULL": False}  # constexprs newer than a baseline, at their off value
 differences = traced_differences = 0
+
+
+def uncapped(meta: dict) -> dict:
+    """A launch as compiled code makes it: without a register cap."""
+    return {k: v for k, v in meta.items() if k != "maxnreg"}
+
+
 for name, (H, gh, gw, P, D) in MODELS.items():
     for rate in (1, 2) if gh % 2 == 0 else (1,):
         for dtype in (torch.bfloat16, torch.float16):
@@ -26,8 +33,9 @@ for name, (H, gh, gw, P, D) in MODELS.items():
                 a = {k: v for k, v in a.items() if k in b or OFF.get(k, "absent") != v}
                 same = a == b
                 differences += not same
-                traced_differences += {k: v for k, v in a.items() if k != "maxnreg"} != b  # as compiled code launches
+                traced_differences += uncapped(a) != uncapped(b)  # as compiled code launches
                 print(f"{name:<9} rate {rate} {str(dtype):<15} {kernel:<15} {'same' if same else f'{b} -> {a}'}")
 print(f"launches that differ: {differences} (under torch.compile, which leaves a register cap out: "
       f"{traced_differences}); baseline {open(before.__file__.rsplit('/', 3)[0] + '/REF').read().strip()}")
 # v34 against v33 (.baseline_v33 from 70a571b): results/probe_v34_model_launches.log (the forward's register caps)
+# v35 against v34 (.baseline_v34 from e04972a): results/probe_v35_model_launches.log (24-wide chunks, dq's cap)

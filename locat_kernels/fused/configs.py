@@ -76,7 +76,9 @@ MAX_GRID_ROWS = 4
 # too (the interpreter's tests); False: off (tune A/B).
 COLUMN_CHUNKS: bool | str = "auto"
 MAX_CHUNK_ROWS = 8
-CHUNK_COLS = 32  # the first chunk's width (384 px's 16 + 8 measured within 4% of its tiles, either way)
+# The narrowest first chunk: 16 (24 wide as 16 + 8, column_chunks) or 32 (widths 33-48 only). 384 px on the 4-warp
+# configs, H200, bf16: the layers' forward 0.1670 -> 0.1580 ms, the whole backward 0.4966 -> 0.4799 (NOTES.md, v35).
+CHUNK_COLS = 16
 
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
@@ -224,7 +226,8 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     SDPA's where token tiles took 2.54x; benchmarks/NOTES.md, v32). COLS = gw (the rows packed, the tile's
     last slots padding) where that fits more rows (a width of 21: 3 rows in 64 slots, not 2), or where a
     tile holds at most 2 rows and a quarter or more of its next_pow2(gw) slots would pad: H200, forward at
-    384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster (benchmarks/NOTES.md, v8). Else COLS = next_pow2(gw):
+    384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster (benchmarks/NOTES.md, v8; since then 518-768 px and 384 px's
+    4-warp configs take column_chunks). Else COLS = next_pow2(gw):
     packed rows of 14 cost 3-4% at 224 px."""
     cols = 1 << (gw - 1).bit_length()
     rows = block_n // cols
@@ -236,22 +239,26 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     return rows, cols
 
 
-def column_chunks(gw: int, block_n: int, dtype: torch.dtype) -> tuple[int, int, int, int] | None:
+def column_chunks(gw: int, block_n: int, dtype: torch.dtype, num_warps: int = 4) -> tuple[int, int, int, int] | None:
     """(ROWS, COLS, TAIL_ROWS, TAIL_COLS) of the forward's and dq's key tiles in two column chunks, or None where
     ``grid_layout``'s tiles are used instead. Chunk 0 holds columns [0, COLS) with COLS the largest power of
     two <= gw, chunk 1 columns [COLS, gw) in TAIL_COLS = next_pow2(gw - COLS) >= 8 slots a row; a tile holds
     ROWS (TAIL_ROWS) grid rows of the chunk. Every row starts at a multiple of 8 slots, so each register of
-    a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where COLS is CHUNK_COLS,
-    a tile holds at least two rows of it, and the chunks fill at least a tenth more of the slots than
-    ``grid_layout`` (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16%
-    faster (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26). And where a grid row
-    overflows a tile of at least 64 keys, which then holds one row of chunk 0 (widths 65-127 in 64-key tiles,
-    which grid_layout leaves to token tiles): forward at 80 / 96 wide 1.17x SDPA's where token tiles took
-    2.39x / 2.30x (v32)."""
+    a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where a tile holds at least
+    two rows of a first chunk 32 wide and the chunks fill at least a tenth more of the slots than ``grid_layout``
+    (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16% faster
+    (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26). At 24 wide as 16 + 8
+    (CHUNK_COLS; every slot filled, 75% before) on at most 4 warps: at 384 px the layers' forward 5% faster, the
+    backward 3%, head_dim 128's forward 12% (v35), where 8 warps (the public op's (128, 64, 8, 3)) ran 36% slower
+    and 22 wide's padded 16 + 8 2-5% slower. And where a grid row overflows a tile of at
+    least 64 keys, which then holds one row of chunk 0 (widths 65-127 in 64-key tiles, which grid_layout leaves
+    to token tiles): forward at 80 / 96 wide 1.17x SDPA's where token tiles took 2.39x / 2.30x (v32)."""
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
     one_row = cols == block_n >= 64
-    if not (GRID_TILES and on) or cols == gw or not (one_row or cols == CHUNK_COLS and 2 * cols <= block_n):
+    # a first chunk of 32 columns; of 16 only at 24 wide (16 + 8: no padding slot) and on at most 4 warps
+    two_rows = 2 * cols <= block_n and (cols == 32 or cols == CHUNK_COLS == 16 and gw == 24 and num_warps <= 4)
+    if not (GRID_TILES and on) or cols == gw or not (one_row or two_rows):
         return None
     tail = max(8, 1 << (gw - cols - 1).bit_length())
     if block_n // tail > MAX_CHUNK_ROWS or block_n // cols > MAX_CHUNK_ROWS:
@@ -320,7 +327,8 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
                     SPLIT_PREFIX=split, EVEN_M=(N - P if split else N) % cfg["BLOCK_M"] == 0,
                     EVEN_N=N % cfg["BLOCK_N"] == 0)
         # Column chunks (TAIL_COLS = 0: none); FULL_TILES then says chunk 0's, TAIL_FULL chunk 1's.
-        rows, cols, tail_rows, tail_cols = column_chunks(gw, cfg["BLOCK_N"], dtype) or (rows, cols, 0, 0)
+        chunks = column_chunks(gw, cfg["BLOCK_N"], dtype, cfg["num_warps"])
+        rows, cols, tail_rows, tail_cols = chunks or (rows, cols, 0, 0)
         if tail_cols:
             meta.update(ROWS=rows, COLS=cols, FULL_TILES=gh % rows == 0)
         meta.update(TAIL_ROWS=tail_rows, TAIL_COLS=tail_cols,

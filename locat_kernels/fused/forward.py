@@ -10,7 +10,7 @@ free; lse (B, H, N) float32 in log2 units.
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
 ROWS grid rows of COLS slots each (COLS = next_pow2(gw), or gw itself with the rows packed and the
-tile's last slots padding; ``tiles.tile_keys``), or, at widths 33-48 and 65-127 (16-bit), in two column
+tile's last slots padding; ``tiles.tile_keys``), or, at widths 24, 33-48 and 65-127 (16-bit), in two column
 chunks of power-of-two widths swept one after the other (``configs.column_chunks``). Every grid tile of a sweep
 has the same columns in the same slots, so the Gaussian is a column table ``exp2(e_c)`` computed once
 per program (and chunk) times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and grid
