@@ -227,8 +227,7 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     last slots padding) where that fits more rows (a width of 21: 3 rows in 64 slots, not 2), or where a
     tile holds at most 2 rows and a quarter or more of its next_pow2(gw) slots would pad: H200, forward at
     384 / 518 / 640 / 768 px 6 / 22 / 25 / 4% faster (benchmarks/NOTES.md, v8; since then 518-768 px and 384 px's
-    4-warp configs take column_chunks). Else COLS = next_pow2(gw):
-    packed rows of 14 cost 3-4% at 224 px."""
+    4-warp configs take column_chunks). Else COLS = next_pow2(gw): packed rows of 14 cost 3-4% at 224 px."""
     cols = 1 << (gw - 1).bit_length()
     rows = block_n // cols
     if not GRID_TILES or not 1 <= rows <= (MAX_CHUNK_ROWS if cols == 8 else MAX_GRID_ROWS):
@@ -250,9 +249,9 @@ def column_chunks(gw: int, block_n: int, dtype: torch.dtype, num_warps: int = 4)
     (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26). At 24 wide as 16 + 8
     (CHUNK_COLS; every slot filled, 75% before) on at most 4 warps: at 384 px the layers' forward 5% faster, the
     backward 3%, head_dim 128's forward 12% (v35), where 8 warps (the public op's (128, 64, 8, 3)) ran 36% slower
-    and 22 wide's padded 16 + 8 2-5% slower. And where a grid row overflows a tile of at
-    least 64 keys, which then holds one row of chunk 0 (widths 65-127 in 64-key tiles, which grid_layout leaves
-    to token tiles): forward at 80 / 96 wide 1.17x SDPA's where token tiles took 2.39x / 2.30x (v32)."""
+    and 22 wide's padded 16 + 8 2-5% slower. And where a grid row overflows a tile of at least 64 keys, which then
+    holds one row of chunk 0 (widths 65-127 in 64-key tiles, which grid_layout leaves to token tiles): forward at
+    80 / 96 wide 1.17x SDPA's where token tiles took 2.39x / 2.30x (v32)."""
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
     one_row = cols == block_n >= 64
