@@ -145,6 +145,17 @@ def test_column_chunks_of_key_tiles():
         assert configs.column_chunks(37, 64, torch.float32) == (2, 32, 8, 8)
 
 
+def test_a_launchs_warps_decide_its_16_wide_first_chunk():
+    """At 24 wide the 16 + 8 column chunks go to configs of at most 4 warps (the layers' forward, dq); an 8-warp
+    config (the public op's gw24 forward) keeps two packed rows of 24 a tile (v35: 36% slower with the chunks)."""
+    q = torch.empty(2, 12, 1 + 24 * 24, 64, dtype=torch.bfloat16)
+    with configs.switched({}, {"forward": (64, 64, 4, 3), "forward_radius": (128, 64, 8, 3)}):
+        meta = configs.launch_meta("forward", q, 24, 1, -8.0, 1)
+        assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == (4, 16, 8, 8)
+        meta = configs.launch_meta("forward_radius", q, 24, 1, -8.0, 1)
+        assert (meta["ROWS"], meta["COLS"], meta["TAIL_COLS"]) == (2, 24, 0)
+
+
 @pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
                                                  ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128), ((3, 70), 1, 1, 64),
                                                  ((2, 80), 2, 2, 64), ((5, 24), 1, 1, 64), ((4, 24), 2, 2, 32),
