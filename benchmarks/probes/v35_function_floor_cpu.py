@@ -6,9 +6,9 @@ forward+backward, to set beside ``v31_host_path_cpu.py``'s timing of the op itse
 
     PYTHONPATH=. python benchmarks/probes/v35_function_floor_cpu.py
 """
-import time
-
 import torch
+
+from locat_bench.timing import wall_ms
 
 B, N, H, D = 1, 17, 3, 64
 
@@ -41,15 +41,8 @@ def forward_backward():
 
 
 def median_us(fn, calls=2000, rounds=7):
-    for _ in range(200):
-        fn()
-    runs = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - t) / calls * 1e6)
-    return sorted(runs)[rounds // 2]
+    """The median of ``rounds`` timings of ``calls`` calls, after 200 calls' warm-up (v31's probe times the same way)."""
+    return sorted(wall_ms(fn, calls, warmup=200 if r == 0 else 0) for r in range(rounds))[rounds // 2] * 1e3
 
 
 if __name__ == "__main__":
