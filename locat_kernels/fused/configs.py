@@ -255,11 +255,13 @@ def column_chunks(gw: int, block_n: int, dtype: torch.dtype, num_warps: int = 4)
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
     one_row = cols == block_n >= 64
-    # a first chunk of 32 columns; of 16 only at 24 wide (16 + 8: no padding slot) and on at most 4 warps
-    two_rows = 2 * cols <= block_n and (cols == 32 or cols == CHUNK_COLS == 16 and gw == 24 and num_warps <= 4)
+    tail = max(8, 1 << (gw - cols - 1).bit_length())
+    # a first chunk of 32 columns; of 16 (CHUNK_COLS) only where the second chunk pads no slot (16 + 8: 24 wide)
+    # and on at most 4 warps
+    narrow = cols == CHUNK_COLS == 16 and cols + tail == gw and num_warps <= 4
+    two_rows = 2 * cols <= block_n and (cols == 32 or narrow)
     if not (GRID_TILES and on) or cols == gw or not (one_row or two_rows):
         return None
-    tail = max(8, 1 << (gw - cols - 1).bit_length())
     if block_n // tail > MAX_CHUNK_ROWS or block_n // cols > MAX_CHUNK_ROWS:
         return None
     rows, _ = grid_layout(gw, block_n)
