@@ -161,6 +161,27 @@ def test_tune_table_writes_the_fastest_candidates_for_a_new_architecture(tmp_pat
     assert all("Test GPU" in sources[k] for k in winners)
 
 
+def test_tune_table_caps_the_runners_up_within_the_slack():
+    """measure_table tries the register caps on every uncapped candidate within CAP_SLACK of the fastest, not only on
+    the fastest (v36: at 384 px (64, 32, 4, 3) read 0.5% behind (64, 64, 4, 3) uncapped, 3.5% ahead at 96 registers),
+    and on none beyond it: torch.compile's launches drop the cap, so they lose at most CAP_SLACK to the choice."""
+    key = ("forward", 64, "16bit", "gw24")
+    cands = tune.table_plan(key)[2]
+    uncapped = {cand: 2.0 for cand in cands}
+    uncapped.update({(64, 64, 4, 3): 1.0, (64, 32, 4, 3): 1.0 + tune.CAP_SLACK / 2,
+                     (128, 64, 4, 3): 1.0 + 2 * tune.CAP_SLACK})
+    capped = {(64, 64, 4, 3, 168): 0.99, (64, 32, 4, 3, 96): 0.965, (128, 64, 4, 3, 96): 0.5}
+    timed = []
+
+    def timer(kernel, spec, dtype, cand, switch=None, value=None):
+        timed.append(cand)
+        return capped.get(cand, 1.5) if len(cand) == 5 else uncapped[cand]
+
+    winner = tune.measure_table([key], timer)[key]
+    assert winner["config"] == [64, 32, 4, 3, 96] and winner["ms"] == 0.965
+    assert {c for c in timed if len(c) == 5} == {(*c, r) for c in ((64, 64, 4, 3), (64, 32, 4, 3)) for r in tune.CAPS}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
 def test_tune_names_a_bad_configs_argument(capsys):
     """``--configs`` takes four integers per config, or five (a register cap); anything else is refused
