@@ -1,8 +1,8 @@
 """v36 probe (benchmarks/NOTES.md, v36): what a plain Triton flash-attention forward (no bias, one loop over the keys,
 no prefix tile, no column tables) takes against SDPA's forward (cuDNN / flash) at N = 577 and N = 1025 (CUDA).
 
-v35's kernel profile read the fused forward without its Gaussian at 1.35-1.46x cuDNN's at N = 577 and 0.92x at
-N = 1025. If this one-loop kernel reads the same at N = 577, the gap is what Triton's code does with programs of ten
+v35's kernel profile read the fused forward without its Gaussian at 1.35-1.46x cuDNN's at 17 and 24 wide (N = 577-579)
+and 0.92x at 32 wide (N = 1025). If this one-loop kernel reads the same at N = 577, the gap is what Triton's code does with programs of ten
 key tiles, not the fused kernel's extra loops (prefix keys, column chunks) or per-program tables.
 
     PYTHONPATH=. python benchmarks/probes/v36_plain_flash.py [--output F.json]
