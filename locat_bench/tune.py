@@ -250,9 +250,10 @@ def measure_table(keys, timer, only=None) -> dict:
 
         times = timed(cand for cand in cands if not only or cand in only)
         if times:
-            near = [cand for ms, cand in sorted(times) if ms <= min(times)[0] * (1 + CAP_SLACK)]
+            best = min(times)
+            near = [cand for ms, cand in times if ms <= best[0] * (1 + CAP_SLACK)]
             caps = [c for c in only if c[:4] in near and len(c) == 5] if only else [(*c, r) for c in near for r in CAPS]
-            ms, cand = min([min(times), *timed(caps)])
+            ms, cand = min([best, *timed(caps)])
             winners[key] = dict(config=list(cand), ms=ms, shape=spec, dtype=str(dtype).removeprefix("torch."))
     return winners
 
