@@ -54,8 +54,9 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward", 64, 2305, bf16, 48) == len("forward") + 64 + len("gw48")  # a width of its own
     assert stages("forward", 64, 785, bf16, 28) == len("forward") + 64 + len("any")  # a width without
     # the forward that finds its radius: its own entries, else the forward's (a width, then "any")
-    assert stages("forward", 64, 577, bf16, 24) == len("forward") + 64 + len("any")
+    assert stages("forward", 64, 577, bf16, 24) == len("forward") + 64 + len("gw24")
     assert stages("forward_radius", 64, 577, bf16, 24) == len("forward_radius") + 64 + len("gw24")
+    assert stages("forward_radius", 64, 1374, bf16, 37) == len("forward") + 64 + len("gw37")
     assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("any")
     assert stages("forward_radius", 64, 2305, bf16, 48) == len("forward_radius") + 64 + len("gw48")
     assert stages("forward", 128, 1601, bf16, 40) == len("forward") + 128 + len("gw40")
