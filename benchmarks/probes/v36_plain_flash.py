@@ -2,8 +2,8 @@
 no prefix tile, no column tables) takes against SDPA's forward (cuDNN / flash) at N = 577 and N = 1025 (CUDA).
 
 v35's kernel profile read the fused forward without its Gaussian at 1.35-1.46x cuDNN's at 17 and 24 wide (N = 577-579)
-and 0.92x at 32 wide (N = 1025). If this one-loop kernel reads the same at N = 577, the gap is what Triton's code does with programs of ten
-key tiles, not the fused kernel's extra loops (prefix keys, column chunks) or per-program tables.
+and 0.92x at 32 wide (N = 1025). If this one-loop kernel reads the same at N = 577, the gap is what Triton's code does
+with programs of ten key tiles, not the fused kernel's extra loops (prefix keys, column chunks) or per-program tables.
 
     PYTHONPATH=. python benchmarks/probes/v36_plain_flash.py [--output F.json]
 """
@@ -18,6 +18,7 @@ import triton.testing
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from locat_bench.cli import environment
+from locat_kernels.fused.tiles import LOG2E
 
 SHAPES = ((32, 12, 577), (32, 12, 576), (16, 12, 1025), (16, 12, 1153), (128, 12, 197))  # (B, H, N), head_dim 64
 CONFIGS = ((64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3))
@@ -57,7 +58,7 @@ def plain_forward(q, k, v, config):
     B, H, N, D = q.shape
     block_m, block_n, warps, stages = config
     o = torch.empty_like(q)
-    _plain_forward[(triton.cdiv(N, block_m), B * H)](q, k, v, o, N, D ** -0.5 * 1.4426950408889634, D=D,
+    _plain_forward[(triton.cdiv(N, block_m), B * H)](q, k, v, o, N, D ** -0.5 * LOG2E, D=D,
                                                      BLOCK_M=block_m, BLOCK_N=block_n, EVEN_N=N % block_n == 0,
                                                      num_warps=warps, num_stages=stages)
     return o
