@@ -225,7 +225,8 @@ def test_switched_sets_switches_and_overrides_and_restores_them_on_an_error():
 @pytest.mark.parametrize("kernel,switch,value,field,gw", [
     ("forward", "GRID_TILES", False, "ROWS", 24), ("backward_dq", "MAX_GRID_ROWS", 1, "ROWS", 20),
     ("forward", "COLUMN_CHUNKS", False, "TAIL_COLS", 40), ("forward", "MAX_CHUNK_ROWS", 2, "TAIL_COLS", 40),
-    ("forward", "CHUNK_COLS", 32, "TAIL_COLS", 24), ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
+    ("forward", "CHUNK_COLS", 32, "TAIL_COLS", 24), ("backward_dq", "MID_CHUNKS", False, "MID_COLS", 56),
+    ("backward_dkdv", "FACTORED_DKDV", False, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_COLS", 16, "FACTORED", 24),
     ("backward_dkdv", "MAX_FACTORED_ROWS", 8, "FACTORED", 24),
     ("backward_dkdv", "FACTOR_LO", True, "FACTOR_LO", 24),

@@ -126,23 +126,52 @@ def test_packed_grid_rows_match_float64(request, device, monkeypatch, grid, P, r
 
 def test_column_chunks_of_key_tiles():
     """Two column chunks, the first 32 wide, where they fill at least a tenth more slots than grid_layout: widths
-    33-48 (64-key tiles), and 16 + 8 at 24 wide on at most 4 warps; or the first a whole tile of at least 64 keys,
-    where a grid row overflows it (widths 65-127); none at powers of two, where the first chunk would be neither,
-    or where packed rows fill the tile as well; 16-bit inputs only by default."""
+    33-48 (64-key tiles), and 16 + 8 at 24 wide on at most 4 warps; three (a middle chunk) where those take fewer
+    slots than two: 49-56 as 32 + 16 + 8 (32 + 32 before v38); or the first a whole tile of at least 64 keys, where
+    a grid row overflows it (widths 65-127); none at powers of two, where the first chunk would be neither, or where
+    packed rows fill the tile as well; 16-bit inputs only by default."""
     bf16 = torch.bfloat16
-    widths = (33, 37, 40, 41, 48, 49, 63, 24, 80, 16, 32, 14, 65, 96, 127, 128, 17, 21, 22, 23, 25)
+    widths = (33, 37, 40, 41, 44, 48, 49, 52, 56, 57, 63, 24, 80, 84, 88, 16, 32, 14, 65, 96, 100, 127, 128, 17, 21,
+              22, 23, 25, 28)
+    two = ((2, 32), (8, 8)), ((2, 32), (4, 16))
+    three = ((2, 32), (4, 16), (8, 8))
     assert {gw: configs.column_chunks(gw, 64, bf16) for gw in widths} == {
-        33: (2, 32, 8, 8), 37: (2, 32, 8, 8), 40: (2, 32, 8, 8), 41: (2, 32, 4, 16), 48: (2, 32, 4, 16), 49: None,
-        63: None, 24: (4, 16, 8, 8), 80: (1, 64, 4, 16), 16: None, 32: None, 14: None, 65: (1, 64, 8, 8),
-        96: (1, 64, 2, 32), 127: (1, 64, 1, 64), 128: None, 17: None, 21: None, 22: None, 23: None, 25: None}
+        33: two[0], 37: two[0], 40: two[0], 41: two[1], 44: two[1], 48: two[1], 49: three, 52: three, 56: three,
+        57: None, 63: None, 24: ((4, 16), (8, 8)), 80: ((1, 64), (4, 16)), 84: ((1, 64), (4, 16), (8, 8)),
+        88: ((1, 64), (4, 16), (8, 8)), 16: None, 32: None, 14: None, 65: ((1, 64), (8, 8)), 96: ((1, 64), (2, 32)),
+        100: ((1, 64), (2, 32), (8, 8)), 127: ((1, 64), (1, 64)), 128: None, 17: None, 21: None, 22: None,
+        23: None, 25: None, 28: None}
     assert configs.column_chunks(24, 64, bf16, num_warps=8) is None  # 8 warps: 36% slower with them (v35)
-    assert configs.column_chunks(37, 64, bf16, num_warps=8) == (2, 32, 8, 8)
-    assert configs.column_chunks(24, 32, bf16) == (2, 16, 4, 8)  # one packed row of 24 in 32 slots: 75% filled
-    assert configs.column_chunks(40, 128, bf16) is None and configs.column_chunks(48, 128, bf16) == (4, 32, 8, 16)
+    assert configs.column_chunks(37, 64, bf16, num_warps=8) == two[0]
+    assert configs.column_chunks(24, 32, bf16) == ((2, 16), (4, 8))  # one packed row of 24 in 32 slots: 75% filled
+    assert configs.column_chunks(40, 128, bf16) is None and configs.column_chunks(48, 128, bf16) == ((4, 32), (8, 16))
+    assert configs.column_chunks(56, 128, bf16) is None  # 16 rows of the last chunk's 8 columns: over MAX_CHUNK_ROWS
     assert configs.column_chunks(37, 32, bf16) is None  # one row of the first chunk a tile of 32 keys
     assert configs.column_chunks(37, 64, torch.float32) is None
     with configs.switched({"COLUMN_CHUNKS": True}):
-        assert configs.column_chunks(37, 64, torch.float32) == (2, 32, 8, 8)
+        assert configs.column_chunks(37, 64, torch.float32) == two[0]
+    with configs.switched({"MID_CHUNKS": False}):
+        assert configs.column_chunks(56, 64, bf16) is None and configs.column_chunks(88, 64, bf16) == ((1, 64), (2, 32))
+
+
+def launched_chunks(meta: dict) -> tuple[tuple[int, int], ...]:
+    """The (rows, columns) of each column chunk a launch's constexprs sweep."""
+    return tuple((meta[name + "ROWS"], meta[name + "COLS"]) for name in ("", "MID_", "TAIL_") if meta[name + "COLS"])
+
+
+def test_launch_meta_of_three_column_chunks():
+    """56 wide: chunks of 32, 16 and 8 columns from columns 0, 32 and 48, each flagged full (no padding slot, no
+    partial last tile) where it is: every slot a key, so no masks but where the grid's rows do not fill the last
+    tile of a chunk."""
+    q = torch.empty(1, 2, 1 + 6 * 56, 64, dtype=torch.bfloat16)
+    with configs.switched({}, {"forward": (64, 64, 4, 3)}):
+        meta = configs.launch_meta("forward", q, 56, 1, -8.0, 1)
+    chunks = ("ROWS", "COLS", "FULL_TILES", "MID_ROWS", "MID_COLS", "MID_FULL", "TAIL_ROWS", "TAIL_COLS", "TAIL_FULL")
+    assert tuple(meta[k] for k in chunks) == (2, 32, True, 4, 16, False, 8, 8, False)  # 6 rows: 4 and 8 do not divide
+    q = torch.empty(1, 2, 1 + 8 * 52, 64, dtype=torch.bfloat16)
+    with configs.switched({}, {"backward_dq": (64, 64, 4, 3)}):
+        meta = configs.launch_meta("backward_dq", q, 52, 1, -8.0, 1)
+    assert tuple(meta[k] for k in chunks) == (2, 32, True, 4, 16, True, 8, 8, False)  # 52: the last chunk pads 4
 
 
 def test_a_launchs_warps_decide_its_16_wide_first_chunk():
@@ -151,7 +180,7 @@ def test_a_launchs_warps_decide_its_16_wide_first_chunk():
     q = torch.empty(2, 12, 1 + 24 * 24, 64, dtype=torch.bfloat16)
     with configs.switched({}, {"forward": (64, 64, 4, 3), "forward_radius": (128, 64, 8, 3)}):
         meta = configs.launch_meta("forward", q, 24, 1, -8.0, 1)
-        assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == (4, 16, 8, 8)
+        assert launched_chunks(meta) == ((4, 16), (8, 8))
         meta = configs.launch_meta("forward_radius", q, 24, 1, -8.0, 1)
         assert (meta["ROWS"], meta["COLS"], meta["TAIL_COLS"]) == (2, 24, 0)
 
@@ -159,18 +188,18 @@ def test_a_launchs_warps_decide_its_16_wide_first_chunk():
 @pytest.mark.parametrize("grid,P,rate,block_n", [((3, 33), 1, 1, 64), ((4, 44), 0, 2, 64), ((3, 37), 3, 1, 64),
                                                  ((2, 48), 1, 2, 64), ((2, 44), 2, 2, 128), ((3, 70), 1, 1, 64),
                                                  ((2, 80), 2, 2, 64), ((5, 24), 1, 1, 64), ((4, 24), 2, 2, 32),
-                                                 ((3, 24), 0, 1, 32)])
+                                                 ((3, 24), 0, 1, 32), ((9, 56), 1, 1, 64), ((4, 52), 2, 2, 64),
+                                                 ((2, 84), 0, 1, 64)])
 def test_column_chunks_match_float64(request, device, monkeypatch, grid, P, rate, block_n):
-    """The forward's and dq's key tiles in two column chunks (configs.column_chunks), each swept with its
-    own column tables: a chunk skipped or a column misplaced shows as an O(1) error in out, dq, dvar or
-    dalpha."""
+    """The forward's and dq's key tiles in two or three column chunks (configs.column_chunks), each swept with
+    its own column tables: a chunk skipped or a column misplaced shows as an O(1) error in out, dq, dvar or
+    dalpha. 9 x 56: three chunks whose columns fill their slots, each with a partial last tile (9 rows)."""
     monkeypatch.setattr(configs, "COLUMN_CHUNKS", True)  # fp32 and fp64 too
     for kernel in ("forward", "forward_radius", "backward_dq"):
         monkeypatch.setitem(configs.OVERRIDES, kernel, (16, block_n, 1, 1))
     for kernel in ("forward", "backward_dq"):
         meta = configs.launch_meta(kernel, torch.empty(1, 1, P + grid[0] * grid[1], 16), grid[1], P, -1e9, rate)
-        assert (meta["ROWS"], meta["COLS"], meta["TAIL_ROWS"], meta["TAIL_COLS"]) == configs.column_chunks(
-            grid[1], block_n, torch.float32)
+        assert launched_chunks(meta) == configs.column_chunks(grid[1], block_n, torch.float32)
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.01, 100.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
                              rate=rate)
@@ -414,6 +443,8 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 3, (36, 40), 0, 64),  # 40 wide: column chunks, no prefix
     (1, 2, (10, 48), 1, 64),  # 48 wide: column chunks (32 + 16) and that width's entry
     (1, 2, (5, 80), 1, 64),  # 80 wide: column chunks of one 64-wide row a tile (64 + 16)
+    (1, 2, (11, 56), 1, 64),  # 56 wide: three column chunks (32 + 16 + 8), partial last tiles
+    (1, 2, (6, 84), 2, 64),  # 84 wide: three column chunks (64 + 16 + 8), the last padded
     (1, 1, (4, 96), 2, 64),  # 96 wide: column chunks (64 + 32), 2 prefix tokens
     (1, 2, (40, 7), 1, 64),  # 7 wide: 8 grid rows of 8 slots a tile
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens

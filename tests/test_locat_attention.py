@@ -224,6 +224,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     (1, 2, (20, 37), 5, 64, 1),  # 37 wide: the forward's and dq's column chunks (32 + 8; fp32: token tiles)
     (1, 2, (9, 40), 1, 64, 1),  # 40 wide: column chunks (32 + 8)
     (1, 2, (5, 80), 1, 64, 1),  # 80 wide: column chunks of one 64-wide row a tile (64 + 16)
+    (1, 2, (10, 56), 1, 64, 2),  # 56 wide: three column chunks (32 + 16 + 8)
     # 7 wide (8 grid rows of 8 a tile): in test_kernel.py; here the bias gradients' bound (one number against
     # twice eager's error of it) failed on some inputs with either layout (benchmarks/NOTES.md, v32)
     (2, 2, (13, 17), 3, 80, 1),

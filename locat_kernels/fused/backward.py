@@ -210,8 +210,9 @@ def _backward_dq_kernel(
     H, N, GW, P, qk_scale, scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
-    TAIL_FULL: tl.constexpr, SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
+    MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
+    SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (query tiles * B * H,), one program per (query tile, batch*head), tiles as the forward's
@@ -238,8 +239,9 @@ def _backward_dq_kernel(
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, -GH - 2, 0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
-            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, CHAIN=CHAIN, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
+            CHAIN=CHAIN, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
         _dq_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, do_base, lse + row_base, delta + row_base,
@@ -247,8 +249,9 @@ def _backward_dq_kernel(
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, tl.load(radius + bh), start_m, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
-            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, CHAIN=CHAIN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
+            CHAIN=CHAIN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -259,8 +262,9 @@ def _dq_rows(
     cmin, var_scale, r, start_m, end_m,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
-    TAIL_FULL: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
+    MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
+    CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """The BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one (batch, head) (the
     bases point at it): writes their delta, then loops over all keys (as the forward does) for dq and
@@ -296,12 +300,18 @@ def _dq_rows(
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=ROWS, COLS=COLS,
             COL0=0, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-        if TAIL_COLS:  # the second column chunk (configs.column_chunks)
+        if MID_COLS:  # the middle column chunk of three (configs.column_chunks)
+            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=MID_ROWS,
+                COLS=MID_COLS, COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        if TAIL_COLS:  # the last column chunk
             b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
                 b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
                 row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=TAIL_ROWS,
-                COLS=TAIL_COLS, COL0=COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+                COLS=TAIL_COLS, COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
+                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(

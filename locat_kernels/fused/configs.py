@@ -69,8 +69,8 @@ OVERRIDES: dict[str, tuple[int, ...]] = {}
 # known at compile time: grid widths 5-8); off: tune A/B.
 GRID_TILES = True
 MAX_GRID_ROWS = 4
-# Column chunks (the forward and dq; column_chunks): a grid width that is not a power of two split into two chunks
-# of power-of-two widths, swept one after the other, each with its own column table. "auto": 16-bit inputs
+# Column chunks (the forward and dq; column_chunks): a grid width that is not a power of two split into two or three
+# chunks of power-of-two widths, swept one after the other, each with its own column table. "auto": 16-bit inputs
 # (fp32 with exact products measured 15% slower at 518 px, on 32-key tiles that the two-row rule of
 # column_chunks excludes anyway; under tf32x3 its 64-key tiles would take chunks, not measured); True: fp32
 # too (the interpreter's tests); False: off (tune A/B).
@@ -79,6 +79,8 @@ MAX_CHUNK_ROWS = 8
 # The narrowest first chunk: 16 (24 wide as 16 + 8, column_chunks) or 32 (widths 33-48 only). 384 px on the 4-warp
 # configs, H200, bf16: the layers' forward 0.1670 -> 0.1580 ms, the whole backward 0.4966 -> 0.4799 (NOTES.md, v35).
 CHUNK_COLS = 16
+# Three column chunks where they take fewer slots than two (column_chunks: 56 wide as 32 + 16 + 8); off: tune A/B.
+MID_CHUNKS = True
 
 
 # The dk/dv kernel's factored Gaussian (backward.py): "auto" for 16-bit inputs with head_dim <= 128 where
@@ -106,8 +108,8 @@ FP32_PRECISION = "ieee"
 # The switches above that shape a launch: launch_meta's cache is keyed on their values, so an A/B of one
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
-                                       "CHUNK_COLS", "FACTORED_DKDV", "MAX_FACTORED_COLS", "MAX_FACTORED_ROWS",
-                                       "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
+                                       "CHUNK_COLS", "MID_CHUNKS", "FACTORED_DKDV", "MAX_FACTORED_COLS",
+                                       "MAX_FACTORED_ROWS", "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -238,36 +240,49 @@ def grid_layout(gw: int, block_n: int) -> tuple[int, int]:
     return rows, cols
 
 
-def column_chunks(gw: int, block_n: int, dtype: torch.dtype, num_warps: int = 4) -> tuple[int, int, int, int] | None:
-    """(ROWS, COLS, TAIL_ROWS, TAIL_COLS) of the forward's and dq's key tiles in two column chunks, or None where
-    ``grid_layout``'s tiles are used instead. Chunk 0 holds columns [0, COLS) with COLS the largest power of
-    two <= gw, chunk 1 columns [COLS, gw) in TAIL_COLS = next_pow2(gw - COLS) >= 8 slots a row; a tile holds
-    ROWS (TAIL_ROWS) grid rows of the chunk. Every row starts at a multiple of 8 slots, so each register of
-    a tile knows its row at compile time (no select per logit). Used (COLUMN_CHUNKS) where a tile holds at least
-    two rows of a first chunk 32 wide and the chunks fill at least a tenth more of the slots than ``grid_layout``
-    (widths 33-48: 52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16% faster
-    (benchmarks/NOTES.md, v25); the whole backward (dq's tiles) 3 / 11 / 8% (v26). At 24 wide as 16 + 8
-    (CHUNK_COLS; every slot filled, 75% before) on at most 4 warps: at 384 px the layers' forward 5% faster, the
-    backward 3%, head_dim 128's forward 12% (v35), where 8 warps (the public op's (128, 64, 8, 3)) ran 36% slower
-    and 22 wide's padded 16 + 8 2-5% slower. And where a grid row overflows a tile of at least 64 keys, which then
-    holds one row of chunk 0 (widths 65-127 in 64-key tiles, which grid_layout leaves to token tiles): forward at
-    80 / 96 wide 1.17x SDPA's where token tiles took 2.39x / 2.30x (v32)."""
+def column_chunks(gw: int, block_n: int, dtype: torch.dtype, num_warps: int = 4) -> tuple[tuple[int, int], ...] | None:
+    """((ROWS, COLS), (TAIL_ROWS, TAIL_COLS)) of the forward's and dq's key tiles in two column chunks, or three
+    ((ROWS, COLS), (MID_ROWS, MID_COLS), (TAIL_ROWS, TAIL_COLS)), or None where ``grid_layout``'s tiles are used
+    instead. Chunk 0 holds columns [0, COLS) with COLS the largest power of two <= gw, the last chunk the rest in
+    TAIL_COLS = next_pow2(rest) >= 8 slots a row, or, where that takes fewer slots, a middle chunk of the largest
+    power of two >= 8 within the rest and a last one of the remainder (56 wide: 32 + 16 + 8, every slot a key,
+    where 32 + 32 pads 8 of 64; widths 49-56, 81-88 and 97-104 in 64-key tiles; H200, bf16, the op's forward at
+    56 wide 14% faster, 52 wide 9%, 88 wide 7%: benchmarks/NOTES.md, v38). A tile holds a chunk's ROWS (MID_ROWS,
+    TAIL_ROWS) grid rows. Every row starts at a multiple of 8 slots, so each register of a tile knows its row at
+    compile time (no select per logit). Used (COLUMN_CHUNKS) where a tile holds at least two rows of a first
+    chunk 32 wide and the chunks fill at least a tenth more of the slots than ``grid_layout`` (widths 33-48:
+    52-75% -> 82-100%): H200, bf16, forward at 518 / 640 / 768 px 12 / 14 / 16% faster (v25); the whole backward
+    (dq's tiles) 3 / 11 / 8% (v26). At 24 wide as 16 + 8 (CHUNK_COLS; every slot filled, 75% before) on at most
+    4 warps: at 384 px the layers' forward 5% faster, the backward 3%, head_dim 128's forward 12% (v35), where 8
+    warps (the public op's (128, 64, 8, 3)) ran 36% slower and 22 wide's padded 16 + 8 2-5% slower. And where a
+    grid row overflows a tile of at least 64 keys, which then holds one row of chunk 0 (widths 65-127 in 64-key
+    tiles, which grid_layout leaves to token tiles): forward at 80 / 96 wide 1.17x SDPA's where token tiles took
+    2.39x / 2.30x (v32)."""
     cols = 1 << (gw.bit_length() - 1)
     on = COLUMN_CHUNKS is True or (COLUMN_CHUNKS == "auto" and dtype != torch.float32)
-    one_row = cols == block_n >= 64
-    tail = max(8, 1 << (gw - cols - 1).bit_length())
-    # a first chunk of 32 columns; of 16 (CHUNK_COLS) only where the second chunk pads no slot (16 + 8: 24 wide)
-    # and on at most 4 warps
-    narrow = cols == CHUNK_COLS == 16 and cols + tail == gw and num_warps <= 4
-    two_rows = 2 * cols <= block_n and (cols == 32 or narrow)
-    if not (GRID_TILES and on) or cols == gw or not (one_row or two_rows):
+    if not (GRID_TILES and on) or cols == gw:
         return None
-    if block_n // tail > MAX_CHUNK_ROWS or block_n // cols > MAX_CHUNK_ROWS:
+    rest = gw - cols
+    mid = 1 << (rest.bit_length() - 1)
+    widths = (cols, _chunk_slots(rest))
+    if MID_CHUNKS and 8 <= mid < rest and mid + _chunk_slots(rest - mid) < widths[1]:
+        widths = (cols, mid, _chunk_slots(rest - mid))
+    one_row = cols == block_n >= 64
+    # a first chunk of 32 columns; of 16 (CHUNK_COLS) only where the chunks pad no slot (16 + 8: 24 wide) and on at
+    # most 4 warps
+    narrow = cols == CHUNK_COLS == 16 and sum(widths) == gw and num_warps <= 4
+    two_rows = 2 * cols <= block_n and (cols == 32 or narrow)
+    if not (one_row or two_rows) or any(block_n // w > MAX_CHUNK_ROWS for w in widths):
         return None
     rows, _ = grid_layout(gw, block_n)
-    if 10 * gw * block_n < (10 * rows * gw + block_n) * (cols + tail):  # fills < 1/10 more than grid_layout
+    if 10 * gw * block_n < (10 * rows * gw + block_n) * sum(widths):  # fills < 1/10 more than grid_layout
         return None
-    return block_n // cols, cols, block_n // tail, tail
+    return tuple((block_n // w, w) for w in widths)
+
+
+def _chunk_slots(cols: int) -> int:
+    """Slots a row of a column chunk holding ``cols`` columns: next_pow2(cols), at least 8."""
+    return max(8, 1 << (cols - 1).bit_length())
 
 
 def launch_meta(kernel: str, q: torch.Tensor, gw: int, num_prefix_tokens: int, cmin: float, rate: int) -> dict:
@@ -327,13 +342,15 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         meta.update(ROWS=rows, COLS=cols, FULL_TILES=bool(rows) and rows * gw == cfg["BLOCK_N"] and gh % rows == 0,
                     SPLIT_PREFIX=split, EVEN_M=(N - P if split else N) % cfg["BLOCK_M"] == 0,
                     EVEN_N=N % cfg["BLOCK_N"] == 0)
-        # Column chunks (TAIL_COLS = 0: none); FULL_TILES then says chunk 0's, TAIL_FULL chunk 1's.
-        chunks = column_chunks(gw, cfg["BLOCK_N"], dtype, cfg["num_warps"])
-        rows, cols, tail_rows, tail_cols = chunks or (rows, cols, 0, 0)
-        if tail_cols:
-            meta.update(ROWS=rows, COLS=cols, FULL_TILES=gh % rows == 0)
-        meta.update(TAIL_ROWS=tail_rows, TAIL_COLS=tail_cols,
-                    TAIL_FULL=bool(tail_cols) and cols + tail_cols == gw and gh % tail_rows == 0)
+        # Column chunks (TAIL_COLS = 0: none; MID_COLS = 0: two at most); a chunk's *_FULL: no padding slot
+        # (its columns within the grid) and no partial last tile.
+        chunks = column_chunks(gw, cfg["BLOCK_N"], dtype, cfg["num_warps"]) or ()
+        meta.update(MID_ROWS=0, MID_COLS=0, MID_FULL=False, TAIL_ROWS=0, TAIL_COLS=0, TAIL_FULL=False)
+        col0 = 0
+        for name, (rows, cols) in zip(("", "MID_", "TAIL_") if len(chunks) == 3 else ("", "TAIL_"), chunks):
+            meta[name + "ROWS"], meta[name + "COLS"] = rows, cols
+            meta[name + "FULL" if name else "FULL_TILES"] = col0 + cols <= gw and gh % rows == 0
+            col0 += cols
     else:  # the query loop runs over patch tiles aligned at token P
         # A key tile's patches span at most (BLOCK_N - 1) // gw + rate + 1 quantized rows (from its first).
         key_rows = dot_width((cfg["BLOCK_N"] - 1) // gw + rate + 1)

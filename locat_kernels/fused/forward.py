@@ -10,11 +10,11 @@ free; lse (B, H, N) float32 in log2 units.
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
 ROWS grid rows of COLS slots each (COLS = next_pow2(gw), or gw itself with the rows packed and the
-tile's last slots padding; ``tiles.tile_keys``), or, at widths 24, 33-48 and 65-127 (16-bit), in two column
-chunks of power-of-two widths swept one after the other (``configs.column_chunks``). Every grid tile of a sweep
-has the same columns in the same slots, so the Gaussian is a column table ``exp2(e_c)`` computed once
-per program (and chunk) times one row factor ``exp2(e_r + log2(alpha log2 e))`` per query row and grid
-row: no exp2 per logit besides the softmax's. **Token tiles** (grid rows that fit neither layout):
+tile's last slots padding; ``tiles.tile_keys``), or, at widths 24, 33-56 and 65-127 (16-bit), in two or three
+column chunks of power-of-two widths swept one after the other (``configs.column_chunks``; 56 wide: 32 + 16 + 8
+columns). Every grid tile of a sweep has the same columns in the same slots, so the Gaussian is a column table
+``exp2(e_c)`` computed once per program (and chunk) times one row factor ``exp2(e_r + log2(alpha log2 e))`` per
+query row and grid row: no exp2 per logit besides the softmax's. **Token tiles** (grid rows that fit neither layout):
 the bias per logit, ``exp2(e_r + e_c + log2(alpha log2 e))``.
 
 Key rows farther than the (batch, head)'s radius from a query tile's rows skip the Gaussian: the
@@ -162,8 +162,9 @@ def _forward_kernel(
     H, N, GW, P, qk_scale, eps, cmin,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
-    TAIL_FULL: tl.constexpr, FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
+    MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
+    FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (query tiles * B * H,), query tiles fastest so neighbours share K/V in L2.
@@ -190,8 +191,9 @@ def _forward_kernel(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, -GH - 2, 0, P,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
-            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
+            BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
         if FIND_RADIUS:
             if CLAMP:  # the clamp keeps far biases at their floor: no skipping
@@ -205,8 +207,9 @@ def _forward_kernel(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, N,
             D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, TAIL_ROWS=TAIL_ROWS,
-            TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -215,8 +218,9 @@ def _forward_rows(
     stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, end_m,
     D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
     EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
-    COLS: tl.constexpr, FULL_TILES: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr,
-    TAIL_FULL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
+    MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """out and lse of the BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one
     (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``."""
@@ -242,12 +246,18 @@ def _forward_rows(
             row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS, COL0=0,
             MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
-        if TAIL_COLS:  # the second column chunk, after the first (the softmax does not mind the order)
+        if MID_COLS:  # the middle column chunk of three, after the first (the softmax does not mind the order)
+            b_m, b_l, b_acc = _forward_grid(
+                b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=MID_ROWS, COLS=MID_COLS,
+                COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+                DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+        if TAIL_COLS:  # the last column chunk
             b_m, b_l, b_acc = _forward_grid(
                 b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
                 row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=TAIL_ROWS, COLS=TAIL_COLS,
-                COL0=COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-                DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+                COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
         b_m, b_l, b_acc = _forward_sweep(
