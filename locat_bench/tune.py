@@ -16,8 +16,10 @@ this GPU's architecture (sm_90's entries where it has none) is timed on its repr
 dtype (``TABLE_SHAPES``, each in its entry's class; a "tf32x3" entry under that fp32 precision) under
 each candidate, then the fastest and those within ``CAP_SLACK`` of it under each register cap (``CAPS``);
 the fastest of those wins.
-``--write PATH`` puts the winners into that table file under this architecture, each entry's source
-naming the GPU, shape, date and command; the timings go to ``--output`` as in the sweep.
+Each entry's own config is timed beside them, and ``--write PATH`` puts a winner into that table file under this
+architecture where it beats the entry by ``--min-gain`` (default 2%: entries do not churn on noise; an architecture
+new to the table takes every winner), its source naming the GPU, shape, date and command; the timings go to
+``--output`` as in the sweep.
 """
 from __future__ import annotations
 
@@ -57,6 +59,9 @@ CANDIDATES["forward_radius"] = CANDIDATES["forward"]  # the forward finding its 
 # at 384 px the forward's (64, 32, 4, 3) read 0.5% behind (64, 64, 4, 3) uncapped and 3.5% ahead of it capped (v36).
 CAPS = (168, 128, 96)
 CAP_SLACK = 0.02
+# --table --write: a winner replaces an entry of this GPU's architecture only where it is this fraction faster
+# (re-timings of unchanged code read 1-3% apart across processes, benchmarks/NOTES.md v36-v39).
+MIN_GAIN = 0.02
 # Head-dim class 256 and fp32 (exact or tf32x3 products: many registers): smaller tiles, every kernel.
 SMALL_TILES = [(64, 32, 8, 2), (32, 32, 4, 2), (32, 32, 8, 1), (64, 32, 4, 2), (32, 64, 4, 2), (32, 64, 8, 2),
                (16, 32, 4, 2), (64, 64, 4, 2)]
@@ -113,9 +118,13 @@ def main(argv=None) -> int:
     parser.add_argument("--table", action="store_true", help="time the config table's entries for this GPU")
     parser.add_argument("--write", type=Path, metavar="TABLE",
                         help="--table: write the winners into this table file (e.g. locat_kernels/fused/configs.json)")
+    parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                        help="--write: replace an entry only where the winner is this fraction faster (default 0.02)")
     args = parser.parse_args(argv)
     if args.write and not args.table:
         parser.error("--write goes with --table")
+    if not 0 <= args.min_gain < 1:
+        parser.error(f"--min-gain takes a fraction in [0, 1), got {args.min_gain}")
     if args.rounds < 1:
         parser.error(f"--rounds takes a count >= 1, got {args.rounds}")
     try:
@@ -148,11 +157,13 @@ def main(argv=None) -> int:
     if args.table:
         arch = configs.device_arch(torch.cuda.current_device())
         keys = [k for k in configs.TABLE.get(arch, configs.TABLE[configs.DEFAULT_ARCH]) if k[0] in args.kernels]
-        winners = measure_table(keys, timer, only)
+        winners = measure_table(keys, timer, only, configs.TABLE.get(arch))
         for key, w in winners.items():
-            print(f"{' '.join(map(str, key)):<40} {w['config']} {w['ms']:.4f} ms on {w['shape']}")
+            print(f"{' '.join(map(str, key)):<40} {w['config']} {w['ms']:.4f} ms on {w['shape']}"
+                  + (f"; the entry {w['entry']} {w['entry_ms']:.4f} ms: "
+                     + ("replaced" if replaces(w, args.min_gain) else "kept") if "entry_ms" in w else ""))
         if args.write:
-            write_table(args.write, arch, torch.cuda.get_device_name(), winners, command)
+            write_table(args.write, arch, torch.cuda.get_device_name(), winners, command, args.min_gain)
             print(f"wrote {arch}'s entries into {args.write}")
     else:
         known = {s.name: s for s in GPU_SHAPES}
@@ -233,13 +244,15 @@ def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:
     return spec, DTYPES[dtype], candidates(kernel, DTYPES[dtype], d)
 
 
-def measure_table(keys, timer, only=None) -> dict:
+def measure_table(keys, timer, only=None, entries=None) -> dict:
     """key -> the fastest candidate (config, ms, shape, dtype) by ``timer(kernel, spec, dtype, cand,
     switch, value)`` (ms, or None for a candidate that fails; a "tf32x3" key under that
     ``FP32_PRECISION``); keys whose every candidate fails are left out. The uncapped candidates within
     ``CAP_SLACK`` of the fastest uncapped one are then timed under each register cap (``CAPS``; with ``only``,
     those of their caps listed there) and the fastest of all wins: torch.compile's launches drop the cap, so
-    they run a winner's uncapped config, at most CAP_SLACK slower than the fastest uncapped one."""
+    they run a winner's uncapped config, at most CAP_SLACK slower than the fastest uncapped one. With ``entries``
+    (key -> the table's config for this GPU), each key's own config is timed too, if no candidate was it, and kept
+    beside the winner as ``entry`` and ``entry_ms``."""
     winners = {}
     for key in keys:
         spec, dtype, cands = table_plan(key)
@@ -253,14 +266,29 @@ def measure_table(keys, timer, only=None) -> dict:
             best = min(times)
             near = [cand for ms, cand in times if ms <= best[0] * (1 + CAP_SLACK)]
             caps = [c for c in only if c[:4] in near and len(c) == 5] if only else [(*c, r) for c in near for r in CAPS]
-            ms, cand = min([best, *timed(caps)])
+            times += timed(caps)
+            ms, cand = min(times)
             winners[key] = dict(config=list(cand), ms=ms, shape=spec, dtype=str(dtype).removeprefix("torch."))
+            own = tuple(entries[key]) if entries and key in entries else None
+            if own:
+                own_ms = next((ms for ms, cand in times if cand == own), None)
+                if own_ms is None:
+                    own_ms = timer(key[0], spec, dtype, own, *switch)
+                if own_ms is not None:
+                    winners[key].update(entry=list(own), entry_ms=own_ms)
     return winners
 
 
-def write_table(path: Path, arch: str, gpu: str, winners: dict, command: str) -> None:
-    """Put ``winners`` (from ``measure_table``) into the table file at ``path`` as ``arch``'s entries
-    (entries not measured keep their config and source), naming the GPU, shape, date and command."""
+def replaces(winner: dict, min_gain: float) -> bool:
+    """Whether ``winner`` (from ``measure_table``) goes into the table: faster than the entry by ``min_gain``, or
+    no entry timed."""
+    return "entry_ms" not in winner or winner["ms"] < (1 - min_gain) * winner["entry_ms"]
+
+
+def write_table(path: Path, arch: str, gpu: str, winners: dict, command: str, min_gain: float = 0.0) -> None:
+    """Put ``winners`` (from ``measure_table``) into the table file at ``path`` as ``arch``'s entries, naming the GPU,
+    shape, date and command; entries not measured, or not beaten by ``min_gain`` (``replaces``), keep their config and
+    source."""
     table = json.loads(Path(path).read_text())
     spec = table["archs"].get(arch) or dict(gpus=[], entries=[  # a new architecture starts from the default's
         dict(e, source=f"copied from {configs.DEFAULT_ARCH}: not measured on {arch}")
@@ -270,7 +298,7 @@ def write_table(path: Path, arch: str, gpu: str, winners: dict, command: str) ->
     date = datetime.date.today().isoformat()
     for entry in spec["entries"]:
         w = winners.get((entry["kernel"], entry["head_dim"], entry["dtype"], entry["grid"]))
-        if w:
+        if w and replaces(w, min_gain):
             entry.update(config=w["config"], source=f"{gpu}, {w['dtype']}, {w['shape']}: {w['ms']:.4f} ms ({date}: {command})")
     table["archs"][arch] = spec
     Path(path).write_text(dump_table(table))

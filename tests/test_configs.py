@@ -183,14 +183,48 @@ def test_tune_table_caps_the_runners_up_within_the_slack():
     assert {c for c in timed if len(c) == 5} == {(*c, r) for c in ((64, 64, 4, 3), (64, 32, 4, 3)) for r in tune.CAPS}
 
 
+def test_tune_table_replaces_an_entry_only_where_the_winner_beats_it_by_min_gain(tmp_path):
+    """Each entry's own config is timed beside the candidates (v39: dq's 37-wide entry had gone 7% slower than another
+    config since it was measured), and ``--write`` replaces it only where the winner is ``MIN_GAIN`` faster: an entry
+    within that of the winner keeps its config and source (re-timings of unchanged code read 1-3% apart)."""
+    path = tmp_path / "configs.json"
+    shutil.copy(configs.TABLE_PATH, path)
+    entries = configs.TABLE[configs.DEFAULT_ARCH]
+    stale, close = ("backward_dq", 64, "16bit", "gw24"), ("forward", 64, "16bit", "gw24")
+    # the entries, (64, 32, 4, 3) and (64, 32, 4, 3, 96), left out of the candidates timed; the winners' ms over theirs
+    best = {stale: ((64, 64, 4, 2), 0.93), close: ((64, 64, 4, 3), 0.99)}
+    timed = []
+
+    def timer(kernel, spec, dtype, cand, switch=None, value=None):
+        key = next(k for k in (stale, close) if k[0] == kernel)
+        timed.append((key, cand))
+        return 1.0 if cand == tuple(entries[key]) else best[key][1] if cand == best[key][0] else 2.0
+
+    winners = tune.measure_table([stale, close], timer, [(64, 64, 4, 2), (64, 64, 4, 3)], entries)
+    for key in (stale, close):
+        assert (key, tuple(entries[key])) in timed  # the entry, though not a candidate
+        assert winners[key]["entry"] == list(entries[key]) and winners[key]["entry_ms"] == 1.0
+    assert [tune.replaces(winners[k], tune.MIN_GAIN) for k in (stale, close)] == [True, False]
+    tune.write_table(path, configs.DEFAULT_ARCH, "Test GPU", winners, "python -m locat_bench.tune --table",
+                     tune.MIN_GAIN)
+    table = configs.load_table(path)
+    assert table[configs.DEFAULT_ARCH][stale] == (64, 64, 4, 2)
+    assert table[configs.DEFAULT_ARCH][close] == entries[close]
+    assert {k: v for k, v in table[configs.DEFAULT_ARCH].items() if k != stale} == \
+        {k: v for k, v in entries.items() if k != stale}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
 def test_tune_names_a_bad_configs_argument(capsys):
-    """``--configs`` takes four integers per config, or five (a register cap); anything else is refused
-    naming the flag (before the CUDA check), not a traceback."""
+    """``--configs`` takes four integers per config, or five (a register cap), ``--min-gain`` a fraction; anything
+    else is refused naming the flag (before the CUDA check), not a traceback."""
     for bad in (["64,64,4"], ["64,64,4,x"], ["64,64,4,3,168,1"]):
         with pytest.raises(SystemExit):
             tune.main(["--output", "t.json", "--configs", *bad])
         assert "--configs takes BLOCK_M,BLOCK_N,warps,stages" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tune.main(["--output", "t.json", "--table", "--min-gain", "1.5"])
+    assert "--min-gain takes a fraction in [0, 1), got 1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tune.main(["--output", "t.json", "--configs", "64,64,4,3", "64,64,4,3,168"])
     assert "tuning needs CUDA" in capsys.readouterr().err
