@@ -213,6 +213,12 @@ def test_tune_table_replaces_an_entry_only_where_the_winner_beats_it_by_min_gain
     assert {k: v for k, v in table[configs.DEFAULT_ARCH].items() if k != stale} == \
         {k: v for k, v in entries.items() if k != stale}
 
+    def sources(text):
+        return {(e["kernel"], e["head_dim"], e["dtype"], e["grid"]): e["source"]
+                for e in json.loads(text)["archs"][configs.DEFAULT_ARCH]["entries"]}
+    before, after = sources(configs.TABLE_PATH.read_text()), sources(path.read_text())
+    assert after[close] == before[close] and "Test GPU" in after[stale]
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
 def test_tune_names_a_bad_configs_argument(capsys):
