@@ -440,7 +440,6 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
     (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the op's forward entry of width 24 (8 warps)
     (1, 2, (20, 37), 5, 48),  # 37 wide: column chunks (32 + 8), rectangular, 5 prefix tokens, head_dim 48
-    (1, 2, (28, 28), 1, 64),  # 448 px: dq's 28-wide entry (32-key tiles of one 32-slot grid row)
     (1, 3, (36, 40), 0, 64),  # 40 wide: column chunks, no prefix
     (1, 2, (10, 48), 1, 64),  # 48 wide: column chunks (32 + 16) and that width's entry
     (1, 2, (5, 80), 1, 64),  # 80 wide: column chunks of one 64-wide row a tile (64 + 16)
