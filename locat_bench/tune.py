@@ -15,7 +15,8 @@ three processes, benchmarks/NOTES.md v26) and adds each config's median and spre
 this GPU's architecture (sm_90's entries where it has none) is timed on its representative shape and
 dtype (``TABLE_SHAPES``, each in its entry's class; a "tf32x3" entry under that fp32 precision) under
 each candidate, then the fastest and those within ``CAP_SLACK`` of it under each register cap (``CAPS``);
-the fastest of those wins.
+the fastest of those wins. ``--entries PATTERN ...`` times only the entries whose ``kernel/head_dim/dtype/grid`` matches
+one of the shell patterns (e.g. ``'*/64/16bit/*'``: a device call's worth at a time).
 Each entry's own config is timed beside them, and ``--write PATH`` puts a winner into that table file under this
 architecture where it beats the entry by ``--min-gain`` (default 2%: entries do not churn on noise; an architecture
 new to the table takes every winner), its source naming the GPU, shape, date and command; the timings go to
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import functools
 import json
 import sys
@@ -116,13 +118,16 @@ def main(argv=None) -> int:
     parser.add_argument("--switch", metavar="NAME=V1,V2",
                         help="sweep: A/B this configs switch (Python literals) instead of each kernel's default one")
     parser.add_argument("--table", action="store_true", help="time the config table's entries for this GPU")
+    parser.add_argument("--entries", nargs="*", metavar="PATTERN",
+                        help="--table: only the entries whose kernel/head_dim/dtype/grid matches a shell pattern, "
+                        "e.g. '*/64/16bit/*' or 'backward_dq/64/16bit/gw2?'")
     parser.add_argument("--write", type=Path, metavar="TABLE",
                         help="--table: write the winners into this table file (e.g. locat_kernels/fused/configs.json)")
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
                         help="--write: replace an entry only where the winner is this fraction faster (default 0.02)")
     args = parser.parse_args(argv)
-    if args.write and not args.table:
-        parser.error("--write goes with --table")
+    if (args.write or args.entries) and not args.table:
+        parser.error("--write and --entries go with --table")
     if not 0 <= args.min_gain < 1:
         parser.error(f"--min-gain takes a fraction in [0, 1), got {args.min_gain}")
     if args.rounds < 1:
@@ -157,6 +162,9 @@ def main(argv=None) -> int:
     if args.table:
         arch = configs.device_arch(torch.cuda.current_device())
         keys = [k for k in configs.TABLE.get(arch, configs.TABLE[configs.DEFAULT_ARCH]) if k[0] in args.kernels]
+        keys = select_entries(keys, args.entries)
+        if not keys:
+            parser.error(f"no table entry of {arch} matches --kernels {args.kernels} and --entries {args.entries}")
         winners = measure_table(keys, timer, only, configs.TABLE.get(arch))
         for key, w in winners.items():
             print(f"{' '.join(map(str, key)):<40} {w['config']} {w['ms']:.4f} ms on {w['shape']}"
@@ -233,6 +241,14 @@ def _inputs(spec, dtype, regime):
 def candidates(kernel: str, dtype: torch.dtype, head_dim: int) -> list:
     """The configs ``kernel`` is timed under for inputs of ``dtype`` and ``head_dim``."""
     return CANDIDATES[kernel] if dtype != torch.float32 and configs.padded_head_dim(head_dim) <= 128 else SMALL_TILES
+
+
+def select_entries(keys: list, patterns: list | None) -> list:
+    """The table keys ``(kernel, head_dim, dtype, grid)`` whose ``kernel/head_dim/dtype/grid`` matches one of the
+    shell ``patterns`` (all of them without patterns)."""
+    if not patterns:
+        return list(keys)
+    return [k for k in keys if any(fnmatch.fnmatchcase("/".join(map(str, k)), p) for p in patterns)]
 
 
 def table_plan(key: tuple) -> tuple[str, torch.dtype, list]:

@@ -220,6 +220,19 @@ def test_tune_table_replaces_an_entry_only_where_the_winner_beats_it_by_min_gain
     assert after[close] == before[close] and "Test GPU" in after[stale]
 
 
+def test_tune_table_entries_selects_by_shell_pattern():
+    """``--entries`` splits the table into device calls: a pattern matches ``kernel/head_dim/dtype/grid``."""
+    keys = list(configs.TABLE[configs.DEFAULT_ARCH])
+    d64 = tune.select_entries(keys, ["*/64/16bit/*"])
+    assert d64 and all(k[1] == 64 and k[2] == "16bit" for k in d64)
+    assert len(d64) == sum(k[1] == 64 and k[2] == "16bit" for k in keys)
+    assert tune.select_entries(keys, ["backward_dq/64/16bit/gw2?"]) == [
+        k for k in keys if k[0] == "backward_dq" and k[3] in ("gw24", "gw28")]
+    assert tune.select_entries(keys, ["forward/*/fp32/any", "backward_dkdv/128/*/*"]) == [
+        k for k in keys if (k[0], k[2], k[3]) == ("forward", "fp32", "any") or k[:2] == ("backward_dkdv", 128)]
+    assert tune.select_entries(keys, None) == keys and tune.select_entries(keys, ["nothing"]) == []
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the arguments before the CUDA message")
 def test_tune_names_a_bad_configs_argument(capsys):
     """``--configs`` takes four integers per config, or five (a register cap), ``--min-gain`` a fraction; anything
@@ -231,6 +244,9 @@ def test_tune_names_a_bad_configs_argument(capsys):
     with pytest.raises(SystemExit):
         tune.main(["--output", "t.json", "--table", "--min-gain", "1.5"])
     assert "--min-gain takes a fraction in [0, 1), got 1.5" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tune.main(["--output", "t.json", "--entries", "*/64/*/*"])
+    assert "--write and --entries go with --table" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tune.main(["--output", "t.json", "--configs", "64,64,4,3", "64,64,4,3,168"])
     assert "tuning needs CUDA" in capsys.readouterr().err
