@@ -131,10 +131,8 @@ def run(args) -> dict:
             continue
         if args.layer:
             inputs = (*inputs[:3], *layer_weights(s.D, args.regime, "cuda"))
-        names = [name for name in ops if name != "before" or s.D in (16, 32, 64, 128)]
         row = dict(shape=spec, regime=args.regime, dtype=args.dtype, fp32_precision=args.fp32_precision,
-                   layer=args.layer,
-                   **time_ops({name: ops[name] for name in names}, inputs, s, args.op_rounds, cuda_median_ms))
+                   layer=args.layer, **time_ops(ops, inputs, s, args.op_rounds, cuda_median_ms))
         print(json.dumps(row), flush=True)
         op_rows.append(row)
 
