@@ -59,7 +59,12 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward_radius", 64, 1374, bf16, 37) == len("forward") + 64 + len("gw37")
     assert stages("forward_radius", 64, 1601, bf16, 40) == len("forward") + 64 + len("any")
     assert stages("forward_radius", 64, 2305, bf16, 48) == len("forward_radius") + 64 + len("gw48")
-    assert stages("forward", 128, 1601, bf16, 40) == len("forward") + 128 + len("gw40")
+    # head-dim class 128 over 32 wide: "wide" (the "any" config's 32-key tiles hold no such grid row); not at 32
+    for gw in (33, 37, 40, 64, 80, 127):
+        assert stages("forward", 128, gw * gw + 1, bf16, gw) == len("forward") + 128 + len("wide"), gw
+        assert stages("forward_radius", 96, gw * gw + 1, bf16, gw) == len("forward") + 128 + len("wide"), gw
+    assert stages("forward", 128, 1025, bf16, 32) == len("forward") + 128 + len("any")
+    assert stages("backward_dq", 128, 1601, bf16, 40) == len("backward_dq") + 128 + len("any")  # no "wide" entry
     assert stages("forward_radius", 64, 785, bf16, 28) == len("forward") + 64 + len("any")
     assert stages("backward_dq", 64, 577, bf16, 24) == len("backward_dq") + 64 + len("gw24")
     assert stages("backward_dq", 64, 1601, bf16, 40) == len("backward_dq") + 64 + len("any")
@@ -77,6 +82,23 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert configs.table_key(configs.TABLE["sm_90"], ("forward", 128, "tf32x3", "any")) == ("forward", 128, "fp32", "any")
     assert configs.launch_config("forward", 64, 1025, bf16, 32, arch="sm_80") == dict(
         BLOCK_M=1, BLOCK_N=2, num_warps=3, num_stages=4)
+
+
+def test_the_tables_16bit_configs_give_grid_tiles_at_every_width_5_to_127(monkeypatch):
+    """The forward's and dq's launches from the table take grid-shaped key tiles (the Gaussian as a row factor
+    times a column table) at every grid width from 5 to 127 and head dims up to 128, not token tiles (an exp2 per
+    logit, 2.3-2.5x SDPA's forward): before v40 the forward at head-dim class 128 took them at widths 33-127 but
+    40, 48 and 64 (its "any" config's 32-key tiles hold no grid row that wide)."""
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    token = []
+    for D in (64, 80, 128):
+        for gw in range(5, 128):
+            gh = 256 // gw + 1  # N > 256: past the "small" class
+            q = torch.empty(1, 1, 1 + gh * gw, D, dtype=torch.bfloat16, device="meta")
+            for kernel in ("forward", "forward_radius", "backward_dq"):
+                if configs.launch_meta(kernel, q, gw, 1, -1e9, 1)["ROWS"] == 0:
+                    token.append((D, gw, kernel))
+    assert not token
 
 
 def test_dkdv_stage_rule_applies_to_overrides_as_to_table_entries(monkeypatch):

@@ -448,9 +448,10 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 1, (4, 96), 2, 64),  # 96 wide: column chunks (64 + 32), 2 prefix tokens
     (1, 2, (40, 7), 1, 64),  # 7 wide: 8 grid rows of 8 slots a tile
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
-    (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's entry of that width (48, 64 below)
+    (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's "wide" entry (48, 64, 80 below; 37 above)
     (1, 2, (9, 48), 2, 112),  # 48 wide, head_dim 112 (padded to 128)
     (1, 1, (20, 64), 1, 128),
+    (1, 2, (6, 80), 1, 80),  # 80 wide at head_dim 80: the forward's "wide" entry, column chunks (64 + 16)
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),

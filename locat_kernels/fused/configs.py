@@ -45,6 +45,9 @@ MAX_HEAD_DIM = 256
 MAX_TOKENS = 1 << 20  # tiles.positions divides patch indices by the grid width exactly below 2^20
 TABLE_PATH = Path(__file__).with_name("configs.json")
 DEFAULT_ARCH = "sm_90"  # the architecture whose entries stand in for one the table lacks
+# Grids over this wide take a "wide" entry where the table has one (``table_key``): at head-dim class 128 the
+# forward's "any" config has 32-key tiles, which hold no grid row past 32 columns (the Gaussian per logit instead).
+WIDE_COLS = 32
 
 
 def load_table(path: Path = TABLE_PATH) -> dict[str, dict[tuple, tuple[int, ...]]]:
@@ -154,8 +157,8 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
     that precision; set_fp32_precision). Grid class: "factored" / "factored_wide" (the dk/dv kernel's
     factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 64 wide),
     "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
-    tiles than the rest: the forward at 384 / 518 / 640 px, and at head-dim class 128 at widths 40 / 48 / 64);
-    a class the table lacks falls back to "any"."""
+    tiles than the rest: the forward at 384 / 518 / 768 px); a class the table lacks falls back to "wide" for
+    grids over WIDE_COLS wide (``table_key``), then to "any"."""
     d = max(64, padded_head_dim(head_dim))
     half = dtype != torch.float32
     if factored and half and d <= 128:
@@ -169,11 +172,13 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
 
 
 def table_key(table: dict, key: tuple) -> tuple:
-    """The entry of ``table`` that serves ``key``: the key itself, or its grid class "any"; for
-    "tf32x3" without entries of its own, fp32's; for "forward_radius", the forward's."""
+    """The entry of ``table`` that serves ``key``: the key itself, else its grid class "wide" where the grid is
+    over WIDE_COLS wide, else "any"; for "tf32x3" without entries of its own, fp32's; for "forward_radius", the
+    forward's."""
     kernel, d, precision, grid = key
+    wide = grid.startswith("gw") and int(grid[2:]) > WIDE_COLS
     for p in (precision, "fp32") if precision == "tf32x3" else (precision,):
-        for g in (grid, "any"):
+        for g in (grid, "wide", "any") if wide else (grid, "any"):
             for k in _kernels(kernel):
                 if (k, d, p, g) in table:
                     return k, d, p, g
