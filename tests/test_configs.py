@@ -32,7 +32,7 @@ def test_the_committed_table_is_in_the_format_tune_writes():
 
 
 def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
-    """A launch takes its architecture's table entry; head dims go by their padded class, a grid
+    """A launch takes its architecture's table entry; head dims go by the columns they load, a grid
     class an architecture (or a kernel) lacks falls back to "any"."""
     table = json.loads(configs.TABLE_PATH.read_text())
     for e in table["archs"]["sm_90"]["entries"]:  # distinct configs, so a wrong entry shows
@@ -49,7 +49,14 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
 
     bf16 = torch.bfloat16
     assert stages("forward", 64, 1025, bf16, 32) == len("forward") + 64 + len("any")
-    assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 128 + len("any")  # 80 loads as 128
+    # 80 loads as 64 + 16 columns: class 80's entries; a kernel without any there takes class 128's (dk/dv), as do
+    # head dims that load as 128 (112) and fp32 (no class-80 entries)
+    assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 80 + len("any")
+    assert stages("forward", 72, 2305, bf16, 48) == len("forward") + 80 + len("wide")
+    assert stages("backward_dq", 72, 2305, bf16, 48) == len("backward_dq") + 80 + len("any")
+    assert stages("backward_dkdv", 80, 1025, bf16, 32) == len("backward_dkdv") + 128 + len("any")
+    assert stages("forward", 112, 2305, bf16, 48) == len("forward") + 128 + len("wide")
+    assert stages("forward", 80, 1025, torch.float32, 32) == len("forward") + 128 + len("any")
     assert stages("forward", 32, 197, bf16, 14) == len("forward") + 64 + len("small")
     assert stages("forward", 64, 2305, bf16, 48) == len("forward") + 64 + len("gw48")  # a width of its own
     assert stages("forward", 64, 785, bf16, 28) == len("forward") + 64 + len("any")  # a width without

@@ -31,7 +31,9 @@ SMALL = [
     ((3, 16), 1, 32, 1, None),  # grid tiles of one full row
     ((4, 10), 0, 16, 2, None),
     ((5, 6), 1, 24, 1, None),  # head_dim 24: loaded as 32 columns, the padding masked
-    ((4, 6), 2, 40, 2, None),  # head_dim 40 (as 64), rate 2
+    ((4, 6), 2, 40, 2, None),  # head_dim 40 as 32 + 16 columns (configs.head_dim_tiles), rate 2
+    ((5, 6), 1, 80, 1, None),  # head_dim 80 as 64 + 16
+    ((4, 6), 0, 96, 2, None),  # head_dim 96 as 64 + 32, rate 2
     ((7, 5), 1, 16, 1, None),  # under the interpreter: 3 grid rows of 5 packed per 16-key tile, a partial last tile
     ((10, 3), 3, 16, 1, None),  # 4 rows of next_pow2(3) slots per tile, the last tile half full
     ((4, 4), 20, 16, 1, None),  # more prefix tokens than a 16-token tile holds
@@ -88,6 +90,16 @@ def test_any_logit_scale_matches_float64(request, device, grid, P, scale):
     inputs = make_inputs(2, 2, grid, P, 16, device=device, var_range=(0.3, 30.0))
     assert_matches_reference(request, inputs, torch.randn_like(inputs[0]), grid_size=grid, num_prefix_tokens=P,
                              scale=scale)
+
+
+def test_head_dims_load_as_the_fewest_columns():
+    """A head dim as one power-of-two tile, or a first tile and a tail (>= 16 columns, tl.dot's least) where the
+    two hold fewer columns than the next power of two; with HEAD_DIM_TAIL off, always the one tile."""
+    tiles = {16: (16, 0), 24: (32, 0), 40: (32, 16), 48: (32, 16), 64: (64, 0), 72: (64, 16), 80: (64, 16),
+             96: (64, 32), 112: (128, 0), 128: (128, 0), 160: (128, 32), 192: (128, 64), 200: (256, 0), 256: (256, 0)}
+    assert {d: configs.head_dim_tiles(d) for d in tiles} == tiles
+    with configs.switched({"HEAD_DIM_TAIL": False}):
+        assert {d: configs.head_dim_tiles(d) for d in tiles} == {d: (configs.padded_head_dim(d), 0) for d in tiles}
 
 
 def test_grid_layout_of_key_tiles():

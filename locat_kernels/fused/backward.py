@@ -14,7 +14,7 @@ KEY_COLS, Np), the amplitude split between them; for fp16 inputs each followed b
 remainders) spread to the keys by one-hot matmuls (``_dkdv_keys``); where the prefix tokens would add a
 key tile, its key tiles start at the first patch and the prefix keys get a small tile of their own
 (``_backward_dkdv_kernel``). dq, dk, dv are stored as (B, N, H, D) like the forward's out; dvar and
-dalpha in float32.
+dalpha in float32. Head dims load as the forward's do (``configs.head_dim_tiles``: 80 as 64 + 16 columns).
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, axis_exponent, exponents, grid_col_exponents, grid_row_terms, load_rows, log2_bias,
-    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_rows, tile_keys,
+    LOG2E, _LOG2E, axis_exponent, dot_head, exponents, grid_col_exponents, grid_row_terms, load_head, log2_bias,
+    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_head, tile_keys,
 )
 
 
@@ -98,11 +98,11 @@ def _launches(q, k, v, var, alpha, radius, out, do, lse, delta, dq, dk, dv, dvar
 
 @triton.jit
 def _dq_tiles(
-    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P, qk_scale,
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P,
+    qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c,
     BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """dq over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS also the row sums of
     dS g, dS g e_r and dS g e_c, the Gaussian from the column tables ``b_ec`` (e_c) and ``b_c``
@@ -112,9 +112,9 @@ def _dq_tiles(
     for t in range(t_lo, t_hi):
         offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N, COL0)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
-        b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
-        b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION) * qk_scale - b_lse[:, None]
+        b_k, b_k_tail = load_head(k_base, p_n, stride_kn, m_n, D, D_PAD, D_TAIL, False)  # (BLOCK_N, D_PAD), (.., TAIL)
+        b_v, b_v_tail = load_head(v_base, p_n, stride_vn, m_n, D, D_PAD, D_TAIL, False)
+        b_s = dot_head(b_q, b_q_tail, b_k, b_k_tail, D_TAIL, DOT_PRECISION) * qk_scale - b_lse[:, None]
         if BIAS and ROWS == 1:  # one grid row a tile: b_er, b_fr (BLOCK_M, 1)
             b_er, b_fr = grid_row_terms(t, row_q, nh_r, lo_r, 0.0, RATE, CLAMP, ROWS, COLS, BLOCK_N)
             b_s = tl.fma(amp[:, None] * b_fr, b_c, b_s)
@@ -134,7 +134,7 @@ def _dq_tiles(
         b_p = tl.exp2(b_s)
         if MASKED:
             b_p = tl.where(m_n[None, :], b_p, 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=DOT_PRECISION)
+        b_dp = dot_head(b_do, b_do_tail, b_v, b_v_tail, D_TAIL, DOT_PRECISION)
         b_ds = b_p * (b_dp - b_delta[:, None])
         if BIAS and ROWS == 1:  # f and e_r out of the sums (docstring)
             f, e_r = tl.reshape(b_fr, [b_fr.shape[0]]), tl.reshape(b_er, [b_er.shape[0]])
@@ -149,42 +149,44 @@ def _dq_tiles(
             b_sum_r += tl.sum(b_dsg * b_er, 1)
             b_sum_c += tl.sum(b_dsg * b_ec_t, 1)
         b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=DOT_PRECISION)
-    return b_dq, b_dalpha, b_sum_r, b_sum_c
+        if D_TAIL:
+            b_dq_tail += tl.dot(b_ds.to(b_k.dtype), b_k_tail, input_precision=DOT_PRECISION)
+    return b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c
 
 
 @triton.jit
 def _dq_sweep(
-    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles, end, N, GH, GW,
-    P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c,
-    ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
+    b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles,
+    end, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dq_tail, b_dalpha,
+    b_sum_r, b_sum_c, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr,
+    D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
-        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P,
-        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=True,
-        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P,
-        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dalpha, b_sum_r, b_sum_c, BIAS=False,
-        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    return b_dq, b_dalpha, b_sum_r, b_sum_c
+    b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH,
+        GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dq_tail, b_dalpha, b_sum_r,
+        b_sum_c, BIAS=False, ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
+    b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N,
+        GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dq_tail, b_dalpha, b_sum_r,
+        b_sum_c, BIAS=True, ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX,
+        RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
+    b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+        b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end,
+        N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, b_c, b_dq, b_dq_tail, b_dalpha,
+        b_sum_r, b_sum_c, BIAS=False, ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL,
+        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
+    return b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c
 
 
 @triton.jit
 def _dq_grid(
-    b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c,
+    b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P,
+    qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c,
     ROWS: tl.constexpr, COLS: tl.constexpr, COL0: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr,
-    D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The far / near / far sweep over the grid tiles of the columns from COL0 (all of them, or one
@@ -193,10 +195,10 @@ def _dq_grid(
     near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
     b_ec = grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N, COL0)
     return _dq_sweep(
-        b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P,
-        qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, tl.exp2(b_ec), b_dq, b_dalpha, b_sum_r, b_sum_c,
-        ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
+        b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N,
+        GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_ec, tl.exp2(b_ec), b_dq, b_dq_tail, b_dalpha,
+        b_sum_r, b_sum_c, ROWS=ROWS, COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX,
+        RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
 
 
 @triton.jit
@@ -208,8 +210,8 @@ def _backward_dq_kernel(
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     stride_dvarb, stride_dvarh, stride_dvarn, stride_dvarc, stride_dab, stride_dah, stride_dan,
     H, N, GW, P, qk_scale, scale, eps, cmin,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
-    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -238,7 +240,7 @@ def _backward_dq_kernel(
             dq_base, dvar_base, dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don,
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, -GH - 2, 0, P,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
             MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
             CHAIN=CHAIN, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
@@ -248,8 +250,8 @@ def _backward_dq_kernel(
             dq_base, dvar_base, dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don,
             stride_dqn, stride_varn, stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH,
             GW, P, qk_scale, scale, eps, cmin, var_scale, tl.load(radius + bh), start_m, N,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N,
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
             MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
             CHAIN=CHAIN, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
@@ -260,8 +262,8 @@ def _dq_rows(
     dalpha_base, w_var, w_alpha, stride_qn, stride_kn, stride_vn, stride_on, stride_don, stride_dqn, stride_varn,
     stride_varc, stride_an, stride_dvarn, stride_dvarc, stride_dan, stride_w, N, GH, GW, P, qk_scale, scale, eps,
     cmin, var_scale, r, start_m, end_m,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
-    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     CHAIN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -274,51 +276,59 @@ def _dq_rows(
     stored in dvar's and dalpha's places, and ``dz w`` added to the patch rows' dq."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_m = offs_m < end_m
-    b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_M)
-    b_o = load_rows(o_base, offs_m, stride_on, m_m, D, D_PAD, not EVEN_M)
-    b_do = load_rows(do_base, offs_m, stride_don, m_m, D, D_PAD, not EVEN_M)
+    b_q, b_q_tail = load_head(q_base, offs_m, stride_qn, m_m, D, D_PAD, D_TAIL, not EVEN_M)
+    b_o, b_o_tail = load_head(o_base, offs_m, stride_on, m_m, D, D_PAD, D_TAIL, not EVEN_M)
+    b_do, b_do_tail = load_head(do_base, offs_m, stride_don, m_m, D, D_PAD, D_TAIL, not EVEN_M)
     b_lse = tl.load(lse_base + offs_m) if EVEN_M else tl.load(lse_base + offs_m, mask=m_m, other=0.0)
     b_delta = tl.sum(b_do.to(tl.float32) * b_o.to(tl.float32), 1)
+    if D_TAIL:
+        b_delta += tl.sum(b_do_tail.to(tl.float32) * b_o_tail.to(tl.float32), 1)
     tl.store(delta_base + offs_m, b_delta, mask=m_m)
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
         var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
 
     b_dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    b_dq_tail = 0.0
+    if D_TAIL:
+        b_dq_tail = tl.zeros([BLOCK_M, D_TAIL], tl.float32)
     b_dalpha = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g
     b_sum_r = tl.zeros([BLOCK_M], tl.float32)  # sum_j dS g e_r
     b_sum_c = tl.zeros([BLOCK_M], tl.float32)
     amp = a * _LOG2E
     if ROWS:
         if HAS_PREFIX:  # the prefix keys: token tiles of BLOCK_P, no bias
-            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
-                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH,
-                GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha, b_sum_r,
-                b_sum_c, BIAS=False, ROWS=0, COLS=1, MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
-        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
-            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-            row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=ROWS, COLS=COLS,
-            COL0=0, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+            b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_tiles(
+                b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, 0,
+                tl.cdiv(P, BLOCK_P), P, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0,
+                b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c, BIAS=False, ROWS=0, COLS=1, MASKED=True, D=D, D_PAD=D_PAD,
+                D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
+                BLOCK_N=BLOCK_P)
+        b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+            b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW,
+            P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c,
+            ROWS=ROWS, COLS=COLS, COL0=0, MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX,
+            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         if MID_COLS:  # the middle column chunk of three (configs.column_chunks)
-            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
-                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-                row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=MID_ROWS,
-                COLS=MID_COLS, COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+            b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+                b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH,
+                GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c,
+                ROWS=MID_ROWS, COLS=MID_COLS, COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL,
+                HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+                BLOCK_N=BLOCK_N)
         if TAIL_COLS:  # the last column chunk
-            b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
-                b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-                row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dalpha, b_sum_r, b_sum_c, ROWS=TAIL_ROWS,
-                COLS=TAIL_COLS, COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+            b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_grid(
+                b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH,
+                GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c,
+                ROWS=TAIL_ROWS, COLS=TAIL_COLS, COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD,
+                D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
+                BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
-        b_dq, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
-            b_q, b_do, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N),
-            N, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq, b_dalpha,
-            b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX,
-            RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
+        b_dq, b_dq_tail, b_dalpha, b_sum_r, b_sum_c = _dq_sweep(
+            b_q, b_q_tail, b_do, b_do_tail, b_lse, b_delta, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi,
+            tl.cdiv(N, BLOCK_N), N, N, GH, GW, P, qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, amp, 0.0, 0.0, b_dq,
+            b_dq_tail, b_dalpha, b_sum_r, b_sum_c, ROWS=0, COLS=1, MASKED=not EVEN_N, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL,
+            HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
     # e = c * inv with inv = log2(e) / (var + eps) = -2 nh, so c / (var + eps)^2 = e * inv / log2(e)^2.
     # The patch rows from index math (see gaug._block_corners), not from row_coefficients' loads.
@@ -328,23 +338,35 @@ def _dq_rows(
     g_c = b_sum_c * (2.0 * a * nh_c / (_LOG2E * _LOG2E))
     g_a = b_dalpha
     b_dq = b_dq * scale
+    if D_TAIL:
+        b_dq_tail = b_dq_tail * scale
     if CHAIN:
         v_r = tl.load(var_base + p * stride_varn, mask=is_patch_q, other=0.0).to(tl.float32)
         v_c = tl.load(var_base + p * stride_varn + stride_varc, mask=is_patch_q, other=0.0).to(tl.float32)
         g_r = tl.where(is_patch_q, g_r * v_r * (1.0 - v_r / var_scale), 0.0)
         g_c = tl.where(is_patch_q, g_c * v_c * (1.0 - v_c / var_scale), 0.0)
         g_a = tl.where(is_patch_q, g_a * _one_minus_exp_neg(a), 0.0)
-        offs_d = tl.arange(0, D_PAD)
-        m_d = offs_d < D
-        w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
-        w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
-        w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
-        b_dq += g_r[:, None] * w_r[None, :] + g_c[:, None] * w_c[None, :] + g_a[:, None] * w_a[None, :]
-    store_rows(dq_base, offs_m, stride_dqn, b_dq, m_m, D, D_PAD)
+        b_dq += _layer_gradient(w_var, w_alpha, stride_w, g_r, g_c, g_a, 0, D, D_PAD)
+        if D_TAIL:
+            b_dq_tail += _layer_gradient(w_var, w_alpha, stride_w, g_r, g_c, g_a, D_PAD, D, D_TAIL)
+    store_head(dq_base, offs_m, stride_dqn, b_dq, b_dq_tail, m_m, D, D_PAD, D_TAIL)
     p_dvar = dvar_base + p * stride_dvarn
     tl.store(p_dvar, g_r, mask=is_patch_q)
     tl.store(p_dvar + stride_dvarc, g_c, mask=is_patch_q)
     tl.store(dalpha_base + p * stride_dan, g_a, mask=is_patch_q)
+
+
+@triton.jit
+def _layer_gradient(w_var, w_alpha, stride_w, g_r, g_c, g_a, COL0: tl.constexpr, D: tl.constexpr,
+                    WIDTH: tl.constexpr):
+    """``dz w`` of the Gaussian layers over head-dim columns [COL0, COL0 + WIDTH) (those < D): (BLOCK_M, WIDTH)
+    from the rows' output gradients g_r, g_c (var's two) and g_a (alpha's)."""
+    offs_d = COL0 + tl.arange(0, WIDTH)
+    m_d = offs_d < D
+    w_r = tl.load(w_var + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_c = tl.load(w_var + stride_w + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    w_a = tl.load(w_alpha + offs_d, mask=m_d, other=0.0).to(tl.float32)
+    return g_r[:, None] * w_r[None, :] + g_c[:, None] * w_c[None, :] + g_a[:, None] * w_a[None, :]
 
 
 @triton.jit
@@ -412,12 +434,13 @@ def _store_factors(ptrs, f, lo_offset, mask, FACTOR_LO: tl.constexpr):
 
 @triton.jit
 def _dkdv_tiles(
-    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn, stride_don,
-    stride_varn, stride_varc, stride_an, q0, t_lo, t_hi, end, N, GW, P, qk_scale, eps, cmin,
-    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
-    BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+    b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f,
+    stride_qn, stride_don, stride_varn, stride_varc, stride_an, q0, t_lo, t_hi, end, N, GW, P, qk_scale, eps, cmin,
+    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv, b_dv_tail,
+    BIAS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr,
+    HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """dk, dv over query tiles [t_lo, t_hi) of BLOCK_M tokens from token ``q0`` (queries < ``end``),
     transposed (keys x queries); with BIAS (patch tiles only: their coefficients load without masks,
@@ -428,15 +451,15 @@ def _dkdv_tiles(
     for t in range(t_lo, t_hi):
         offs_m = q0 + t * BLOCK_M + tl.arange(0, BLOCK_M)
         m_m = offs_m < end
-        b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, MASKED)
-        b_do = load_rows(do_base, offs_m, stride_don, m_m, D, D_PAD, MASKED)
+        b_q, b_q_tail = load_head(q_base, offs_m, stride_qn, m_m, D, D_PAD, D_TAIL, MASKED)
+        b_do, b_do_tail = load_head(do_base, offs_m, stride_don, m_m, D, D_PAD, D_TAIL, MASKED)
         if MASKED:
             b_lse = tl.load(lse_base + offs_m, mask=m_m, other=0.0)
             b_delta = tl.load(delta_base + offs_m, mask=m_m, other=0.0)
         else:
             b_lse = tl.load(lse_base + offs_m)
             b_delta = tl.load(delta_base + offs_m)
-        b_st = tl.dot(b_k, tl.trans(b_q), input_precision=DOT_PRECISION) * qk_scale - b_lse[None, :]
+        b_st = dot_head(b_k, b_k_tail, b_q, b_q_tail, D_TAIL, DOT_PRECISION) * qk_scale - b_lse[None, :]
         if BIAS and FACTORED:  # patch tiles: offs_m = P + p; the tables' columns past Np are masked queries
             p = t * BLOCK_M + tl.arange(0, BLOCK_M)
             rows = row0 + tl.arange(0, KEY_ROWS)
@@ -462,42 +485,48 @@ def _dkdv_tiles(
         if MASKED:
             b_pt = tl.where(m_m[None, :], b_pt, 0.0)
         b_dv += tl.dot(b_pt.to(b_do.dtype), b_do, input_precision=DOT_PRECISION)
-        b_dpt = tl.dot(b_v, tl.trans(b_do), input_precision=DOT_PRECISION)
+        if D_TAIL:
+            b_dv_tail += tl.dot(b_pt.to(b_do.dtype), b_do_tail, input_precision=DOT_PRECISION)
+        b_dpt = dot_head(b_v, b_v_tail, b_do, b_do_tail, D_TAIL, DOT_PRECISION)
         b_dst = b_pt * (b_dpt - b_delta[None, :])
         b_dk += tl.dot(b_dst.to(b_q.dtype), b_q, input_precision=DOT_PRECISION)
-    return b_dk, b_dv
+        if D_TAIL:
+            b_dk_tail += tl.dot(b_dst.to(b_q.dtype), b_q_tail, input_precision=DOT_PRECISION)
+    return b_dk, b_dk_tail, b_dv, b_dv_tail
 
 
 @triton.jit
 def _dkdv_sweep(
-    b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-    stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
-    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
-    MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
-    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr,
-    KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
+    b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f,
+    stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi, N, GW, P, qk_scale, eps, cmin,
+    row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv, b_dv_tail,
+    MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
+    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """The patch query tiles (from token P): far [0, near_lo), near ones with the Gaussian, far
     [near_hi, cdiv(N - P, BLOCK_M))."""
-    b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don, stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin,
-        row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD,
-        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
-    b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don, stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps, cmin,
-        row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=True, MASKED=MASKED, D=D, D_PAD=D_PAD,
-        HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
-    b_dk, b_dv = _dkdv_tiles(
-        b_k, b_v, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f, stride_qn,
-        stride_don, stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P, qk_scale,
-        eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False, MASKED=MASKED, D=D,
-        D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED,
-        FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
-    return b_dk, b_dv
+    b_dk, b_dk_tail, b_dv, b_dv_tail = _dkdv_tiles(
+        b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f,
+        stride_qn, stride_don, stride_varn, stride_varc, stride_an, P, 0, near_lo, N, N, GW, P, qk_scale, eps, cmin,
+        row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv, b_dv_tail, BIAS=False, MASKED=MASKED,
+        D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
+        FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
+    b_dk, b_dk_tail, b_dv, b_dv_tail = _dkdv_tiles(
+        b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f,
+        stride_qn, stride_don, stride_varn, stride_varc, stride_an, P, near_lo, near_hi, N, N, GW, P, qk_scale, eps,
+        cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv, b_dv_tail, BIAS=True,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
+        BLOCK_M=BLOCK_M)
+    b_dk, b_dk_tail, b_dv, b_dv_tail = _dkdv_tiles(
+        b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse_base, delta_base, var_base, alpha_base, f_r, f_c, stride_f,
+        stride_qn, stride_don, stride_varn, stride_varc, stride_an, P, near_hi, tl.cdiv(N - P, BLOCK_M), N, N, GW, P,
+        qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv, b_dv_tail,
+        BIAS=False, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
+        BLOCK_M=BLOCK_M)
+    return b_dk, b_dk_tail, b_dv, b_dv_tail
 
 
 @triton.jit
@@ -508,10 +537,10 @@ def _backward_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, scale, eps, cmin,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_N: tl.constexpr,
-    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, SPLIT_PREFIX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr,
+    SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """grid: (key tiles * B * H,), one program per (key tile, batch*head), key tiles fastest.
 
@@ -530,9 +559,9 @@ def _backward_dkdv_kernel(
             stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
             stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
             0, P,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False, EVEN_PATCHES=EVEN_PATCHES,
-            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
-            KEY_COLS=KEY_COLS, NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False,
+            EVEN_PATCHES=EVEN_PATCHES, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, FACTOR_LO=FACTOR_LO,
+            KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
     else:
         _dkdv_keys(
             q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
@@ -540,9 +569,9 @@ def _backward_dkdv_kernel(
             stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
             stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
             start_n, N,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N, EVEN_PATCHES=EVEN_PATCHES,
-            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
-            KEY_COLS=KEY_COLS, NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N,
+            EVEN_PATCHES=EVEN_PATCHES, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO,
+            KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
@@ -553,10 +582,10 @@ def _dkdv_keys(
     stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, end_n,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_KEYS: tl.constexpr,
-    EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, FACTORED: tl.constexpr,
-    FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_KEYS: tl.constexpr, EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """dk, dv of the BLOCK_N keys from token ``start_n`` (those before ``end_n``) of (batch*head) ``bh``:
     loops over all queries, the prefix queries as tiles of BLOCK_P (no bias), then the patch queries
@@ -579,8 +608,10 @@ def _dkdv_keys(
     offs_n = start_n + tl.arange(0, BLOCK_N)
     m_n = offs_n < end_n
 
-    b_k = load_rows(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, not EVEN_KEYS)
-    b_v = load_rows(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, not EVEN_KEYS)
+    b_k, b_k_tail = load_head(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, D_TAIL,
+                              not EVEN_KEYS)
+    b_v, b_v_tail = load_head(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, D_TAIL,
+                              not EVEN_KEYS)
     row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, not CLAMP)
     # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
     row0 = (tl.maximum(start_n - P, 0) // GW) // RATE * RATE
@@ -602,24 +633,32 @@ def _dkdv_keys(
     f_c = f_c + bh.to(tl.int64) * (1 + FACTOR_LO) * KEY_COLS * stride_f
     b_dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     b_dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    b_dk_tail, b_dv_tail = 0.0, 0.0
+    if D_TAIL:
+        b_dk_tail = tl.zeros([BLOCK_N, D_TAIL], tl.float32)
+        b_dv_tail = tl.zeros([BLOCK_N, D_TAIL], tl.float32)
     if HAS_PREFIX:
-        b_dk, b_dv = _dkdv_tiles(
-            b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c, stride_f,
-            stride_qn, stride_don, stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N, GW, P,
-            qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv, BIAS=False,
-            MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION,
-            FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
+        b_dk, b_dk_tail, b_dv, b_dv_tail = _dkdv_tiles(
+            b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r,
+            f_c, stride_f, stride_qn, stride_don, stride_varn, stride_varc, stride_an, 0, 0, tl.cdiv(P, BLOCK_P), P, N,
+            GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv,
+            b_dv_tail, BIAS=False, MASKED=True, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
+            KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_P)
     if NEAR:
         near_lo, near_hi = near_token_tiles(start_n, BLOCK_N, tl.load(radius + bh), N, GW, P, P, RATE, BLOCK_M)
     else:
         near_lo, near_hi = 0, 0
-    b_dk, b_dv = _dkdv_sweep(
-        b_k, b_v, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c, stride_f,
-        stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
-        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dv,
-        MASKED=not EVEN_PATCHES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-        DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS,
-        BLOCK_M=BLOCK_M)
+    b_dk, b_dk_tail, b_dv, b_dv_tail = _dkdv_sweep(
+        b_k, b_k_tail, b_v, b_v_tail, q_base, do_base, lse + row_base, delta + row_base, var_base, alpha_base, f_r, f_c,
+        stride_f, stride_qn, stride_don, stride_varn, stride_varc, stride_an, near_lo, near_hi,
+        N, GW, P, qk_scale, eps, cmin, row_k, col_k, is_patch_k, row0, b_sel_r, b_sel_c, b_dk, b_dk_tail, b_dv,
+        b_dv_tail, MASKED=not EVEN_PATCHES, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
+        CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO, KEY_ROWS=KEY_ROWS,
+        KEY_COLS=KEY_COLS, BLOCK_M=BLOCK_M)
 
-    store_rows(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, m_n, D, D_PAD)
-    store_rows(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, m_n, D, D_PAD)
+    if D_TAIL:
+        b_dk_tail = b_dk_tail * scale
+    store_head(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, b_dk_tail, m_n, D, D_PAD,
+               D_TAIL)
+    store_head(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, b_dv_tail, m_n, D, D_PAD, D_TAIL)

@@ -104,6 +104,10 @@ FACTOR_LO: bool | str = "fp16"
 MAX_FACTORED_LO_COLS = 32
 
 
+# The attention kernels' head dim as a first tile and a tail where next_pow2 would pad more (head_dim_tiles: 80 as
+# 64 + 16 columns, not 128: 37.5% fewer products); off: tune A/B.
+HEAD_DIM_TAIL = True
+
 # How the kernels multiply fp32 inputs (set_fp32_precision).
 FP32_PRECISIONS = ("ieee", "tf32x3")
 FP32_PRECISION = "ieee"
@@ -112,7 +116,8 @@ FP32_PRECISION = "ieee"
 # (``switched``, a test's monkeypatch) never reads back a launch cached under its other value.
 _LAUNCH_SWITCHES = operator.itemgetter("GRID_TILES", "MAX_GRID_ROWS", "COLUMN_CHUNKS", "MAX_CHUNK_ROWS",
                                        "CHUNK_COLS", "MID_CHUNKS", "FACTORED_DKDV", "MAX_FACTORED_COLS",
-                                       "MAX_FACTORED_ROWS", "FACTOR_LO", "MAX_FACTORED_LO_COLS", "FP32_PRECISION")
+                                       "MAX_FACTORED_ROWS", "FACTOR_LO", "MAX_FACTORED_LO_COLS", "HEAD_DIM_TAIL",
+                                       "FP32_PRECISION")
 
 
 def set_fp32_precision(precision: str) -> None:
@@ -150,16 +155,29 @@ def padded_head_dim(head_dim: int) -> int:
     return dot_width(head_dim)
 
 
+def head_dim_tiles(head_dim: int) -> tuple[int, int]:
+    """(D_PAD, D_TAIL): the head dim as one tile of next_pow2 columns, (D_PAD, 0), or as two, a first tile of
+    prev_pow2 columns and a tail of at least 16 (tl.dot's smallest side), where the two take fewer columns:
+    80 as 64 + 16 (not 128), 96 as 64 + 32, 40 as 32 + 16, 192 as 128 + 64; 112 stays 128. With HEAD_DIM_TAIL."""
+    d = padded_head_dim(head_dim)
+    first = d // 2
+    tail = dot_width(head_dim - first) if head_dim > first else 0
+    if HEAD_DIM_TAIL and first >= 16 and 0 < tail and first + tail < d:
+        return first, tail
+    return d, 0
+
+
 def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int = 1,
                factored: bool = False, fp32_precision: str | None = None) -> tuple[str, int, str, str]:
     """The table key of one launch: (kernel, head-dim class, dtype class, grid class). Head-dim class:
-    the padded head dim, at least 64. Dtype class: "16bit" (fp16, bf16), "fp32", "tf32x3" (fp32 under
-    that precision; set_fp32_precision). Grid class: "factored" / "factored_wide" (the dk/dv kernel's
-    factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim class 128 / 17 to 64 wide),
-    "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
+    the columns the kernels load (``head_dim_tiles``: 80 for head dims 72 and 80, as 64 + 16), at least 64; one
+    without entries of a kernel takes the next power of two's (``table_key``). Dtype class: "16bit" (fp16, bf16),
+    "fp32", "tf32x3" (fp32 under that precision; set_fp32_precision). Grid class: "factored" / "factored_wide"
+    (the dk/dv kernel's factored Gaussian, 16-bit: grids up to 16 wide or any at head-dim classes over 64 / 17 to
+    64 wide), "small" (N <= 256), else "gw<width>" (entries measured at one grid width, where it needs other
     tiles than the rest: the forward at 384 / 518 / 768 px); a class the table lacks falls back to "wide" for
     grids over WIDE_COLS wide (``table_key``), then to "any"."""
-    d = max(64, padded_head_dim(head_dim))
+    d = max(64, sum(head_dim_tiles(head_dim)))
     half = dtype != torch.float32
     if factored and half and d <= 128:
         grid = "factored_wide" if d == 64 and gw > 16 else "factored"
@@ -174,14 +192,15 @@ def config_key(kernel: str, head_dim: int, n: int, dtype: torch.dtype, gw: int =
 def table_key(table: dict, key: tuple) -> tuple:
     """The entry of ``table`` that serves ``key``: the key itself, else its grid class "wide" where the grid is
     over WIDE_COLS wide, else "any"; for "tf32x3" without entries of its own, fp32's; for "forward_radius", the
-    forward's."""
+    forward's; for a head-dim class between powers of two (80) without any of those, the next power of two's."""
     kernel, d, precision, grid = key
     wide = grid.startswith("gw") and int(grid[2:]) > WIDE_COLS
-    for p in (precision, "fp32") if precision == "tf32x3" else (precision,):
-        for g in (grid, "wide", "any") if wide else (grid, "any"):
-            for k in _kernels(kernel):
-                if (k, d, p, g) in table:
-                    return k, d, p, g
+    for c in dict.fromkeys((d, padded_head_dim(d))):
+        for p in (precision, "fp32") if precision == "tf32x3" else (precision,):
+            for g in (grid, "wide", "any") if wide else (grid, "any"):
+                for k in _kernels(kernel):
+                    if (k, c, p, g) in table:
+                        return k, c, p, g
     raise KeyError(f"configs.json has no entry for {key} nor its class 'any'")
 
 
@@ -327,8 +346,9 @@ def _launch_meta(kernel, D, N, dtype, gw, P, cmin, rate, arch, switches, overrid
         # too: `tune` then times what a table entry of that config would launch (v19).
         cfg["num_stages"] = 2
     gh = (N - P) // gw
+    d_pad, d_tail = head_dim_tiles(D)
     meta = dict(
-        D=D, D_PAD=padded_head_dim(D), HAS_PREFIX=P > 0, RATE=rate,
+        D=D, D_PAD=d_pad, D_TAIL=d_tail, HAS_PREFIX=P > 0, RATE=rate,
         # The clamp of -1/2 d^2 at cmin only bites when the grid is larger than the build grid.
         CLAMP=0.5 * (max(gh, gw) - 1) ** 2 > -cmin,
         DOT_PRECISION=dot_precision(dtype),

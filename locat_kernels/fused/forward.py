@@ -5,7 +5,8 @@
 from ``gaug_forward``, or None: then each program finds its (batch, head)'s radius from var and
 alpha and the first stores it (for the backward; a launch with configs of its own, "forward_radius").
 out (B, H, N, D) is stored as (B, N, H, D) and returned transposed, so the caller's head merge is
-free; lse (B, H, N) float32 in log2 units.
+free; lse (B, H, N) float32 in log2 units. A head dim between powers of two loads as one tile of next_pow2 columns
+or as a first tile and a tail where that takes fewer (80 as 64 + 16: ``configs.head_dim_tiles``, ``tiles.load_head``).
 
 Key tiles come in two layouts (``configs.grid_layout``). **Grid tiles**: the prefix keys first as
 token tiles of BLOCK_P = max(16, next_pow2(P)) keys without a bias, then the patches as tiles of
@@ -29,8 +30,8 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, grid_col_exponents, grid_row_terms, load_rows, log2_bias, near_grid_tiles, near_token_tiles,
-    positions, program_tile, radius_of, row_coefficients, tile_keys,
+    LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, load_head, log2_bias, near_grid_tiles,
+    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, tile_keys,
 )
 
 
@@ -62,32 +63,36 @@ def _launch(q, k, v, var, alpha, radius, out, lse, gw, P, eps, cmin, rate, scale
 
 
 @triton.jit
-def _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION: tl.constexpr):
-    """One key tile's logits ``b_s`` (log2 units) into the running max, sum and ``acc = sum_j p_j v_j``."""
+def _online_softmax(b_s, b_v, b_v_tail, b_m, b_l, b_acc, b_acc_tail, D_TAIL: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """One key tile's logits ``b_s`` (log2 units) into the running max, sum and ``acc = sum_j p_j v_j``
+    (over the head dim's tiles: ``acc_tail`` with D_TAIL)."""
     b_m_new = tl.maximum(b_m, tl.max(b_s, 1))
     b_corr = tl.exp2(b_m - b_m_new)
     b_p = tl.exp2(b_s - b_m_new[:, None])
     b_l = b_l * b_corr + tl.sum(b_p, 1)
     b_acc = b_acc * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=DOT_PRECISION)
-    return b_m_new, b_l, b_acc
+    if D_TAIL:
+        b_acc_tail = b_acc_tail * b_corr[:, None] + tl.dot(b_p.to(b_v.dtype), b_v_tail, input_precision=DOT_PRECISION)
+    return b_m_new, b_l, b_acc, b_acc_tail
 
 
 @triton.jit
 def _forward_tiles(
-    b_q, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P, qk_scale,
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
+    b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, t_lo, t_hi, end, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail,
     BIAS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Online softmax over key tiles [t_lo, t_hi) (layout: ``tile_keys``); with BIAS the Gaussian,
     on grid tiles as the row factor times the column table ``b_c``, on token tiles per logit."""
     for t in range(t_lo, t_hi):
         offs_n, m_n = tile_keys(t, GH, GW, P, end, ROWS, COLS, BLOCK_N, COL0)
         p_n = tl.minimum(offs_n, end - 1)  # slots past the end read the last key, masked below: no load masks
-        b_k = load_rows(k_base, p_n, stride_kn, m_n, D, D_PAD, False)  # (BLOCK_N, D_PAD)
-        b_v = load_rows(v_base, p_n, stride_vn, m_n, D, D_PAD, False)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        b_k, b_k_tail = load_head(k_base, p_n, stride_kn, m_n, D, D_PAD, D_TAIL, False)  # (BLOCK_N, D_PAD), (.., TAIL)
+        b_v, b_v_tail = load_head(v_base, p_n, stride_vn, m_n, D, D_PAD, D_TAIL, False)
+        b_s = dot_head(b_q, b_q_tail, b_k, b_k_tail, D_TAIL, DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if BIAS:
             if ROWS:
                 _, b_f = grid_row_terms(t, row_q, nh_r, lo_r, log2_amp, RATE, CLAMP, ROWS, COLS, BLOCK_N)
@@ -102,43 +107,44 @@ def _forward_tiles(
             b_s = b_s * qk_scale
         if MASKED:
             b_s = tl.where(m_n[None, :], b_s, float("-inf"))
-        b_m, b_l, b_acc = _online_softmax(b_s, b_v, b_m, b_l, b_acc, DOT_PRECISION)
-    return b_m, b_l, b_acc
+        b_m, b_l, b_acc, b_acc_tail = _online_softmax(b_s, b_v, b_v_tail, b_m, b_l, b_acc, b_acc_tail, D_TAIL,
+                                                      DOT_PRECISION)
+    return b_m, b_l, b_acc, b_acc_tail
 
 
 @triton.jit
 def _forward_sweep(
-    b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc,
+    b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail,
     ROWS: tl.constexpr, COLS: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr,
-    HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
+    D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, COL0: tl.constexpr = 0,
 ):
     """Far tiles [0, near_lo), near tiles with the Gaussian, far tiles [near_hi, num_tiles)."""
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
-        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+    b_m, b_l, b_acc, b_acc_tail = _forward_tiles(
+        b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, 0, near_lo, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail, BIAS=False, ROWS=ROWS,
+        COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
         DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=True, ROWS=ROWS, COLS=COLS,
-        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+    b_m, b_l, b_acc, b_acc_tail = _forward_tiles(
+        b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail, BIAS=True, ROWS=ROWS,
+        COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
         DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    b_m, b_l, b_acc = _forward_tiles(
-        b_q, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, BIAS=False, ROWS=ROWS, COLS=COLS,
-        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+    b_m, b_l, b_acc, b_acc_tail = _forward_tiles(
+        b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, near_hi, num_tiles, end, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail, BIAS=False, ROWS=ROWS,
+        COLS=COLS, MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
         DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
-    return b_m, b_l, b_acc
+    return b_m, b_l, b_acc, b_acc_tail
 
 
 @triton.jit
 def _forward_grid(
-    b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc,
+    b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+    row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, b_acc_tail,
     ROWS: tl.constexpr, COLS: tl.constexpr, COL0: tl.constexpr, MASKED: tl.constexpr, D: tl.constexpr,
-    D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
+    D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The far / near / far sweep over the grid tiles of the columns from COL0 (all of them, or one
@@ -147,9 +153,9 @@ def _forward_grid(
     near_lo, near_hi = near_grid_tiles(start_m, BLOCK_M, r, N, GW, P, RATE, ROWS, T)
     b_c = tl.exp2(grid_col_exponents(col_q, nh_c, lo_c, RATE, CLAMP, COLS, BLOCK_N, COL0))
     return _forward_sweep(
-        b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P, qk_scale,
-        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS,
-        MASKED=MASKED, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, T, N, N, GH, GW, P, qk_scale,
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_c, b_m, b_l, b_acc, b_acc_tail, ROWS=ROWS, COLS=COLS,
+        MASKED=MASKED, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
         DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N, COL0=COL0)
 
 
@@ -160,8 +166,8 @@ def _forward_kernel(
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
     H, N, GW, P, qk_scale, eps, cmin,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
-    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -190,7 +196,7 @@ def _forward_kernel(
         _forward_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, -GH - 2, 0, P,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
             MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
             BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
@@ -206,8 +212,8 @@ def _forward_kernel(
         _forward_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, N,
-            D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
+            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N,
+            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
             MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
@@ -216,8 +222,8 @@ def _forward_kernel(
 def _forward_rows(
     q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn, stride_on,
     stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, end_m,
-    D: tl.constexpr, D_PAD: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr, EVEN_M: tl.constexpr,
-    EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
+    D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
@@ -226,7 +232,7 @@ def _forward_rows(
     (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_m = offs_m < end_m
-    b_q = load_rows(q_base, offs_m, stride_qn, m_m, D, D_PAD, not EVEN_M)
+    b_q, b_q_tail = load_head(q_base, offs_m, stride_qn, m_m, D, D_PAD, D_TAIL, not EVEN_M)
     row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
         var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
     log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
@@ -234,44 +240,46 @@ def _forward_rows(
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    b_acc_tail = 0.0
+    if D_TAIL:
+        b_acc_tail = tl.zeros([BLOCK_M, D_TAIL], tl.float32)
     if ROWS:
         if HAS_PREFIX:  # the prefix keys: tiles of BLOCK_P (a few tokens, not a whole BLOCK_N), no bias
-            b_m, b_l, b_acc = _forward_tiles(
-                b_q, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH, GW, P, qk_scale,
-                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, BIAS=False, ROWS=0, COLS=1,
-                MASKED=True, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+            b_m, b_l, b_acc, b_acc_tail = _forward_tiles(
+                b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, 0, tl.cdiv(P, BLOCK_P), P, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, b_acc_tail, BIAS=False, ROWS=0,
+                COLS=1, MASKED=True, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
                 DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_P)
-        b_m, b_l, b_acc = _forward_grid(
-            b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=ROWS, COLS=COLS, COL0=0,
-            MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        b_m, b_l, b_acc, b_acc_tail = _forward_grid(
+            b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+            row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, b_acc_tail, ROWS=ROWS, COLS=COLS, COL0=0,
+            MASKED=not FULL_TILES, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         if MID_COLS:  # the middle column chunk of three, after the first (the softmax does not mind the order)
-            b_m, b_l, b_acc = _forward_grid(
-                b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=MID_ROWS, COLS=MID_COLS,
-                COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
-                DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+            b_m, b_l, b_acc, b_acc_tail = _forward_grid(
+                b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, b_acc_tail, ROWS=MID_ROWS,
+                COLS=MID_COLS, COL0=COLS, MASKED=not MID_FULL, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX,
+                RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
         if TAIL_COLS:  # the last column chunk
-            b_m, b_l, b_acc = _forward_grid(
-                b_q, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
-                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, ROWS=TAIL_ROWS, COLS=TAIL_COLS,
-                COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE,
-                CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N)
+            b_m, b_l, b_acc, b_acc_tail = _forward_grid(
+                b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, start_m, r, N, GH, GW, P, qk_scale,
+                row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, b_m, b_l, b_acc, b_acc_tail, ROWS=TAIL_ROWS,
+                COLS=TAIL_COLS, COL0=COLS + MID_COLS, MASKED=not TAIL_FULL, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL,
+                HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, BLOCK_M=BLOCK_M,
+                BLOCK_N=BLOCK_N)
     else:
         near_lo, near_hi = near_token_tiles(start_m, BLOCK_M, r, N, GW, P, 0, RATE, BLOCK_N)
-        b_m, b_l, b_acc = _forward_sweep(
-            b_q, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N), N, N, GH, GW, P,
-            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, ROWS=0, COLS=1,
-            MASKED=not EVEN_N, D=D, D_PAD=D_PAD, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
+        b_m, b_l, b_acc, b_acc_tail = _forward_sweep(
+            b_q, b_q_tail, k_base, v_base, stride_kn, stride_vn, near_lo, near_hi, tl.cdiv(N, BLOCK_N), N, N, GH, GW, P,
+            qk_scale, row_q, col_q, nh_r, nh_c, lo_r, lo_c, log2_amp, 0.0, b_m, b_l, b_acc, b_acc_tail, ROWS=0, COLS=1,
+            MASKED=not EVEN_N, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, CLAMP=CLAMP,
             DOT_PRECISION=DOT_PRECISION, BLOCK_N=BLOCK_N)
 
-    b_acc = b_acc / b_l[:, None]
-    offs_d = tl.arange(0, D_PAD)
-    p_o = o_base + offs_m[:, None] * stride_on + offs_d[None, :]
-    if EVEN_M and D == D_PAD:
-        tl.store(p_o, b_acc.to(o_base.dtype.element_ty))
+    if D_TAIL:
+        b_acc_tail = b_acc_tail / b_l[:, None]
+    store_head(o_base, offs_m, stride_on, b_acc / b_l[:, None], b_acc_tail, m_m, D, D_PAD, D_TAIL, not EVEN_M)
+    if EVEN_M:
         tl.store(lse_base + offs_m, b_m + tl.log2(b_l))
     else:
-        tl.store(p_o, b_acc.to(o_base.dtype.element_ty), mask=m_m[:, None] & (offs_d < D)[None, :])
         tl.store(lse_base + offs_m, b_m + tl.log2(b_l), mask=m_m)

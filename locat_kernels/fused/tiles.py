@@ -6,7 +6,10 @@ the amplitude). Per query row, ``nh = -1/2 log2(e) / (var + eps)`` and ``lo = cm
 per axis, so an axis's exponent is ``max(nh d^2, lo)`` (the max only with CLAMP).
 
 Head dims that are not a power of two are loaded as D_PAD = next_pow2(D) columns, the padding
-read as zeros (masked loads, no copies): products and row sums are then exact.
+read as zeros (masked loads, no copies): products and row sums are then exact. Or, where that saves
+products (``configs.head_dim_tiles``: 80 as 64 + 16 where next_pow2 is 128), as two tiles: the first
+D_PAD = prev_pow2(D) columns and a tail of D_TAIL columns from D_PAD, its padding read as zeros
+(``load_head``, ``dot_head``; D_TAIL = 0: one tile, the tail a scalar 0 the code never reads).
 """
 from __future__ import annotations
 
@@ -191,16 +194,16 @@ def near_grid_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.
 
 @triton.jit
 def load_rows(base, offs, stride, mask, D: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr):
-    """Rows ``offs`` of a (rows, D) matrix with row stride ``stride`` as (len(offs), D_PAD); rows
-    outside ``mask`` (with MASKED) and columns >= D read as 0."""
+    """Rows ``offs`` of a (rows, D) matrix with row stride ``stride`` as (len(offs), D_PAD): its first
+    D_PAD columns; rows outside ``mask`` (with MASKED) and columns >= D read as 0."""
     offs_d = tl.arange(0, D_PAD)
     ptrs = base + offs[:, None] * stride + offs_d[None, :]
     if MASKED:
-        if D_PAD != D:
+        if D < D_PAD:
             x = tl.load(ptrs, mask=mask[:, None] & (offs_d < D)[None, :], other=0.0)
         else:
             x = tl.load(ptrs, mask=mask[:, None], other=0.0)
-    elif D_PAD != D:
+    elif D < D_PAD:
         x = tl.load(ptrs, mask=(offs_d < D)[None, :], other=0.0)
     else:
         x = tl.load(ptrs)
@@ -208,11 +211,46 @@ def load_rows(base, offs, stride, mask, D: tl.constexpr, D_PAD: tl.constexpr, MA
 
 
 @triton.jit
-def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr):
-    """Store (len(offs), D_PAD) ``x`` into rows ``offs`` (where ``mask``), columns < D."""
+def store_rows(base, offs, stride, x, mask, D: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr = True):
+    """Store (len(offs), D_PAD) ``x`` into rows ``offs`` (where ``mask``, with MASKED), columns < D."""
     offs_d = tl.arange(0, D_PAD)
     ptrs = base + offs[:, None] * stride + offs_d[None, :]
-    tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask[:, None] & (offs_d < D)[None, :])
+    if MASKED or D < D_PAD:
+        tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask[:, None] & (offs_d < D)[None, :])
+    else:
+        tl.store(ptrs, x.to(base.dtype.element_ty))
+
+
+@triton.jit
+def load_head(base, offs, stride, mask, D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr,
+              MASKED: tl.constexpr):
+    """Rows ``offs`` as the head dim's tiles: (len(offs), D_PAD) columns [0, D_PAD), and with D_TAIL
+    (len(offs), D_TAIL) columns [D_PAD, D) (else the scalar 0)."""
+    x = load_rows(base, offs, stride, mask, D, D_PAD, MASKED)
+    x_tail = 0.0
+    if D_TAIL:
+        x_tail = load_rows(base + D_PAD, offs, stride, mask, D - D_PAD, D_TAIL, MASKED)
+    return x, x_tail
+
+
+@triton.jit
+def store_head(base, offs, stride, x, x_tail, mask, D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr,
+               MASKED: tl.constexpr = True):
+    """Store the head dim's tiles ``x`` (columns [0, D_PAD)) and ``x_tail`` ([D_PAD, D), with D_TAIL) into
+    rows ``offs``."""
+    store_rows(base, offs, stride, x, mask, D, D_PAD, MASKED)
+    if D_TAIL:
+        store_rows(base + D_PAD, offs, stride, x_tail, mask, D - D_PAD, D_TAIL, MASKED)
+
+
+@triton.jit
+def dot_head(a, a_tail, b, b_tail, D_TAIL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """``a b^T`` summed over the head dim's tiles: (M, D_PAD) x (N, D_PAD), plus the tails' (M, D_TAIL) x
+    (N, D_TAIL) with D_TAIL, as (M, N) float32."""
+    s = tl.dot(a, tl.trans(b), input_precision=DOT_PRECISION)
+    if D_TAIL:
+        s = tl.dot(a_tail, tl.trans(b_tail), s, input_precision=DOT_PRECISION)
+    return s
 
 
 @triton.jit
