@@ -11,7 +11,9 @@ memory the launch needs, and the programs of it an SM holds at once (``programs_
 registers, shared memory and warps allow; where registers set it, a config's fifth element (``maxnreg``) can
 add one, benchmarks/NOTES.md v33-v34). The configs are those the table gives on sm_90 (``--override`` swaps a
 kernel's; ``--switch NAME=VALUE`` sets a ``configs`` switch while the launches are recorded).
-``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
+Each row also names its machine code by a hash of the SASS instructions (``sass``: equal hashes, the
+same instructions; line info and names left out), so two source trees' launches compare without a GPU
+(benchmarks/NOTES.md, v41). ``--loops`` also reads each kernel's machine code (``cuobjdump -sass``) and lists its loops
 (one per backward branch, in address order: a sweep's far / near / far ranges) with the instructions
 of each body and its most frequent opcodes, the count that tells a lean loop from a heavy one before
 any GPU time (benchmarks/NOTES.md, v13). Run it without ``TRITON_INTERPRET``; it replaces Triton's
@@ -20,6 +22,7 @@ driver for its whole process.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
             row = dict(shape=spec, rate=args.rate, dtype=args.dtype, **row)
             print(f"{spec:>20} {row['kernel']:<14} config {str(row['config']):<18} regs {row['regs']:>3}  "
                   f"spill {row['stack']:>4} B/thread  shared {row['shared'] / 1024:6.1f} KiB  "
-                  f"programs/SM {row['programs_per_sm'] or '?'}", flush=True)
+                  f"programs/SM {row['programs_per_sm'] or '?'}  sass {row['sass']}", flush=True)
             for i, loop in enumerate(row.get("loops", [])):
                 ops = ", ".join(f"{op} {n}" for op, n in loop["opcodes"].items())
                 print(f"{'':>22}loop {i}: {loop['instructions']:5d} instructions ({ops})")
@@ -125,22 +128,32 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         usage = _resource_usage(compiled.asm["cubin"])
+        sass = _cuobjdump(compiled.asm["cubin"], "-sass")
         config = [kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg") if k in kwargs]
         rows.append(dict(kernel=name, config=config,
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
                          programs_per_sm=programs_per_sm(usage["REG"], kwargs.get("num_warps", 4),
                                                          compiled.metadata.shared, arch),
                          flags={k: v for k, v in kwargs.items() if k in ("FACTORED", "ROWS", "COLS", "KEY_ROWS",
-                                                                          "KEY_COLS", "CLAMP", "RATE")}))
+                                                                          "KEY_COLS", "CLAMP", "RATE")},
+                         sass=sass_hash(sass)))
         if loops:
-            rows[-1]["loops"] = sass_loops(_cuobjdump(compiled.asm["cubin"], "-sass"))
+            rows[-1]["loops"] = sass_loops(sass)
     return rows
+
+
+_SASS_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")
+
+
+def sass_hash(sass: str) -> str:
+    """12 hex digits of sha256 over a SASS listing's instructions and their addresses (not its headers)."""
+    return hashlib.sha256("\n".join(" ".join(i) for i in _SASS_INSTRUCTION.findall(sass)).encode()).hexdigest()[:12]
 
 
 def sass_loops(sass: str, top: int = 8) -> list[dict]:
     """The loops of one kernel's SASS listing: one per backward branch, in address order, each with the
     instructions of its body (branch target to the branch) and its ``top`` most frequent opcodes."""
-    instrs = [(int(addr, 16), text) for addr, text in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    instrs = [(int(addr, 16), text) for addr, text in _SASS_INSTRUCTION.findall(sass)]
     index = {addr: i for i, (addr, _) in enumerate(instrs)}
     loops = []
     for i, (addr, text) in enumerate(instrs):

@@ -67,6 +67,22 @@ def test_sass_loops_reads_back_edges():
                                 dict(instructions=7, opcodes={"BRA": 3, "MOV": 1, "FFMA": 1, "FMUL": 1, "MUFU": 1})]
 
 
+def test_sass_hash_names_the_instructions_only():
+    """Listings that differ in headers and encodings hash alike; one changed instruction or address does not."""
+    from locat_bench.resources import sass_hash
+
+    body = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                /* 0x00000a0000017a02 */
+        /*0010*/                   FFMA R2, R3, R4, R5 ;
+        /*0020*/                   EXIT ;
+    """
+    header = "\n\tFunction : _forward_kernel\n\t.headerflags @\"EF_CUDA_SM90\""
+    same = header + body.replace("0x00000a0000017a02", "0x1")
+    assert sass_hash(body) == sass_hash(same) and len(sass_hash(body)) == 12
+    assert sass_hash(body) != sass_hash(body.replace("R5", "R6"))
+    assert sass_hash(body) != sass_hash(body.replace("/*0020*/", "/*0030*/"))
+
+
 def test_refuses_bad_arguments_by_name():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])

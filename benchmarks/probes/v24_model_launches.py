@@ -15,8 +15,9 @@ MODELS = {"tiny 224": (3, 14, 14, 1, 64), "base 224": (12, 14, 14, 1, 64), "base
           "base 512": (12, 32, 32, 1, 64)}  # (H, gh, gw, prefix, head_dim)
 for tree in (after, before):
     tree.INTERPRET = False  # the table's configs (sm_90), as on the GPU
-# constexprs newer than a baseline, at their off value (v38's third column chunk: MID_COLS = 0 compiles it away)
-OFF = {"TAIL_ROWS": 0, "TAIL_COLS": 0, "TAIL_FULL": False, "MID_ROWS": 0, "MID_COLS": 0, "MID_FULL": False}
+# constexprs newer than a baseline, at their off value (v38's third column chunk: MID_COLS = 0 compiles it away;
+# and v41's head-dim tail: D_TAIL = 0 compiles it away)
+OFF = {"TAIL_ROWS": 0, "TAIL_COLS": 0, "TAIL_FULL": False, "MID_ROWS": 0, "MID_COLS": 0, "MID_FULL": False, "D_TAIL": 0}
 differences = traced_differences = 0
 
 
