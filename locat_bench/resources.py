@@ -103,7 +103,7 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
               switches: dict | None = None) -> list[dict]:
     """One row per launch of the LocAt layer's forward and backward at ``shape`` (with ``loops``, each
     kernel's ``sass_loops`` too), under ``configs`` switches ``switches`` (name -> value)."""
-    triton.runtime.driver.set_active(_TargetOnly(arch))
+    use_target(arch)
     from locat_kernels import fused, gaussian_clamp, gaussian_eps
     from locat_kernels.fused import configs
 
@@ -128,7 +128,7 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
         compiled = kernel.warmup(*args, grid=grid, **kwargs)
         usage = _resource_usage(compiled.asm["cubin"])
-        sass = _cuobjdump(compiled.asm["cubin"], "-sass")
+        sass = cuobjdump(compiled.asm["cubin"], "-sass")
         config = [kwargs[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "maxnreg") if k in kwargs]
         rows.append(dict(kernel=name, config=config,
                          regs=usage["REG"], stack=usage["STACK"], shared=compiled.metadata.shared,
@@ -185,6 +185,11 @@ def programs_per_sm(regs: int, warps: int, shared: int, arch: int = 90) -> int |
     return min(by_regs, by_shared, sm_warps // warps, sm_programs)
 
 
+def use_target(arch: int) -> None:
+    """Triton's driver replaced, for the rest of the process, by one that compiles for ``sm_<arch>`` without a GPU."""
+    triton.runtime.driver.set_active(_TargetOnly(arch))
+
+
 class _TargetOnly:
     """Enough of Triton's driver to compile for ``sm_<arch>`` without a GPU."""
 
@@ -206,11 +211,11 @@ class _TargetOnly:
 
 def _resource_usage(cubin: bytes) -> dict:
     """ptxas's REG, STACK, SHARED, LOCAL of the one function in a cubin."""
-    text = _cuobjdump(cubin, "-res-usage")
+    text = cuobjdump(cubin, "-res-usage")
     return {key: int(value) for key, value in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text)}
 
 
-def _cuobjdump(cubin: bytes, flag: str) -> str:
+def cuobjdump(cubin: bytes, flag: str) -> str:
     """What Triton's bundled cuobjdump prints for a cubin with ``flag``."""
     tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     with tempfile.TemporaryDirectory() as tmp:

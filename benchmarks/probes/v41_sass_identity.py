@@ -12,7 +12,6 @@ import re
 import sys
 
 import torch
-import triton
 
 from locat_bench import resources
 
@@ -42,12 +41,12 @@ def sass_of_launches(package: str, shape: tuple, rate: int) -> list[tuple[str, s
                                      chain=chain)
         fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh, gw,
                             P, 0.0, 1.0, rate)
-    return [(kernel.fn.__name__, resources._cuobjdump(kernel.warmup(*args, grid=grid, **meta).asm["cubin"], "-sass"))
+    return [(kernel.fn.__name__, resources.cuobjdump(kernel.warmup(*args, grid=grid, **meta).asm["cubin"], "-sass"))
             for kernel, grid, args, meta in launches]
 
 
 def main(shapes: list[str]) -> None:
-    triton.runtime.driver.set_active(resources._TargetOnly(90))
+    resources.use_target(90)
     counts = dict(same=0, renamed=0, loops_same=0, loops_differ=0)
     for spec in shapes:
         shape = tuple(int(x) for x in spec.split(","))
