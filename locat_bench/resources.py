@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -104,25 +105,7 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
     """One row per launch of the LocAt layer's forward and backward at ``shape`` (with ``loops``, each
     kernel's ``sass_loops`` too), under ``configs`` switches ``switches`` (name -> value)."""
     use_target(arch)
-    from locat_kernels import fused, gaussian_clamp, gaussian_eps
-    from locat_kernels.fused import configs
-
-    _, H, gh, gw, P, D = shape
-    N = P + gh * gw
-    q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)  # timm's views
-    layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
-    eps, cmin, scale = gaussian_eps((gh, gw)), gaussian_clamp((gh, gw)), D ** -0.5
-    # the launches are recorded, not run: each call gets inputs of the right shapes, not its predecessor's outputs
-    var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
-    radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
-    out = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2)
-    with configs.switched(switches or {}, overrides), configs.recorded_launches() as launches:
-        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
-        fused.attention_forward(q, k, v, var, alpha, radius, gw, P, eps, cmin, rate, scale)
-        fused.attention_backward(torch.randn_like(q), q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin,
-                                 rate, scale)
-        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
-                            gw, P, 0.0, 1.0, rate)
+    launches = layer_launches(shape, rate, dtype, switches=switches, overrides=overrides)
     rows = []
     for kernel, grid, args, kwargs in launches:
         name = kernel.fn.__name__.strip("_").removesuffix("_kernel")  # _backward_dq_kernel: backward_dq
@@ -140,6 +123,35 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
         if loops:
             rows[-1]["loops"] = sass_loops(sass)
     return rows
+
+
+def layer_launches(shape, rate: int, dtype, package: str = "locat_kernels", variants: bool = False,
+                   switches: dict | None = None, overrides: dict | None = None) -> list[tuple]:
+    """The launches ``(kernel, grid, args, meta)`` of the LocAt layer's forward and backward at ``shape`` by
+    ``package``'s kernels (a baseline tree's: ``locat_kernels_base``), recorded, not run: the Gaussian augmentation's
+    forward, the attention forward given its radius, the backward, the augmentation's backward; with ``variants``
+    also the forward finding its radius (the public op's) and the backward with the layers' chain."""
+    pkg = importlib.import_module(package)
+    fused, configs = (importlib.import_module(f"{package}.fused{m}") for m in ("", ".configs"))
+    _, H, gh, gw, P, D = shape
+    N = P + gh * gw
+    q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)  # timm's views
+    layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
+    eps, cmin, scale = pkg.gaussian_eps((gh, gw)), pkg.gaussian_clamp((gh, gw)), D ** -0.5
+    # the launches are recorded, not run: each call gets inputs of the right shapes, not its predecessor's outputs
+    var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
+    radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
+    out, do = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2), torch.randn_like(q)
+    with configs.switched(switches or {}, overrides), configs.recorded_launches() as launches:
+        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
+        for r in (radius, None) if variants else (radius,):
+            fused.attention_forward(q, k, v, var, alpha, r, gw, P, eps, cmin, rate, scale)
+        for chain in (None, (layers[0], layers[2], 1.0)) if variants else (None,):
+            fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale,
+                                     chain=chain)
+        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh,
+                            gw, P, 0.0, 1.0, rate)
+    return launches
 
 
 _SASS_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);")

@@ -448,7 +448,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (32, 32), 1, 64),  # N = 1025
     (1, 1, (64, 64), 1, 64),  # N = 4097
     (2, 2, (13, 17), 3, 128),  # odd sizes, D = 128
-    (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (padded to 128)
+    (2, 2, (24, 24), 1, 80),  # 384 px grid, ViT-H/14's head_dim (as 64 + 16 columns, head-dim class 80)
     (1, 2, (37, 37), 4, 96),  # patch 14 at 518 px with 4 registers, head_dim 96
     (2, 2, (24, 24), 1, 64),  # 384 px at head_dim 64: the op's forward entry of width 24 (8 warps)
     (1, 2, (20, 37), 5, 48),  # 37 wide: column chunks (32 + 8), rectangular, 5 prefix tokens, head_dim 48
@@ -460,10 +460,10 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 1, (4, 96), 2, 64),  # 96 wide: column chunks (64 + 32), 2 prefix tokens
     (1, 2, (40, 7), 1, 64),  # 7 wide: 8 grid rows of 8 slots a tile
     (1, 2, (11, 28), 2, 64),  # 28 wide: dq's entry of that width (24 and 32 above too), 2 prefix tokens
-    (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: the forward's "wide" entry (48, 64, 80 below; 37 above)
+    (1, 2, (12, 40), 1, 128),  # 40 wide at head_dim 128: class 128's "wide" entry (48, 64 below; 37 above at 96)
     (1, 2, (9, 48), 2, 112),  # 48 wide, head_dim 112 (padded to 128)
     (1, 1, (20, 64), 1, 128),
-    (1, 2, (6, 80), 1, 80),  # 80 wide at head_dim 80: the forward's "wide" entry, column chunks (64 + 16)
+    (1, 2, (6, 80), 1, 80),  # 80 wide at head_dim 80: class 80's "wide" entry, column chunks (64 + 16)
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
     (3, 5, (9, 7), 0, 32),

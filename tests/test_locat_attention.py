@@ -229,7 +229,7 @@ CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     # twice eager's error of it) failed on some inputs with either layout (benchmarks/NOTES.md, v32)
     (2, 2, (13, 17), 3, 80, 1),
     (1, 2, (16, 16), 5, 96, 2),
-    (1, 2, (8, 37), 1, 80, 1),  # ViT-H/14 at 518 px's width and head_dim: the forward's "wide" entry (32 + 8 columns)
+    (1, 2, (8, 37), 1, 80, 1),  # ViT-H/14 at 518 px's width and head_dim: class 80's "wide" entry (32 + 8 columns)
 ]
 
 

@@ -21,26 +21,7 @@ SHAPES = ["256,3,14,14,1,64", "128,12,14,14,1,64", "32,12,24,24,1,64", "16,12,28
 
 def sass_of_launches(package: str, shape: tuple, rate: int) -> list[tuple[str, str]]:
     """(kernel name, SASS) of each launch of the layer's and the op's sequence in ``package``'s kernels."""
-    pkg = importlib.import_module(package)
-    fused, configs = (importlib.import_module(f"{package}.fused{m}") for m in ("", ".configs"))
-    _, H, gh, gw, P, D = shape
-    N, dtype = P + gh * gw, torch.bfloat16
-    torch.manual_seed(0)
-    q, k, v = torch.randn(1, N, 3, H, D, dtype=dtype).permute(2, 0, 3, 1, 4).unbind(0)
-    layers = [0.3 * torch.randn(2, D), torch.zeros(2), 0.3 * torch.randn(1, D), torch.zeros(1)]
-    eps, cmin, scale = pkg.gaussian_eps((gh, gw)), pkg.gaussian_clamp((gh, gw)), D ** -0.5
-    var, alpha = torch.rand(1, H, gh * gw, 2) + 0.5, torch.rand(1, H, gh * gw)
-    radius, lse = torch.ones(H, dtype=torch.int32), torch.zeros(1, H, N)
-    out, do = torch.randn(1, N, H, D, dtype=dtype).transpose(1, 2), torch.randn_like(q)
-    with configs.recorded_launches() as launches:
-        fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
-        for r in (radius, None):  # the layers' forward, the op's
-            fused.attention_forward(q, k, v, var, alpha, r, gw, P, eps, cmin, rate, scale)
-        for chain in (None, (layers[0], layers[2], 1.0)):  # the op's backward, the layers'
-            fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale,
-                                     chain=chain)
-        fused.gaug_backward(q, torch.zeros_like(q), torch.randn_like(var), torch.randn_like(alpha), *layers, gh, gw,
-                            P, 0.0, 1.0, rate)
+    launches = resources.layer_launches(shape, rate, torch.bfloat16, package, variants=True)
     return [(kernel.fn.__name__, resources.cuobjdump(kernel.warmup(*args, grid=grid, **meta).asm["cubin"], "-sass"))
             for kernel, grid, args, meta in launches]
 
