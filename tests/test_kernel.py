@@ -466,6 +466,10 @@ CUDA_SHAPES = [  # (B, H, grid, P, D)
     (1, 2, (6, 80), 1, 80),  # 80 wide at head_dim 80: class 80's "wide" entry, column chunks (64 + 16)
     (1, 2, (10, 12), 1, 256),
     (2, 1, (7, 9), 1, 72),
+    (1, 4, (27, 27), 0, 72),  # SigLIP at 384 px: head_dim 72 (64 + 16) and its strides, multiples of 8 not 16 (ALIGN8)
+    (2, 3, (14, 14), 1, 24),  # head_dim 24, 40, 56: strides multiples of 8 not 16 as well
+    (1, 2, (16, 16), 1, 40),
+    (1, 2, (12, 20), 2, 56),
     (3, 5, (9, 7), 0, 32),
     (1, 3, (6, 10), 4, 16),
 ]

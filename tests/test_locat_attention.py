@@ -10,6 +10,7 @@ import torch
 
 from helpers import assert_matches_reference, make_inputs, make_layers, record, rel_err, run
 from locat_kernels import gaussian_attention, gaussian_parameters, locat_attention, locat_attention_qkvpacked
+from locat_kernels.fused import configs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -230,6 +231,8 @@ CUDA_SHAPES = [  # (B, H, grid, P, D, rate)
     (2, 2, (13, 17), 3, 80, 1),
     (1, 2, (16, 16), 5, 96, 2),
     (1, 2, (8, 37), 1, 80, 1),  # ViT-H/14 at 518 px's width and head_dim: class 80's "wide" entry (32 + 8 columns)
+    (1, 4, (27, 27), 0, 72, 1),  # SigLIP at 384 px: head_dim 72, strides multiples of 8 not 16 (ALIGN8)
+    (2, 2, (14, 14), 1, 40, 2),
 ]
 
 
@@ -284,3 +287,15 @@ def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, mo
     detached = [t.detach() for t in (q, k, v, var, alpha)]
     out = op(*detached, [t.detach() for t in layers], bias.detach())
     assert out.grad_fn is None and torch.equal(out, recorded.detach())
+
+
+@pytest.mark.parametrize("D,pad", [(24, 0), (40, 4), (16, 4)])
+def test_strides_at_any_alignment_match_float64(request, device, D, pad):
+    """q, k, v as views of a qkv tensor whose head rows are D + pad wide: strides multiples of 8 and not of 16
+    (pad 0 at head dim 24: the kernels round them, ``configs.align8``) or of 4 only (pad 4: they must not)."""
+    grid, P, D_row = (4, 6), 1, D + pad
+    qkv = torch.randn(2, P + 24, 3, 2, D_row, device=device)[..., :D].permute(2, 0, 3, 1, 4)
+    q, k, v = (t.requires_grad_() for t in qkv.unbind(0))
+    assert configs.align8(q, k, v) == (pad == 0)
+    inputs = [q, k, v, *make_layers(D, device=device)]
+    assert_matches_reference(request, inputs, torch.randn_like(q), locat=True, grid_size=grid, num_prefix_tokens=P)

@@ -25,7 +25,7 @@ import triton.language as tl
 from . import configs
 from .tiles import (
     LOG2E, _LOG2E, axis_exponent, dot_head, exponents, grid_col_exponents, grid_row_terms, load_head, log2_bias,
-    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_head, tile_keys,
+    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_head, strides8, tile_keys,
 )
 
 
@@ -83,12 +83,12 @@ def _launches(q, k, v, var, alpha, radius, out, do, lse, delta, dq, dk, dv, dvar
         (w_var.stride(0), var_scale, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
          *do.stride()[:3], *dq.stride()[:3], *var.stride(), *alpha.stride(), *dvar.stride(), *dalpha.stride(),
          *common),
-        dict(CHAIN=chain, **meta))
+        dict(CHAIN=chain, ALIGN8=configs.align8(q, k, v, out, do, dq), **meta))
     launch_kv = configs.Launch(
         _backward_dkdv_kernel, (configs.key_tiles(N, P, meta_kv) * B * H,),
         (n_pad, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
          *dv.stride()[:3], *var.stride(), *alpha.stride(), *common),
-        meta_kv)
+        dict(ALIGN8=configs.align8(q, k, v, do, dk, dv), **meta_kv))
     return tables, launch_dq, launch_kv
 
 
@@ -215,13 +215,20 @@ def _backward_dq_kernel(
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     SPLIT_PREFIX: tl.constexpr, CHAIN: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, ALIGN8: tl.constexpr = False,
 ):
     """grid: (query tiles * B * H,), one program per (query tile, batch*head), tiles as the forward's
     (``_forward_kernel``: with SPLIT_PREFIX the patches' tiles from token P, then the BLOCK_P prefix
     rows, which have no bias). Each program is ``_dq_rows``. CHAIN: dvar and dalpha carried on to
-    the layers' outputs, and their part of dq added (``attention_backward``'s chain; rate 1).
+    the layers' outputs, and their part of dq added (``attention_backward``'s chain; rate 1). ALIGN8: the
+    q, k, v, o, do, dq strides are multiples of 8 (``configs.align8``).
     """
+    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
+    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
+    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
+    stride_ob, stride_oh, stride_on = strides8(stride_ob, stride_oh, stride_on, ALIGN8)
+    stride_dob, stride_doh, stride_don = strides8(stride_dob, stride_doh, stride_don, ALIGN8)
+    stride_dqb, stride_dqh, stride_dqn = strides8(stride_dqb, stride_dqh, stride_dqn, ALIGN8)
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     var_scale = tl.cast(var_scale, tl.float32)
@@ -541,6 +548,7 @@ def _backward_dkdv_kernel(
     EVEN_N: tl.constexpr, EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr,
     SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    ALIGN8: tl.constexpr = False,
 ):
     """grid: (key tiles * B * H,), one program per (key tile, batch*head), key tiles fastest.
 
@@ -549,8 +557,14 @@ def _backward_dkdv_kernel(
     tiles of BLOCK_N patches from token P, no bounds masks where BLOCK_N divides the patch count, then
     one tile of the BLOCK_P prefix keys, which get no bias. Each program is ``_dkdv_keys``: dk, dv of
     its keys over all queries. EVEN_N: the key tiles need no bounds masks. Needs the delta written by
-    the dq kernel.
+    the dq kernel. ALIGN8: the q, k, v, do, dk, dv strides are multiples of 8 (``configs.align8``).
     """
+    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
+    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
+    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
+    stride_dob, stride_doh, stride_don = strides8(stride_dob, stride_doh, stride_don, ALIGN8)
+    stride_dkb, stride_dkh, stride_dkn = strides8(stride_dkb, stride_dkh, stride_dkn, ALIGN8)
+    stride_dvb, stride_dvh, stride_dvn = strides8(stride_dvb, stride_dvh, stride_dvn, ALIGN8)
     bh, _, is_prefix, start_n = program_tile(N, P, BLOCK_N, SPLIT_PREFIX)
     if is_prefix:
         _dkdv_keys(

@@ -155,6 +155,16 @@ def padded_head_dim(head_dim: int) -> int:
     return dot_width(head_dim)
 
 
+def align8(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels' ALIGN8 holds for ``tensors`` (q, k, v, out, ...): every stride of a dim longer than one
+    but the last is a multiple of 8 and some is not of 16. Triton specializes integer arguments on multiples of 16
+    only, so rows of views of one qkv tensor at head dims 24, 40, 56, 72 (a head stride of D) read as unaligned:
+    every load element by element through registers. With ALIGN8 the kernels round those strides to multiples of 8
+    (``tiles.strides8``), which they are: 16-byte vector loads, asynchronous in the pipelined loops."""
+    strides = [s for t in tensors for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
+    return all(s % 8 == 0 for s in strides) and any(s % 16 for s in strides)
+
+
 def head_dim_tiles(head_dim: int) -> tuple[int, int]:
     """(D_PAD, D_TAIL): the head dim as one tile of next_pow2 columns, (D_PAD, 0), or as two, a first tile of
     prev_pow2 columns and a tail of at least 16 (tl.dot's smallest side), where the two take fewer columns:

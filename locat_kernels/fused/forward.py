@@ -31,7 +31,7 @@ import triton.language as tl
 from . import configs
 from .tiles import (
     LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, load_head, log2_bias, near_grid_tiles,
-    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, tile_keys,
+    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, strides8, tile_keys,
 )
 
 
@@ -59,7 +59,7 @@ def _launch(q, k, v, var, alpha, radius, out, lse, gw, P, eps, cmin, rate, scale
         _forward_kernel, (configs.query_tiles(N, P, meta) * B * H,),
         (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
          H, N, gw, P, scale * LOG2E, eps, cmin),
-        dict(FIND_RADIUS=find_radius, **meta))
+        dict(FIND_RADIUS=find_radius, ALIGN8=configs.align8(q, k, v, out), **meta))
 
 
 @triton.jit
@@ -171,7 +171,7 @@ def _forward_kernel(
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
     FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, ALIGN8: tl.constexpr = False,
 ):
     """grid: (query tiles * B * H,), query tiles fastest so neighbours share K/V in L2.
 
@@ -181,8 +181,13 @@ def _forward_kernel(
     cdiv(N - P, BLOCK_M) tiles of patches from token P, then one program of the BLOCK_P prefix rows,
     which have no bias (every key tile far). EVEN_M: the patch (or token) tiles need no row masks;
     EVEN_N: N is a multiple of BLOCK_N. With FIND_RADIUS each patch program reads its (batch, head)'s
-    var and alpha maxima for the radius (cheaper than a launch) and the first stores it.
+    var and alpha maxima for the radius (cheaper than a launch) and the first stores it. ALIGN8: the q, k, v, out
+    strides are multiples of 8 (``configs.align8``).
     """
+    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
+    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
+    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
+    stride_ob, stride_oh, stride_on = strides8(stride_ob, stride_oh, stride_on, ALIGN8)
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     bh, tile, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tiles import load_rows, nan_max, radius_from_maxima, store_rows
+from .tiles import load_rows, nan_max, radius_from_maxima, store_rows, strides8
 
 # (BLOCK_P patches or pooled blocks per program step, num_warps) of each launch, by rate (H200, model shapes
 # and strides: results/gaug_sweep_v14_H200.json). The backward does little work per patch row: at rate 1
@@ -45,7 +45,8 @@ def gaug_forward(q, w_var, b_var, w_alpha, b_alpha, gh, gw, num_prefix_tokens, s
     configs.prepared(plan, "gaug_forward", lambda: configs.Launch(
         _gaug_forward_kernel, (B * H,), (*q.stride()[:3], w_var.stride(0), H, gh, gw, num_prefix_tokens, shift,
                                          var_scale, eps),
-        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, **_config(FORWARD_CONFIG, min(rate, 2))),
+        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, CLAMP=clamp, ALIGN8=configs.align8(q),
+             **_config(FORWARD_CONFIG, min(rate, 2))),
     ))((q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius), traced)
     return var, alpha, radius
 
@@ -74,7 +75,8 @@ def _backward_launch(q, dq, w_var, gh, gw, P, shift, var_scale, rate, dz_given):
     return (B * H * chunks, 3 * D + 3), configs.Launch(
         _gaug_backward_kernel, (B * H, chunks),
         (*q.stride()[:3], *dq.stride()[:3], w_var.stride(0), H, gh, gw, P, shift, var_scale),
-        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, DZ_GIVEN=dz_given, **config))
+        dict(D=D, D_PAD=configs.padded_head_dim(D), RATE=rate, DZ_GIVEN=dz_given, ALIGN8=configs.align8(q, dq),
+             **config))
 
 
 def _config(table, key):
@@ -129,9 +131,11 @@ def _gaug_forward_kernel(
     q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, stride_qb, stride_qh, stride_qn, stride_w,
     H, GH, GW, P, shift, var_scale, eps,
     D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, CLAMP: tl.constexpr, BLOCK_P: tl.constexpr,
+    ALIGN8: tl.constexpr = False,
 ):
     """grid: (B * H,). A program owns every patch of one (batch, head): var and alpha (contiguous
-    outputs), and the radius from their maxima."""
+    outputs), and the radius from their maxima. ALIGN8: q's strides are multiples of 8 (``configs.align8``)."""
+    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
     shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     eps = tl.cast(eps, tl.float32)
     bh = tl.program_id(0)
@@ -173,6 +177,7 @@ def _gaug_backward_kernel(
     q, dq, dvar, dalpha, w_var, b_var, w_alpha, b_alpha, partial, stride_qb, stride_qh, stride_qn,
     stride_dqb, stride_dqh, stride_dqn, stride_w, H, GH, GW, P, shift, var_scale,
     D: tl.constexpr, D_PAD: tl.constexpr, RATE: tl.constexpr, DZ_GIVEN: tl.constexpr, BLOCK_P: tl.constexpr,
+    ALIGN8: tl.constexpr = False,
 ):
     """grid: (B * H, cdiv(pooled blocks, BLOCK_P)). A program owns BLOCK_P pooled blocks of one
     (batch, head) (many programs in flight: the work per row is small, the latency is not): adds the
@@ -181,8 +186,10 @@ def _gaug_backward_kernel(
 
     With z the pre-activations: ``dz_var = dvar var_scale s (1 - s)``, s = sigmoid(z - shift);
     ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
-    then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``.
+    then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``. ALIGN8: as the forward's.
     """
+    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
+    stride_dqb, stride_dqh, stride_dqn = strides8(stride_dqb, stride_dqh, stride_dqn, ALIGN8)
     shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     bh, chunk = tl.program_id(0), tl.program_id(1)
     b = (bh // H).to(tl.int64)

@@ -193,6 +193,15 @@ def near_grid_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.
 
 
 @triton.jit
+def strides8(stride_b, stride_h, stride_n, ALIGN8: tl.constexpr):
+    """A (B, H, N, D) tensor's strides, with ALIGN8 (``configs.align8``: the launch checked each is a multiple of 8)
+    rounded to multiples of 8, which the compiler then knows them to be: its rows load as 16-byte vectors."""
+    if ALIGN8:
+        stride_b, stride_h, stride_n = stride_b // 8 * 8, stride_h // 8 * 8, stride_n // 8 * 8
+    return stride_b, stride_h, stride_n
+
+
+@triton.jit
 def load_rows(base, offs, stride, mask, D: tl.constexpr, D_PAD: tl.constexpr, MASKED: tl.constexpr):
     """Rows ``offs`` of a (rows, D) matrix with row stride ``stride`` as (len(offs), D_PAD): its first
     D_PAD columns; rows outside ``mask`` (with MASKED) and columns >= D read as 0."""
