@@ -54,6 +54,7 @@ def test_launch_config_reads_the_architectures_entry(monkeypatch, tmp_path):
     assert stages("forward", 80, 1025, bf16, 32) == len("forward") + 80 + len("any")
     assert stages("forward", 72, 2305, bf16, 48) == len("forward") + 80 + len("wide")
     assert stages("backward_dq", 72, 2305, bf16, 48) == len("backward_dq") + 80 + len("any")
+    assert stages("backward_dq", 72, 729, bf16, 27) == len("backward_dq") + 80 + len("gw27")  # SigLIP at 384 px
     assert stages("backward_dkdv", 80, 1025, bf16, 32) == len("backward_dkdv") + 128 + len("any")
     assert stages("forward", 112, 2305, bf16, 48) == len("forward") + 128 + len("wide")
     assert stages("forward", 80, 1025, torch.float32, 32) == len("forward") + 128 + len("any")
