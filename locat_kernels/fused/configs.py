@@ -158,7 +158,7 @@ def padded_head_dim(head_dim: int) -> int:
 def align8(*tensors: torch.Tensor) -> bool:
     """Whether the kernels' ALIGN8 holds for ``tensors`` (q, k, v, out, ...): every stride of a dim longer than one
     but the last is a multiple of 8 and some is not of 16. Triton specializes integer arguments on multiples of 16
-    only, so rows of views of one qkv tensor at head dims 24, 40, 56, 72 (a head stride of D) read as unaligned:
+    only, so rows of views of one qkv tensor at head dims 24, 40, 56, 72, 88 (a head stride of D) read as unaligned:
     every load element by element through registers. With ALIGN8 the kernels round those strides to multiples of 8
     (``tiles.strides8``), which they are: 16-byte vector loads, asynchronous in the pipelined loops."""
     strides = [s for t in tensors for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
