@@ -24,8 +24,8 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, axis_exponent, dot_head, exponents, grid_col_exponents, grid_row_terms, load_head, log2_bias,
-    near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_head, strides8, tile_keys,
+    LOG2E, _LOG2E, axis_exponent, dot_head, exponents, grid_col_exponents, grid_row_terms, head_rows, load_head,
+    log2_bias, near_grid_tiles, near_token_tiles, positions, program_tile, row_coefficients, store_head, tile_keys,
 )
 
 
@@ -223,23 +223,22 @@ def _backward_dq_kernel(
     the layers' outputs, and their part of dq added (``attention_backward``'s chain; rate 1). ALIGN8: the
     q, k, v, o, do, dq strides are multiples of 8 (``configs.align8``).
     """
-    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
-    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
-    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
-    stride_ob, stride_oh, stride_on = strides8(stride_ob, stride_oh, stride_on, ALIGN8)
-    stride_dob, stride_doh, stride_don = strides8(stride_dob, stride_doh, stride_don, ALIGN8)
-    stride_dqb, stride_dqh, stride_dqn = strides8(stride_dqb, stride_dqh, stride_dqn, ALIGN8)
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     var_scale = tl.cast(var_scale, tl.float32)
     bh, _, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
-    q_base, k_base = q + b * stride_qb + h * stride_qh, k + b * stride_kb + h * stride_kh
-    v_base, o_base = v + b * stride_vb + h * stride_vh, o + b * stride_ob + h * stride_oh
-    do_base, dq_base = do + b * stride_dob + h * stride_doh, dq + b * stride_dqb + h * stride_dqh
-    var_base, alpha_base = var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah
-    dvar_base, dalpha_base = dvar + b * stride_dvarb + h * stride_dvarh, dalpha + b * stride_dab + h * stride_dah
+    q_base, stride_qn = head_rows(q, b, h, stride_qb, stride_qh, stride_qn, ALIGN8)
+    k_base, stride_kn = head_rows(k, b, h, stride_kb, stride_kh, stride_kn, ALIGN8)
+    v_base, stride_vn = head_rows(v, b, h, stride_vb, stride_vh, stride_vn, ALIGN8)
+    o_base, stride_on = head_rows(o, b, h, stride_ob, stride_oh, stride_on, ALIGN8)
+    do_base, stride_don = head_rows(do, b, h, stride_dob, stride_doh, stride_don, ALIGN8)
+    dq_base, stride_dqn = head_rows(dq, b, h, stride_dqb, stride_dqh, stride_dqn, ALIGN8)
+    var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
+    alpha_base, stride_an = head_rows(alpha, b, h, stride_ab, stride_ah, stride_an)
+    dvar_base, stride_dvarn = head_rows(dvar, b, h, stride_dvarb, stride_dvarh, stride_dvarn)
+    dalpha_base, stride_dan = head_rows(dalpha, b, h, stride_dab, stride_dah, stride_dan)
     row_base = bh.to(tl.int64) * N
     if is_prefix:
         _dq_rows(
@@ -559,30 +558,29 @@ def _backward_dkdv_kernel(
     its keys over all queries. EVEN_N: the key tiles need no bounds masks. Needs the delta written by
     the dq kernel. ALIGN8: the q, k, v, do, dk, dv strides are multiples of 8 (``configs.align8``).
     """
-    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
-    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
-    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
-    stride_dob, stride_doh, stride_don = strides8(stride_dob, stride_doh, stride_don, ALIGN8)
-    stride_dkb, stride_dkh, stride_dkn = strides8(stride_dkb, stride_dkh, stride_dkn, ALIGN8)
-    stride_dvb, stride_dvh, stride_dvn = strides8(stride_dvb, stride_dvh, stride_dvn, ALIGN8)
     bh, _, is_prefix, start_n = program_tile(N, P, BLOCK_N, SPLIT_PREFIX)
+    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+    q_base, stride_qn = head_rows(q, b, h, stride_qb, stride_qh, stride_qn, ALIGN8)
+    k_base, stride_kn = head_rows(k, b, h, stride_kb, stride_kh, stride_kn, ALIGN8)
+    v_base, stride_vn = head_rows(v, b, h, stride_vb, stride_vh, stride_vn, ALIGN8)
+    do_base, stride_don = head_rows(do, b, h, stride_dob, stride_doh, stride_don, ALIGN8)
+    dk_base, stride_dkn = head_rows(dk, b, h, stride_dkb, stride_dkh, stride_dkn, ALIGN8)
+    dv_base, stride_dvn = head_rows(dv, b, h, stride_dvb, stride_dvh, stride_dvn, ALIGN8)
+    var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
+    alpha_base, stride_an = head_rows(alpha, b, h, stride_ab, stride_ah, stride_an)
     if is_prefix:
         _dkdv_keys(
-            q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
-            stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-            stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
-            stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
-            0, P,
+            q_base, k_base, v_base, var_base, alpha_base, do_base, dk_base, dv_base, radius, lse, delta, f_r, f_c,
+            stride_f, stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn, stride_varn, stride_varc,
+            stride_an, N, GW, P, qk_scale, scale, eps, cmin, bh, 0, P,
             D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=False,
             EVEN_PATCHES=EVEN_PATCHES, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=False, FACTOR_LO=FACTOR_LO,
             KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, NEAR=False, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_P, BLOCK_P=BLOCK_P)
     else:
         _dkdv_keys(
-            q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv, stride_qb, stride_qh, stride_qn,
-            stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-            stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn, stride_varb, stride_varh,
-            stride_varn, stride_varc, stride_ab, stride_ah, stride_an, H, N, GW, P, qk_scale, scale, eps, cmin, bh,
-            start_n, N,
+            q_base, k_base, v_base, var_base, alpha_base, do_base, dk_base, dv_base, radius, lse, delta, f_r, f_c,
+            stride_f, stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn, stride_varn, stride_varc,
+            stride_an, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, N,
             D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_KEYS=EVEN_N,
             EVEN_PATCHES=EVEN_PATCHES, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, FACTORED=FACTORED, FACTOR_LO=FACTOR_LO,
             KEY_ROWS=KEY_ROWS, KEY_COLS=KEY_COLS, NEAR=True, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
@@ -590,18 +588,16 @@ def _backward_dkdv_kernel(
 
 @triton.jit
 def _dkdv_keys(
-    q, k, v, var, alpha, radius, do, lse, delta, f_r, f_c, stride_f, dk, dv,
-    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
-    stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
-    H, N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, end_n,
+    q_base, k_base, v_base, var_base, alpha_base, do_base, dk_base, dv_base, radius, lse, delta, f_r, f_c, stride_f,
+    stride_qn, stride_kn, stride_vn, stride_don, stride_dkn, stride_dvn, stride_varn, stride_varc, stride_an,
+    N, GW, P, qk_scale, scale, eps, cmin, bh, start_n, end_n,
     D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
     EVEN_KEYS: tl.constexpr, EVEN_PATCHES: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr,
     FACTORED: tl.constexpr, FACTOR_LO: tl.constexpr, KEY_ROWS: tl.constexpr, KEY_COLS: tl.constexpr, NEAR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
-    """dk, dv of the BLOCK_N keys from token ``start_n`` (those before ``end_n``) of (batch*head) ``bh``:
+    """dk, dv of the BLOCK_N keys from token ``start_n`` (those before ``end_n``) of (batch*head) ``bh`` (the bases
+    point at it):
     loops over all queries, the prefix queries as tiles of BLOCK_P (no bias), then the patch queries
     in tiles of BLOCK_M aligned at token P (far, near, far; no bounds masks when BLOCK_M divides the
     patch count; NEAR = False: all far, for the prefix keys): ``dv = P^T dO``, ``dk = scale * dS^T q``.
@@ -618,14 +614,11 @@ def _dkdv_keys(
     """
     qk_scale, scale = tl.cast(qk_scale, tl.float32), tl.cast(scale, tl.float32)  # see configs.launcher
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
-    b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     m_n = offs_n < end_n
 
-    b_k, b_k_tail = load_head(k + b * stride_kb + h * stride_kh, offs_n, stride_kn, m_n, D, D_PAD, D_TAIL,
-                              not EVEN_KEYS)
-    b_v, b_v_tail = load_head(v + b * stride_vb + h * stride_vh, offs_n, stride_vn, m_n, D, D_PAD, D_TAIL,
-                              not EVEN_KEYS)
+    b_k, b_k_tail = load_head(k_base, offs_n, stride_kn, m_n, D, D_PAD, D_TAIL, not EVEN_KEYS)
+    b_v, b_v_tail = load_head(v_base, offs_n, stride_vn, m_n, D, D_PAD, D_TAIL, not EVEN_KEYS)
     row_k, col_k, is_patch_k, _ = positions(offs_n, N, GW, P, RATE, not CLAMP)
     # The first patch key's quantized row; every patch key of the tile is within KEY_ROWS rows of it.
     row0 = (tl.maximum(start_n - P, 0) // GW) // RATE * RATE
@@ -638,10 +631,6 @@ def _dkdv_keys(
         b_sel_r, b_sel_c = 0.0, 0.0
 
     row_base = bh.to(tl.int64) * N
-    q_base = q + b * stride_qb + h * stride_qh
-    do_base = do + b * stride_dob + h * stride_doh
-    var_base = var + b * stride_varb + h * stride_varh
-    alpha_base = alpha + b * stride_ab + h * stride_ah
     # (gh, >= Np), (KEY_COLS, >= Np) of this (batch, head), each followed by its remainders with FACTOR_LO
     f_r = f_r + bh.to(tl.int64) * (1 + FACTOR_LO) * ((N - P) // GW) * stride_f
     f_c = f_c + bh.to(tl.int64) * (1 + FACTOR_LO) * KEY_COLS * stride_f
@@ -673,6 +662,5 @@ def _dkdv_keys(
 
     if D_TAIL:
         b_dk_tail = b_dk_tail * scale
-    store_head(dk + b * stride_dkb + h * stride_dkh, offs_n, stride_dkn, b_dk * scale, b_dk_tail, m_n, D, D_PAD,
-               D_TAIL)
-    store_head(dv + b * stride_dvb + h * stride_dvh, offs_n, stride_dvn, b_dv, b_dv_tail, m_n, D, D_PAD, D_TAIL)
+    store_head(dk_base, offs_n, stride_dkn, b_dk * scale, b_dk_tail, m_n, D, D_PAD, D_TAIL)
+    store_head(dv_base, offs_n, stride_dvn, b_dv, b_dv_tail, m_n, D, D_PAD, D_TAIL)

@@ -160,7 +160,7 @@ def align8(*tensors: torch.Tensor) -> bool:
     but the last is a multiple of 8 and some is not of 16. Triton specializes integer arguments on multiples of 16
     only, so rows of views of one qkv tensor at head dims 24, 40, 56, 72, 88 (a head stride of D) read as unaligned:
     every load element by element through registers. With ALIGN8 the kernels round those strides to multiples of 8
-    (``tiles.strides8``), which they are: 16-byte vector loads, asynchronous in the pipelined loops."""
+    (``tiles.head_rows``), which they are: 16-byte vector loads, asynchronous in the pipelined loops."""
     strides = [s for t in tensors for s, n in zip(t.stride()[:-1], t.shape[:-1]) if n > 1]
     return all(s % 8 == 0 for s in strides) and any(s % 16 for s in strides)
 

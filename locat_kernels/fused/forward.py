@@ -30,8 +30,8 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, load_head, log2_bias, near_grid_tiles,
-    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, strides8, tile_keys,
+    LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, head_rows, load_head, log2_bias, near_grid_tiles,
+    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, tile_keys,
 )
 
 
@@ -184,18 +184,17 @@ def _forward_kernel(
     var and alpha maxima for the radius (cheaper than a launch) and the first stores it. ALIGN8: the q, k, v, out
     strides are multiples of 8 (``configs.align8``).
     """
-    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
-    stride_kb, stride_kh, stride_kn = strides8(stride_kb, stride_kh, stride_kn, ALIGN8)
-    stride_vb, stride_vh, stride_vn = strides8(stride_vb, stride_vh, stride_vn, ALIGN8)
-    stride_ob, stride_oh, stride_on = strides8(stride_ob, stride_oh, stride_on, ALIGN8)
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
     bh, tile, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
-    q_base, o_base = q + b * stride_qb + h * stride_qh, o + b * stride_ob + h * stride_oh
-    k_base, v_base = k + b * stride_kb + h * stride_kh, v + b * stride_vb + h * stride_vh
-    var_base, alpha_base = var + b * stride_varb + h * stride_varh, alpha + b * stride_ab + h * stride_ah
+    q_base, stride_qn = head_rows(q, b, h, stride_qb, stride_qh, stride_qn, ALIGN8)
+    k_base, stride_kn = head_rows(k, b, h, stride_kb, stride_kh, stride_kn, ALIGN8)
+    v_base, stride_vn = head_rows(v, b, h, stride_vb, stride_vh, stride_vn, ALIGN8)
+    o_base, stride_on = head_rows(o, b, h, stride_ob, stride_oh, stride_on, ALIGN8)
+    var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
+    alpha_base, stride_an = head_rows(alpha, b, h, stride_ab, stride_ah, stride_an)
     lse_base = lse + bh.to(tl.int64) * N
     if is_prefix:
         _forward_rows(

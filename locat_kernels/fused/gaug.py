@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tiles import load_rows, nan_max, radius_from_maxima, store_rows, strides8
+from .tiles import head_rows, load_rows, nan_max, radius_from_maxima, store_rows
 
 # (BLOCK_P patches or pooled blocks per program step, num_warps) of each launch, by rate (H200, model shapes
 # and strides: results/gaug_sweep_v14_H200.json). The backward does little work per patch row: at rate 1
@@ -135,13 +135,12 @@ def _gaug_forward_kernel(
 ):
     """grid: (B * H,). A program owns every patch of one (batch, head): var and alpha (contiguous
     outputs), and the radius from their maxima. ALIGN8: q's strides are multiples of 8 (``configs.align8``)."""
-    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
     shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     eps = tl.cast(eps, tl.float32)
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_base = q + b * stride_qb + h * stride_qh
+    q_base, stride_qn = head_rows(q, b, h, stride_qb, stride_qh, stride_qn, ALIGN8)
     NP = GH * GW
     var_base = var + bh.to(tl.int64) * NP * 2
     alpha_base = alpha + bh.to(tl.int64) * NP
@@ -188,14 +187,12 @@ def _gaug_backward_kernel(
     ``dz_alpha = dalpha sigmoid(z_alpha)``; summed over each block's RATE^2 patches, whose queries
     then each get ``dz w / RATE^2``; ``dw += dz qp``, ``db += dz``. ALIGN8: as the forward's.
     """
-    stride_qb, stride_qh, stride_qn = strides8(stride_qb, stride_qh, stride_qn, ALIGN8)
-    stride_dqb, stride_dqh, stride_dqn = strides8(stride_dqb, stride_dqh, stride_dqn, ALIGN8)
     shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)  # see configs.launcher
     bh, chunk = tl.program_id(0), tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    q_base = q + b * stride_qb + h * stride_qh
-    dq_base = dq + b * stride_dqb + h * stride_dqh
+    q_base, stride_qn = head_rows(q, b, h, stride_qb, stride_qh, stride_qn, ALIGN8)
+    dq_base, stride_dqn = head_rows(dq, b, h, stride_dqb, stride_dqh, stride_dqn, ALIGN8)
     NP = GH * GW
     dvar_base = dvar + bh.to(tl.int64) * NP * 2
     dalpha_base = dalpha + bh.to(tl.int64) * NP

@@ -193,12 +193,13 @@ def near_grid_tiles(start, size, radius, N, GW, P, RATE: tl.constexpr, ROWS: tl.
 
 
 @triton.jit
-def strides8(stride_b, stride_h, stride_n, ALIGN8: tl.constexpr):
-    """A (B, H, N, D) tensor's strides, with ALIGN8 (``configs.align8``: the launch checked each is a multiple of 8)
-    rounded to multiples of 8, which the compiler then knows them to be: its rows load as 16-byte vectors."""
+def head_rows(x, b, h, stride_b, stride_h, stride_n, ALIGN8: tl.constexpr = False):
+    """(batch, head) ``(b, h)`` of a (B, H, N, ...) tensor ``x``: its base pointer and row stride. With ALIGN8
+    (``configs.align8``: the launch checked every stride is a multiple of 8) the strides are rounded to multiples of
+    8, the same values, which the compiler then knows them to be: 16-bit rows load as 16-byte vectors."""
     if ALIGN8:
         stride_b, stride_h, stride_n = stride_b // 8 * 8, stride_h // 8 * 8, stride_n // 8 * 8
-    return stride_b, stride_h, stride_n
+    return x + b * stride_b + h * stride_h, stride_n
 
 
 @triton.jit
