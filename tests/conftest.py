@@ -27,6 +27,13 @@ def _seed_and_poison(request, monkeypatch):
     monkeypatch.setattr(configs, "POISON_OUTPUTS", True)
 
 
+def pytest_collection_modifyitems(items):
+    # The tests marked "minutes" first (the order otherwise kept): pytest-xdist hands out its first tests one at a time
+    # in turn, so the long ones start on every worker and the short ones fill in (v43: timm's model tests at the end
+    # of one worker left the other idle for minutes of CI).
+    items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
+
+
 def pytest_report_header(config):
     return f"locat device: {DEVICE} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')})"
 

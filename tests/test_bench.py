@@ -16,6 +16,7 @@ def test_model_report_times_every_variant_and_says_what_needs_cuda(capsys):
         assert f"tiny 64   {variant:<13} eager    train" in out, out
 
 
+@pytest.mark.minutes
 def test_op_report_runs_every_peer_through_the_interpreter(capsys):
     assert cli.main(["--no-save", "--shapes", "tiny 4x6+5"]) == 0
     out = capsys.readouterr().out
@@ -24,6 +25,7 @@ def test_op_report_runs_every_peer_through_the_interpreter(capsys):
         assert f" {peer} " in out, out
 
 
+@pytest.mark.minutes
 @pytest.mark.parametrize("regime", ["broad", "init"])
 def test_the_layer_peer_times_a_locat_layers_launches_and_matches_its_own_float64(regime):
     """``locat_layer`` runs ``locat_attention`` (var and alpha from the queries by its layers): its
@@ -37,6 +39,7 @@ def test_the_layer_peer_times_a_locat_layers_launches_and_matches_its_own_float6
     assert errs["locat_layer"] < 2e-6 and errs["locat"] < 2e-6, errs
 
 
+@pytest.mark.minutes
 def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
     from locat_bench import host_profile
 
@@ -59,6 +62,7 @@ def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
     assert "--launches needs CUDA" in capsys.readouterr().err
 
 
+@pytest.mark.minutes
 def test_a_model_report_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
     import json
 

@@ -78,6 +78,7 @@ def timm_tests(tmp_path_factory) -> Path:
     return timm_test_models(tmp_path_factory.mktemp("timm"))
 
 
+@pytest.mark.minutes
 @pytest.mark.parametrize("model", list(MODELS))
 def test_timms_model_tests_pass(timm_tests, model):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -320,6 +320,7 @@ def test_from_vit_takes_the_patch_size_from_the_model(tmp_path, capsys):
     assert (tmp_path / "ok" / "last.pth").exists()
 
 
+@pytest.mark.minutes
 def test_sigterm_checkpoints_the_current_step_and_resume_is_bit_exact(tmp_path):
     """A scheduler's preemption: SIGTERM mid-epoch writes last.pth at the end of the current step and
     exits with 143; resuming with the same command equals the uninterrupted run bit for bit."""
@@ -491,6 +492,7 @@ def test_ddp_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert 2 <= stopped < 50, stopped
 
 
+@pytest.mark.minutes
 def test_resume_skips_done_batches_unread_and_keeps_random_augmentation_exact(tmp_path, monkeypatch):
     """An image folder with timm's random training augmentation (crops, flips), no loader workers:
     the resumed epoch starts at its next batch without reading the done ones, and the run equals the
