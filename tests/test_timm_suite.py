@@ -30,7 +30,7 @@ PATCHES = {  # list -> the entries timm gives its own ViTs and Swins (the module
     "FEAT_INTER_FILTERS = [\n": "    'locatvit', 'ropevit', 'jumbo', 'swin',\n",
     "EXCLUDE_JIT_FILTERS = [\n": "    'locat*', 'jumbo_*',  # TorchScript: see tests/test_timm_suite.py\n",
 }
-# One test a model, so the workers of pytest-xdist share them (one subprocess for all eight took 15+ minutes of a CI
+# One test a model, so the workers of pytest-xdist share them (one subprocess for all eight took 24 minutes of a CI
 # run on a 2-core machine): a -k expression that selects the model's tests alone (names that contain another's
 # excluded), and the docstring's deselections.
 MODELS = {
