@@ -28,9 +28,9 @@ def _seed_and_poison(request, monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
-    # The tests marked "minutes" first (the order otherwise kept): pytest-xdist hands out its first tests one at a time
-    # in turn, so the long ones start on every worker and the short ones fill in (v43: timm's model tests at the end
-    # of one worker left the other idle for minutes of CI).
+    # The tests marked "minutes" first (the order otherwise kept), so they start early, not at the end of a worker's
+    # queue; with `--dist worksteal` (the README's command) an idle worker takes tests still queued on a busy one
+    # (v43: timm's model tests at the end of one worker left the other idle for minutes of CI).
     items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
 
 
