@@ -39,7 +39,6 @@ def test_the_layer_peer_times_a_locat_layers_launches_and_matches_its_own_float6
     assert errs["locat_layer"] < 2e-6 and errs["locat"] < 2e-6, errs
 
 
-@pytest.mark.minutes
 def test_host_profile_of_a_layer_and_the_compiled_step_needs_cuda(capsys):
     from locat_bench import host_profile
 
