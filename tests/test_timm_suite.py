@@ -9,8 +9,8 @@ APIs), LocAt Swin stays a standard model as timm's Swin is, and every module joi
 upstream; ``torch.export`` works (tests/test_model.py). Run: the tiny and small LocAtViT, the tiny RoPE-ViT,
 Swin and Jumbo models; the base ones are the same classes at other widths and depths, and add minutes, not code
 (``SAME_CODE_AS``; v43: all eight models in one run took 24 minutes of a 2-core CI machine). Deselected: the two
-tests that download pretrained weights from the Hugging Face hub (timm's CI skips them too; loading the published weights
-from a hub-format cache is tested offline in tests/test_model.py), and for Jumbo the last check of
+tests that download pretrained weights from the Hugging Face hub (timm's CI skips them too; loading the published
+weights from a hub-format cache is tested offline in tests/test_model.py), and for Jumbo the last check of
 ``test_model_default_cfgs_non_std``, which asks a headless model's output width to be
 ``num_features``: Jumbo's features are per token (``num_features`` = dim) while its head reads the J
 prefix tokens flattened (``head_hidden_size`` = J * dim), so the two differ by design.
