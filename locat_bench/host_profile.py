@@ -74,8 +74,8 @@ def main(argv=None) -> int:
         steps = {"locat forward": lambda: forward(layer), "timm forward": lambda: forward(timm_layer)}
     if args.op:
         steps = _op_steps(device)
+    timed = args.calls or 500  # a short run when asked for one (CI's smoke test on CPU: 520 calls took minutes)
     for name, step in steps.items():
-        timed = args.calls or 500  # a short run when asked for one (CI's smoke test on CPU: 520 calls took minutes)
         print(f"=== {name}: {wall_ms(step, timed, warmup=min(20, timed)) * 1e3:.1f} us per call (wall)")
         print(_profile(step, args.calls or 300, args.top, "tottime"))
     return 0
