@@ -9,7 +9,7 @@ events, the runs of the variants of one case interleaved; images/s from the medi
 (torch.profiler).
 
 ``layer_host_times``: host time of one attention layer on a launch-bound tiny input, LocAt (triton)
-against timm's ``Attention``, forward and forward+backward.
+against timm's ``Attention``: forward (recording the gradient), forward+backward, and inference (no_grad).
 """
 from __future__ import annotations
 
@@ -211,15 +211,15 @@ def kernels_per_step(fn) -> int:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """Each LocAt variant's images/s over the backbone ("vit" variant) of the same case and mode, and
-    its peak memory."""
-    vit = {(r["model"], r["mode"]): r for r in rows if r["variant"] == "vit"}
+    """Each LocAt variant's images/s over the backbone ("vit" variant) of the same case (model and batch) and
+    mode, and its peak memory."""
+    vit = {(r["model"], r.get("batch"), r["mode"]): r for r in rows if r["variant"] == "vit"}
     out = []
     for r in rows:
-        base = vit.get((r["model"], r["mode"]))
+        base = vit.get((r["model"], r.get("batch"), r["mode"]))
         if r["variant"] == "vit" or base is None:
             continue
-        entry = dict(model=r["model"], variant=r["variant"], mode=r["mode"],
+        entry = dict(model=r["model"], batch=r.get("batch"), variant=r["variant"], mode=r["mode"],
                      train_over_vit=r["train_img_s"] / base["train_img_s"],
                      infer_over_vit=r["infer_img_s"] / base["infer_img_s"])
         if r.get("train_peak_gb") and base.get("train_peak_gb"):
@@ -230,7 +230,8 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 def layer_host_times(device, calls: int = 200, rounds: int = 5, others: dict | None = None) -> dict:
     """Host microseconds per call of one attention layer on a tiny input (B = 1, 17 tokens, bf16
-    autocast, eager): LocAtViT-Tiny's ``blocks[0].attn`` (triton), timm ViT-Tiny's, and ``others``
+    autocast, eager; a forward recording the gradient, a forward+backward, and an inference forward under no_grad):
+    LocAtViT-Tiny's ``blocks[0].attn`` (triton), timm ViT-Tiny's, and ``others``
     (name -> a layer of the same width). Calls run back to back and the device keeps up, so the wall
     time per call is the host's. ``rounds`` of ``calls`` per layer, the layers alternating; the
     median round, and the spread (max/min - 1); ratios over timm's layer."""
@@ -247,8 +248,13 @@ def layer_host_times(device, calls: int = 200, rounds: int = 5, others: dict | N
     def forward_backward(layer):
         forward(layer).sum().backward()
 
+    def inference(layer):
+        with torch.no_grad():
+            forward(layer)
+
     out = {}
-    for kind, fn in (("forward", forward), ("forward_backward", forward_backward)):
+    kinds = (("forward", forward), ("forward_backward", forward_backward), ("inference", inference))
+    for kind, fn in kinds:
         times = {name: [] for name in layers}
         for name, layer in layers.items():
             for _ in range(20):
@@ -264,7 +270,7 @@ def layer_host_times(device, calls: int = 200, rounds: int = 5, others: dict | N
         for name, runs in times.items():
             out[f"{name}_{kind}_us"] = sorted(runs)[len(runs) // 2]
             out[f"{name}_{kind}_spread"] = max(runs) / min(runs) - 1
-    for kind in ("forward", "forward_backward"):
+    for kind, _ in kinds:
         for name in layers:
             if name != "timm":
                 prefix = "" if name == "locat" else f"{name}_"

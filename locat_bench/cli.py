@@ -132,7 +132,7 @@ def run_models(args, device: str, env: dict) -> int:
                   f"infer {r['infer_over_vit']:5.2f}  memory {r.get('train_memory_over_vit', float('nan')):5.2f}")
     if host:
         print("\nhost time of one attention layer (B=1, 17 tokens, eager), LocAt triton / timm Attention:")
-        for kind in ("forward", "forward_backward"):
+        for kind in ("forward", "forward_backward", "inference"):
             print(f"  {kind:<17} {host[f'locat_{kind}_us']:7.1f} us / {host[f'timm_{kind}_us']:7.1f} us = "
                   f"{host[f'{kind}_over_timm']:.2f}x")
     if not args.no_save:

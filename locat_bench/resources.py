@@ -118,7 +118,7 @@ def resources(shape, rate: int, dtype, arch: int, overrides: dict, loops: bool =
                          programs_per_sm=programs_per_sm(usage["REG"], kwargs.get("num_warps", 4),
                                                          compiled.metadata.shared, arch),
                          flags={k: v for k, v in kwargs.items() if k in ("FACTORED", "ROWS", "COLS", "KEY_ROWS",
-                                                                          "KEY_COLS", "CLAMP", "RATE")},
+                                                                          "KEY_COLS", "CLAMP", "RATE", "LAYERS")},
                          sass=sass_hash(sass)))
         if loops:
             rows[-1]["loops"] = sass_loops(sass)
@@ -129,7 +129,8 @@ def layer_launches(shape, rate: int, dtype, package: str = "locat_kernels", vari
                    switches: dict | None = None, overrides: dict | None = None) -> list[tuple]:
     """The launches ``(kernel, grid, args, meta)`` of the LocAt layer's forward and backward at ``shape`` by
     ``package``'s kernels (a baseline tree's: ``locat_kernels_base``), recorded, not run: the Gaussian augmentation's
-    forward, the attention forward given its radius, the backward, the augmentation's backward; with ``variants``
+    forward, the attention forward given its radius (at rate 1 also ``layer_forward``'s, the forward of a call that
+    records no gradient, where ``package`` has it), the backward, the augmentation's backward; with ``variants``
     also the forward finding its radius (the public op's) and the backward with the layers' chain."""
     pkg = importlib.import_module(package)
     fused, configs = (importlib.import_module(f"{package}.fused{m}") for m in ("", ".configs"))
@@ -146,6 +147,8 @@ def layer_launches(shape, rate: int, dtype, package: str = "locat_kernels", vari
         fused.gaug_forward(q, *layers, gh, gw, P, 0.0, 1.0, eps, False, rate)
         for r in (radius, None) if variants else (radius,):
             fused.attention_forward(q, k, v, var, alpha, r, gw, P, eps, cmin, rate, scale)
+        if rate == 1 and hasattr(fused, "layer_forward"):
+            fused.layer_forward(q, k, v, *layers, gw, P, eps, cmin, 0.0, 1.0, scale)
         for chain in (None, (layers[0], layers[2], 1.0)) if variants else (None,):
             fused.attention_backward(do, q, k, v, var, alpha, out, lse, radius, gw, P, eps, cmin, rate, scale,
                                      chain=chain)

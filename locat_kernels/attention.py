@@ -6,7 +6,8 @@
   grid_size, ...)``: what a LocAt attention layer computes: var and alpha made from the patch
   queries by the block's two linear layers (``reference.gaussian_parameters``), then the attention.
   On the triton backend var and alpha are made by one small kernel and their gradients flow back in
-  one more, instead of about twenty small torch operations.
+  one more, instead of about twenty small torch operations; an eager call that records no gradient
+  (inference) at rate 1 is one launch, the forward making each query tile's var and alpha itself.
 
 Under ``torch.compile`` both are ``torch.library.triton_op`` s (``locat::gaussian_attention``,
 ``locat::locat_attention`` and their backwards, autograd registered): the compiler traces into them
@@ -274,14 +275,23 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
     plan = _plan("locat", (q, k, v, *weights), params)
     if _recorded(q, k, v, *weights):
         return _LocatAttention.apply(q, k, v, *weights, params, plan)
-    return _locat_forward(q, k, v, *weights, *params, plan=plan)[0]
+    return _locat_inference(q, k, v, weights, params, plan)
 
 
 def _packed_triton(qkv, weights, views, params, plan):
     """The eager triton path of ``locat_attention_qkvpacked`` on checked inputs (``views``: q, k, v of qkv)."""
     if _recorded(qkv, *weights):
         return _LocatAttentionPacked.apply(qkv, *weights, views, params, plan)
-    return _locat_forward(*views, *weights, *params, plan=plan)[0]
+    return _locat_inference(*views, weights, params, plan)
+
+
+def _locat_inference(q, k, v, weights, params, plan):
+    """An eager call that records no gradient: at rate 1 one launch that makes var and alpha itself
+    (``fused.layer_forward``; the same out but for float32 rounding), else the launches of a recorded call."""
+    gh, gw, P, eps, cmin, shift, var_scale, rate, scale = params
+    if rate == 1:
+        return fused.layer_forward(q, k, v, *weights, gw, P, eps, cmin, shift, var_scale, scale, plan)
+    return _locat_forward(q, k, v, *weights, *params, plan=plan)[0]
 
 
 def resolve_backend(backend: str, q: Tensor) -> str:

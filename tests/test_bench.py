@@ -314,3 +314,18 @@ def test_the_widths_group_spans_grid_widths_7_to_96_at_577_tokens_or_more(capsys
     with pytest.raises(SystemExit):
         cli.main(["--no-save", "--shapes", "widths", "no such shape"])
     assert "or 'widths'" in capsys.readouterr().err
+
+
+def test_model_ratios_pair_each_variant_with_the_backbone_of_its_own_batch():
+    """Two cases of one model at two batches (a host-bound small batch beside a large one): each ratio is over the
+    backbone's run at that batch and in that mode."""
+    from locat_bench import bench_model as bm
+
+    def row(variant, batch, mode, train, infer):
+        return dict(model="tiny 224", batch=batch, variant=variant, mode=mode, train_img_s=train, infer_img_s=infer)
+
+    rows = [row("vit", 16, "eager", 100.0, 200.0), row("locat_triton", 16, "eager", 90.0, 150.0),
+            row("vit", 64, "eager", 400.0, 800.0), row("locat_triton", 64, "eager", 380.0, 760.0),
+            row("vit", 64, "compiled", 500.0, 1000.0), row("locat_triton", 64, "compiled", 450.0, 900.0)]
+    got = {(r["batch"], r["mode"]): (r["train_over_vit"], r["infer_over_vit"]) for r in bm.ratios(rows)}
+    assert got == {(16, "eager"): (0.9, 0.75), (64, "eager"): (0.95, 0.95), (64, "compiled"): (0.9, 0.9)}

@@ -198,9 +198,9 @@ def test_a_known_call_skips_the_checks_and_a_bad_one_still_raises(device, monkey
         locat_attention_qkvpacked(qkv, layers[0][:, :8], *layers[1:], (4, 6), num_prefix_tokens=1,
                                   backend="triton", scale=0.3)
     assert len(checks) == 2
-    with torch.no_grad():  # the same signature without a gradient: the launches alone, same bits
+    with torch.no_grad():  # the same signature without a gradient: the one-launch forward, to float32 rounding
         torch.testing.assert_close(locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1,
-                                                             backend="triton", scale=0.3), first, rtol=0, atol=0)
+                                                             backend="triton", scale=0.3), first, rtol=1e-5, atol=1e-6)
     assert len(checks) == 2
 
 

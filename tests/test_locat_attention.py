@@ -246,10 +246,30 @@ def test_cuda_matches_float64(request, shape, dtype):
                              num_prefix_tokens=P, rate=rate)
 
 
+@cuda
+@pytest.mark.parametrize("shape", CUDA_SHAPES, ids=lambda s: f"B{s[0]}H{s[1]}g{s[2][0]}x{s[2][1]}P{s[3]}D{s[4]}r{s[5]}")
+@pytest.mark.parametrize("dtype", LOW + [torch.float32], ids=str)
+def test_cuda_inference_matches_float64(request, shape, dtype):
+    """A call that records no gradient (at rate 1 the one-launch forward) against float64: fp32 within 1e-5,
+    bf16 / fp16 within twice eager PyTorch's error in that dtype."""
+    B, H, grid, P, D, rate = shape
+    q, k, v, *layers = _inputs(B, H, grid, P, D, "cuda", dtype)
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate)
+    with torch.no_grad():
+        out = locat_attention(q, k, v, *layers, backend="triton", **kwargs)
+        eager = locat_attention(q, k, v, *layers, backend="reference", **kwargs)
+    ref = locat_attention(*(t.detach().cpu().double() for t in (q, k, v, *layers)), backend="reference", **kwargs)
+    assert out.shape == q.shape and out.dtype == dtype
+    bound = 1e-5 if dtype == torch.float32 else 2 * record(request, "out_eager", rel_err(eager, ref))
+    assert record(request, "out", rel_err(out, ref)) <= bound, f"{rel_err(out, ref):.2e} against {bound:.2e}"
+
+
 @pytest.mark.parametrize("call", ["locat", "packed", "gaussian_queries", "window", "gaussian_attention"])
 def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, monkeypatch, call):
     """Under no_grad, or on inputs that need no gradient, the launches run without the autograd
-    Function (none is called: each raises here), with the recorded call's output to the bit."""
+    Function (none is called: each raises here), with the recorded call's output: to the bit, but for
+    ``locat_attention``'s one-launch forward (``fused.layer_forward``, rate 1: var and alpha made inside it,
+    their products summed in another order) to float32 rounding."""
     import locat_kernels.attention as attention
 
     grid, P, D = (4, 6), 1, 16
@@ -281,12 +301,45 @@ def test_calls_without_a_recorded_gradient_skip_the_autograd_function(device, mo
     for name in ("_LocatAttention", "_LocatAttentionPacked", "_GaussianAttention", "_WindowAttention",
                  "_GaussianAugmentation"):
         monkeypatch.setattr(attention, name, Refused)
+    tol = dict(rtol=1e-5, atol=1e-6) if call in ("locat", "packed") else dict(rtol=0, atol=0)
     with torch.no_grad():
         out = op(q, k, v, var, alpha, layers, bias)
-    assert torch.equal(out, recorded.detach())
+    torch.testing.assert_close(out, recorded.detach(), **tol)
     detached = [t.detach() for t in (q, k, v, var, alpha)]
     out = op(*detached, [t.detach() for t in layers], bias.detach())
-    assert out.grad_fn is None and torch.equal(out, recorded.detach())
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, recorded.detach(), **tol)
+
+
+# SMALL, a grid tall enough that the skip radius (each program's own in the one-launch forward) leaves far rows,
+# and head_dim 40 (32 + 16 columns: the tail's products) at rate 1 with the clamp
+INFERENCE = SMALL + [((24, 2), 1, 16, 1, None), ((5, 7), 2, 40, 1, (4, 4))]
+
+
+@pytest.mark.parametrize("grid,P,D,rate,init", INFERENCE, ids=lambda x: str(x).replace(" ", ""))
+def test_inference_fp32_matches_float64(request, device, grid, P, D, rate, init):
+    """A call that records no gradient (at rate 1 ``fused.layer_forward``'s one launch: var, alpha and the skip
+    radius made inside the forward, no lse) against the float64 reference. (The packed op's such call: against
+    its recorded call, ``test_calls_without_a_recorded_gradient_skip_the_autograd_function``.)"""
+    q, k, v, *layers = _inputs(2, 2, grid, P, D, device)
+    kwargs = dict(grid_size=grid, num_prefix_tokens=P, rate=rate, init_grid_size=init)
+    with torch.no_grad():
+        out = locat_attention(q, k, v, *layers, backend="triton", **kwargs)
+    ref = locat_attention(*(t.detach().cpu().double() for t in (q, k, v, *layers)), backend="reference", **kwargs)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert record(request, "out", rel_err(out, ref)) <= 1e-5, f"{rel_err(out, ref):.2e}"
+
+
+@pytest.mark.parametrize("rate", [1, 2])
+def test_inference_at_rate_1_is_one_launch(device, rate):
+    """At rate 1 a call that records no gradient is the forward kernel's one launch with the layers (LAYERS); at
+    rate 2 (pooled queries) the Gaussian augmentation's launch and then the forward's."""
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    with torch.no_grad(), configs.recorded_launches(run=True) as launches:
+        locat_attention(q, k, v, *layers, (4, 4), num_prefix_tokens=1, rate=rate, backend="triton")
+    names = [(kernel.fn.__name__, meta.get("LAYERS")) for kernel, _, _, meta in launches]
+    assert names == ([("_forward_kernel", True)] if rate == 1 else
+                     [("_gaug_forward_kernel", None), ("_forward_kernel", False)])
 
 
 @pytest.mark.parametrize("D,pad", [(24, 0), (40, 4), (16, 4)])

@@ -30,8 +30,9 @@ import triton.language as tl
 
 from . import configs
 from .tiles import (
-    LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, head_rows, load_head, log2_bias, near_grid_tiles,
-    near_token_tiles, positions, program_tile, radius_of, row_coefficients, store_head, tile_keys,
+    LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, head_rows, layer_row_coefficients, load_head,
+    log2_bias, nan_max, near_grid_tiles, near_token_tiles, positions, program_tile, radius_from_maxima, radius_of,
+    row_coefficients, store_head, tile_keys,
 )
 
 
@@ -46,20 +47,38 @@ def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, c
     find_radius = radius is None
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
-    tensors = (q, k, v, var, alpha, radius, out, lse)
+    tensors = (q, k, v, var, alpha, radius, out, lse, var, var, alpha, alpha)  # the layers' slots: unread
     configs.prepared(plan, "forward", lambda: _launch(*tensors, gw, num_prefix_tokens, eps, cmin, rate, scale,
                                                       find_radius))(tensors, traced)
     return out, lse, radius
 
 
-def _launch(q, k, v, var, alpha, radius, out, lse, gw, P, eps, cmin, rate, scale, find_radius) -> configs.Launch:
+def layer_forward(q, k, v, w_var, b_var, w_alpha, b_alpha, gw, num_prefix_tokens, eps, cmin, shift, var_scale, scale,
+                  plan=None):
+    """out of ``gaug_forward`` then ``attention_forward`` at rate 1 (a call that records no gradient), in one
+    launch: each program makes its query rows' var and alpha from the q tile it holds, by the layers
+    ``w_var, b_var, w_alpha, b_alpha`` as ``gaug_forward`` does, and its skip radius from their maxima; no var,
+    alpha, radius or lse is stored. An eager launch only (``plan`` as ``attention_forward``'s)."""
+    B, H, N, D = q.shape
+    out = configs.empty((B, N, H, D), q).transpose(1, 2)
+    # var, alpha, radius, lse: unread with LAYERS (stand-ins, as the window kernel's absent mask)
+    tensors = (q, k, v, w_var, w_alpha, w_var, out, w_var, w_var, b_var, w_alpha, b_alpha)
+    configs.prepared(plan, "layer_forward", lambda: _launch(*tensors, gw, num_prefix_tokens, eps, cmin, 1, scale,
+                                                            False, (shift, var_scale)))(tensors)
+    return out
+
+
+def _launch(q, k, v, var, alpha, radius, out, lse, w_var, b_var, w_alpha, b_alpha, gw, P, eps, cmin, rate, scale,
+            find_radius, layers=None) -> configs.Launch:
+    """The forward's launch; ``layers``: (shift, var_scale) of ``layer_forward``'s launch."""
     B, H, N, _ = q.shape
     meta = configs.launch_meta("forward_radius" if find_radius else "forward", q, gw, P, cmin, rate)
+    var_strides = (0,) * 7 if layers else (*var.stride(), *alpha.stride())
     return configs.Launch(
         _forward_kernel, (configs.query_tiles(N, P, meta) * B * H,),
-        (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var.stride(), *alpha.stride(),
-         H, N, gw, P, scale * LOG2E, eps, cmin),
-        dict(FIND_RADIUS=find_radius, ALIGN8=configs.align8(q, k, v, out), **meta))
+        (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var_strides,
+         H, N, gw, P, scale * LOG2E, eps, cmin, w_var.stride(0), *(layers or (0.0, 1.0))),
+        dict(FIND_RADIUS=find_radius, LAYERS=layers is not None, ALIGN8=configs.align8(q, k, v, out), **meta))
 
 
 @triton.jit
@@ -161,16 +180,16 @@ def _forward_grid(
 
 @triton.jit
 def _forward_kernel(
-    q, k, v, var, alpha, radius, o, lse,
+    q, k, v, var, alpha, radius, o, lse, w_var, b_var, w_alpha, b_alpha,
     stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
     stride_varb, stride_varh, stride_varn, stride_varc, stride_ab, stride_ah, stride_an,
-    H, N, GW, P, qk_scale, eps, cmin,
+    H, N, GW, P, qk_scale, eps, cmin, stride_w, shift, var_scale,
     D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
     MID_FULL: tl.constexpr, TAIL_ROWS: tl.constexpr, TAIL_COLS: tl.constexpr, TAIL_FULL: tl.constexpr,
-    FIND_RADIUS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
+    FIND_RADIUS: tl.constexpr, LAYERS: tl.constexpr, SPLIT_PREFIX: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, ALIGN8: tl.constexpr = False,
 ):
     """grid: (query tiles * B * H,), query tiles fastest so neighbours share K/V in L2.
@@ -181,11 +200,15 @@ def _forward_kernel(
     cdiv(N - P, BLOCK_M) tiles of patches from token P, then one program of the BLOCK_P prefix rows,
     which have no bias (every key tile far). EVEN_M: the patch (or token) tiles need no row masks;
     EVEN_N: N is a multiple of BLOCK_N. With FIND_RADIUS each patch program reads its (batch, head)'s
-    var and alpha maxima for the radius (cheaper than a launch) and the first stores it. ALIGN8: the q, k, v, out
-    strides are multiples of 8 (``configs.align8``).
+    var and alpha maxima for the radius (cheaper than a launch) and the first stores it. With LAYERS
+    (``layer_forward``, rate 1) var, alpha, radius and lse are neither read nor written: each program makes its rows'
+    var and alpha from its q tile by the layers (w_var (2, D) with row stride ``stride_w``, b_var (2,), w_alpha
+    (1, D), b_alpha (1,)) and its radius from their maxima, and stores out only. ALIGN8: the q, k, v, out strides are
+    multiples of 8 (``configs.align8``).
     """
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
+    shift, var_scale = tl.cast(shift, tl.float32), tl.cast(var_scale, tl.float32)
     bh, tile, is_prefix, start_m = program_tile(N, P, BLOCK_M, SPLIT_PREFIX)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     GH = (N - P) // GW
@@ -193,19 +216,25 @@ def _forward_kernel(
     k_base, stride_kn = head_rows(k, b, h, stride_kb, stride_kh, stride_kn, ALIGN8)
     v_base, stride_vn = head_rows(v, b, h, stride_vb, stride_vh, stride_vn, ALIGN8)
     o_base, stride_on = head_rows(o, b, h, stride_ob, stride_oh, stride_on, ALIGN8)
-    var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
-    alpha_base, stride_an = head_rows(alpha, b, h, stride_ab, stride_ah, stride_an)
-    lse_base = lse + bh.to(tl.int64) * N
+    if LAYERS:  # unread: the layers make var and alpha, no lse is stored
+        var_base, alpha_base, lse_base = var, alpha, lse
+    else:
+        var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
+        alpha_base, stride_an = head_rows(alpha, b, h, stride_ab, stride_ah, stride_an)
+        lse_base = lse + bh.to(tl.int64) * N
+    layers = (w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale)
     if is_prefix:
         _forward_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, -GH - 2, 0, P,
-            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False, EVEN_N=EVEN_N, CLAMP=CLAMP,
-            DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
-            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
-            BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            *layers, LAYERS=LAYERS, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=False,
+            EVEN_N=EVEN_N, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES,
+            MID_ROWS=MID_ROWS, MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS,
+            TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
     else:
-        if FIND_RADIUS:
+        if LAYERS:
+            r = GH  # at most: each program's own, from its rows' maxima (_forward_rows)
+        elif FIND_RADIUS:
             if CLAMP:  # the clamp keeps far biases at their floor: no skipping
                 r = GH
             else:
@@ -216,16 +245,17 @@ def _forward_kernel(
         _forward_rows(
             q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn,
             stride_on, stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, N,
-            D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M, EVEN_N=EVEN_N,
-            CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES, MID_ROWS=MID_ROWS,
-            MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS, TAIL_FULL=TAIL_FULL,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
+            *layers, LAYERS=LAYERS, D=D, D_PAD=D_PAD, D_TAIL=D_TAIL, HAS_PREFIX=HAS_PREFIX, RATE=RATE, EVEN_M=EVEN_M,
+            EVEN_N=EVEN_N, CLAMP=CLAMP, DOT_PRECISION=DOT_PRECISION, ROWS=ROWS, COLS=COLS, FULL_TILES=FULL_TILES,
+            MID_ROWS=MID_ROWS, MID_COLS=MID_COLS, MID_FULL=MID_FULL, TAIL_ROWS=TAIL_ROWS, TAIL_COLS=TAIL_COLS,
+            TAIL_FULL=TAIL_FULL, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P)
 
 
 @triton.jit
 def _forward_rows(
     q_base, k_base, v_base, var_base, alpha_base, o_base, lse_base, stride_qn, stride_kn, stride_vn, stride_on,
     stride_varn, stride_varc, stride_an, N, GH, GW, P, qk_scale, eps, cmin, r, start_m, end_m,
+    w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale, LAYERS: tl.constexpr,
     D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr, HAS_PREFIX: tl.constexpr, RATE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, CLAMP: tl.constexpr, DOT_PRECISION: tl.constexpr, ROWS: tl.constexpr,
     COLS: tl.constexpr, FULL_TILES: tl.constexpr, MID_ROWS: tl.constexpr, MID_COLS: tl.constexpr,
@@ -233,12 +263,20 @@ def _forward_rows(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr,
 ):
     """out and lse of the BLOCK_M query rows from token ``start_m`` (those before ``end_m``) of one
-    (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``."""
+    (batch, head) (the bases point at it): every key, the Gaussian on the tiles within radius ``r``. With
+    LAYERS var and alpha come from the layers, the radius is at most the rows' own, and no lse is stored."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_m = offs_m < end_m
     b_q, b_q_tail = load_head(q_base, offs_m, stride_qn, m_m, D, D_PAD, D_TAIL, not EVEN_M)
-    row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
-        var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
+    if LAYERS:
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, v_r = layer_row_coefficients(
+            b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale, offs_m, N, GW, P, eps, cmin,
+            D, D_PAD, D_TAIL, DOT_PRECISION)
+        if not CLAMP:  # the clamp keeps far biases at their floor: no skipping
+            r = tl.minimum(r, radius_from_maxima(nan_max(v_r), nan_max(a), eps, GH))
+    else:
+        row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
+            var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)
     log2_amp = tl.log2(a * _LOG2E)  # -inf off patches
 
     b_m = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -283,7 +321,8 @@ def _forward_rows(
     if D_TAIL:
         b_acc_tail = b_acc_tail / b_l[:, None]
     store_head(o_base, offs_m, stride_on, b_acc / b_l[:, None], b_acc_tail, m_m, D, D_PAD, D_TAIL, not EVEN_M)
-    if EVEN_M:
-        tl.store(lse_base + offs_m, b_m + tl.log2(b_l))
-    else:
-        tl.store(lse_base + offs_m, b_m + tl.log2(b_l), mask=m_m)
+    if not LAYERS:  # (with LAYERS no gradient is to come: no lse)
+        if EVEN_M:
+            tl.store(lse_base + offs_m, b_m + tl.log2(b_l))
+        else:
+            tl.store(lse_base + offs_m, b_m + tl.log2(b_l), mask=m_m)

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import configs
-from .tiles import head_rows, load_rows, nan_max, radius_from_maxima, store_rows
+from .tiles import gaussian_layers, head_rows, load_rows, nan_max, radius_from_maxima, store_rows
 
 # (BLOCK_P patches or pooled blocks per program step, num_warps) of each launch, by rate (H200, model shapes
 # and strides: results/gaug_sweep_v14_H200.json). The backward does little work per patch row: at rate 1
@@ -120,13 +120,6 @@ def _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D: tl.constex
 
 
 @triton.jit
-def _softplus(y):
-    """log(1 + exp(y)), stable: max(y, 0) + log1p(exp(-|y|)), log1p by its series where it is tiny."""
-    t = tl.exp(-tl.abs(y))
-    return tl.maximum(y, 0.0) + tl.where(t < 1e-4, t - 0.5 * t * t, tl.log(1.0 + t))
-
-
-@triton.jit
 def _gaug_forward_kernel(
     q, w_var, b_var, w_alpha, b_alpha, var, alpha, radius, stride_qb, stride_qh, stride_qn, stride_w,
     H, GH, GW, P, shift, var_scale, eps,
@@ -153,9 +146,7 @@ def _gaug_forward_kernel(
         p0 = _block_corners(offs, GW, RATE)
         b_q = _pooled_queries(q_base, stride_qn, p0, m, GW, P, D, D_PAD, RATE)
         z_r, z_c, y, _, _, _ = _preactivations(b_q, w_var, b_var, w_alpha, b_alpha, stride_w, D, D_PAD)
-        var_r = var_scale * tl.sigmoid(z_r - shift)
-        var_c = var_scale * tl.sigmoid(z_c - shift)
-        a = _softplus(y)
+        var_r, var_c, a = gaussian_layers(z_r, z_c, y, shift, var_scale)
         for i in tl.static_range(RATE):
             for j in tl.static_range(RATE):
                 p = p0 + i * GW + j

@@ -89,9 +89,70 @@ def row_coefficients(var, alpha, offs_m, N, GW, P, eps, cmin, stride_varn, strid
         v_r = tl.load(var + p * stride_varn, mask=is_patch, other=1.0)
         v_c = tl.load(var + p * stride_varn + stride_varc, mask=is_patch, other=1.0)
         a = tl.load(alpha + p * stride_an, mask=is_patch, other=0.0)
-    inv_r = _LOG2E / (v_r.to(tl.float32) + eps)
-    inv_c = _LOG2E / (v_c.to(tl.float32) + eps)
-    return row, col, -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c, a.to(tl.float32), is_patch
+    nh_r, nh_c, lo_r, lo_c = _axis_coefficients(v_r.to(tl.float32), v_c.to(tl.float32), eps, cmin)
+    return row, col, nh_r, nh_c, lo_r, lo_c, a.to(tl.float32), is_patch
+
+
+@triton.jit
+def layer_row_coefficients(b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale, offs_m, N, GW,
+                           P, eps, cmin, D: tl.constexpr, D_PAD: tl.constexpr, D_TAIL: tl.constexpr,
+                           DOT_PRECISION: tl.constexpr):
+    """``row_coefficients`` at rate 1 with var and alpha made from the query rows ``b_q`` (and ``b_q_tail``, as
+    ``load_head`` gives them) by the block's two layers, as ``gaug_forward`` makes them, instead of loaded. The
+    last of the eight is the rows' row variance (0 off patches; for the skip radius) where ``row_coefficients``
+    has is-patch.
+
+    The three products ``q w^T`` are one ``tl.dot`` against a (16, D) tile of the weight rows, in float32 (the
+    queries' values exactly; 3xTF32 on tensor cores, or IEEE products as the attention's fp32 dots): the results
+    come laid out as the attention's rows are. Row sums over a (rows, D) tile would leave them in that tile's
+    layout, which the attention's tiles then convert inside their loop (sm_90, Tiny 224: 166 registers against
+    118, four more exp2 a tile)."""
+    row, col, is_patch, _ = positions(offs_m, N, GW, P, 1, False)
+    precision: tl.constexpr = "ieee" if DOT_PRECISION == "ieee" else "tf32x3"
+    b_z = tl.dot(b_q.to(tl.float32), _layer_weights(w_var, w_alpha, stride_w, 0, D, D_PAD), input_precision=precision)
+    if D_TAIL:
+        b_z = tl.dot(b_q_tail.to(tl.float32), _layer_weights(w_var, w_alpha, stride_w, D_PAD, D, D_TAIL), b_z,
+                     input_precision=precision)
+    j = tl.arange(0, 16)[None, :]  # (rows, 16): columns 0, 1, 2 hold z_r, z_c, y without their biases
+    z_r = tl.sum(tl.where(j == 0, b_z, 0.0), 1) + tl.load(b_var).to(tl.float32)
+    z_c = tl.sum(tl.where(j == 1, b_z, 0.0), 1) + tl.load(b_var + 1).to(tl.float32)
+    y = tl.sum(tl.where(j == 2, b_z, 0.0), 1) + tl.load(b_alpha).to(tl.float32)
+    v_r, v_c, a = gaussian_layers(z_r, z_c, y, shift, var_scale)
+    v_r = tl.where(is_patch, v_r, 1.0)
+    nh_r, nh_c, lo_r, lo_c = _axis_coefficients(v_r, tl.where(is_patch, v_c, 1.0), eps, cmin)
+    return row, col, nh_r, nh_c, lo_r, lo_c, tl.where(is_patch, a, 0.0), tl.where(is_patch, v_r, 0.0)
+
+
+@triton.jit
+def _layer_weights(w_var, w_alpha, stride_w, COL0: tl.constexpr, D: tl.constexpr, WIDTH: tl.constexpr):
+    """(WIDTH, 16) float32: columns 0 and 1 the var layer's weight rows, column 2 the alpha layer's, over the head
+    dim's columns [COL0, COL0 + WIDTH) (zeros at and past D, and in columns 3 to 15)."""
+    d = COL0 + tl.arange(0, WIDTH)[:, None]
+    j = tl.arange(0, 16)[None, :]
+    p_w = tl.where(j == 2, w_alpha + d, w_var + tl.minimum(j, 1) * stride_w + d)
+    return tl.load(p_w, mask=(d < D) & (j < 3), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _axis_coefficients(v_r, v_c, eps, cmin):
+    """``nh`` and ``lo`` per axis of float32 row and column variances."""
+    inv_r = _LOG2E / (v_r + eps)
+    inv_c = _LOG2E / (v_c + eps)
+    return -0.5 * inv_r, -0.5 * inv_c, cmin * inv_r, cmin * inv_c
+
+
+@triton.jit
+def gaussian_layers(z_r, z_c, y, shift, var_scale):
+    """The row and column variances and alpha from the layers' pre-activations: ``var_scale sigmoid(z - shift)``
+    and ``softplus(y)`` (float32)."""
+    return var_scale * tl.sigmoid(z_r - shift), var_scale * tl.sigmoid(z_c - shift), softplus(y)
+
+
+@triton.jit
+def softplus(y):
+    """log(1 + exp(y)), stable: max(y, 0) + log1p(exp(-|y|)), log1p by its series where it is tiny."""
+    t = tl.exp(-tl.abs(y))
+    return tl.maximum(y, 0.0) + tl.where(t < 1e-4, t - 0.5 * t * t, tl.log(1.0 + t))
 
 
 @triton.jit
