@@ -330,6 +330,18 @@ def test_inference_fp32_matches_float64(request, device, grid, P, D, rate, init)
     assert record(request, "out", rel_err(out, ref)) <= 1e-5, f"{rel_err(out, ref):.2e}"
 
 
+def test_inference_reads_each_layer_in_its_own_dtype(device):
+    """The one-launch forward with a float16 var layer and a float64 alpha layer: the out of float32 layers
+    holding the same values, to the bit."""
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    wv, bv, wa, ba = (w.detach() for w in layers)
+    mixed = [wv.half(), bv.half(), wa.double(), ba.double()]
+    with torch.no_grad():
+        got, want = (locat_attention(q, k, v, *ws, (4, 4), num_prefix_tokens=1, backend="triton")
+                     for ws in (mixed, [w.float() for w in mixed]))
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("rate", [1, 2])
 def test_inference_at_rate_1_is_one_launch(device, rate):
     """At rate 1 a call that records no gradient is the forward kernel's one launch with the layers (LAYERS); at

@@ -129,8 +129,9 @@ def _layer_weights(w_var, w_alpha, stride_w, COL0: tl.constexpr, D: tl.constexpr
     dim's columns [COL0, COL0 + WIDTH) (zeros at and past D, and in columns 3 to 15)."""
     d = COL0 + tl.arange(0, WIDTH)[:, None]
     j = tl.arange(0, 16)[None, :]
-    p_w = tl.where(j == 2, w_alpha + d, w_var + tl.minimum(j, 1) * stride_w + d)
-    return tl.load(p_w, mask=(d < D) & (j < 3), other=0.0).to(tl.float32)
+    # one load per layer: the two may come in different dtypes
+    b_w = tl.load(w_var + tl.minimum(j, 1) * stride_w + d, mask=(d < D) & (j < 2), other=0.0).to(tl.float32)
+    return b_w + tl.load(w_alpha + d + 0 * j, mask=(d < D) & (j == 2), other=0.0).to(tl.float32)
 
 
 @triton.jit
