@@ -102,7 +102,7 @@ def layer_row_coefficients(b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride
     last of the eight is the rows' row variance (0 off patches; for the skip radius) where ``row_coefficients``
     has is-patch.
 
-    The three products ``q w^T`` are one ``tl.dot`` against a (16, D) tile of the weight rows, in float32 (the
+    The three products ``q w^T`` are one ``tl.dot`` against a (D, 16) tile of the weight rows, in float32 (the
     queries' values exactly; 3xTF32 on tensor cores, or IEEE products as the attention's fp32 dots): the results
     come laid out as the attention's rows are. Row sums over a (rows, D) tile would leave them in that tile's
     layout, which the attention's tiles then convert inside their loop (sm_90, Tiny 224: 166 registers against
