@@ -6,12 +6,13 @@
   grid_size, ...)``: what a LocAt attention layer computes: var and alpha made from the patch
   queries by the block's two linear layers (``reference.gaussian_parameters``), then the attention.
   On the triton backend var and alpha are made by one small kernel and their gradients flow back in
-  one more, instead of about twenty small torch operations; an eager call that records no gradient
-  (inference) at rate 1 is one launch, the forward making each query tile's var and alpha itself.
+  one more, instead of about twenty small torch operations; a call that records no gradient (inference,
+  eager or compiled) at rate 1 is one launch, the forward making each query tile's var and alpha itself.
 
 Under ``torch.compile`` both are ``torch.library.triton_op`` s (``locat::gaussian_attention``,
-``locat::locat_attention`` and their backwards, autograd registered): the compiler traces into them
-and launches the kernels from its own generated code, without a Python call per op. Eager calls
+``locat::locat_attention`` and their backwards, autograd registered; ``locat::locat_inference``, the one
+launch, where no gradient is recorded at rate 1): the compiler traces into them and launches the kernels
+from its own generated code, without a Python call per op. Eager calls
 take a plain ``autograd.Function`` around the same launchers (less host time than the op dispatch), with a
 launch plan per call signature (``configs.Plans``: every launch's grid and arguments made by the signature's
 first call); a ``locat_attention_qkvpacked`` call whose signature passed the checks before skips them.
@@ -267,6 +268,8 @@ def _locat_attention(q, k, v, log_var_weight, log_var_bias, log_alpha_weight, lo
         return _triton_attention(q, k, v, var, alpha, gw, P, eps, cmin, rate, scale, attn_bias, window_mask)
     params = (gh, gw, P, eps, cmin, shift, var_scale, rate, scale)
     if torch.compiler.is_compiling():  # on the views, packed or not (locat_attention_qkvpacked says why)
+        if rate == 1 and not _recorded(q, k, v, *weights):  # Dynamo guards on the grad mode and requires_grad
+            return torch.ops.locat.locat_inference(q, k, v, *weights, gw, P, eps, cmin, shift, var_scale, scale)
         return torch.ops.locat.locat_attention(q, k, v, *weights, *params)[0]
     if qkv is not None:
         plan = _plan("packed", (qkv, *weights), params) if plan is None else plan
@@ -290,7 +293,7 @@ def _locat_inference(q, k, v, weights, params, plan):
     (``fused.layer_forward``; the same out but for float32 rounding), else the launches of a recorded call."""
     gh, gw, P, eps, cmin, shift, var_scale, rate, scale = params
     if rate == 1:
-        return fused.layer_forward(q, k, v, *weights, gw, P, eps, cmin, shift, var_scale, scale, plan)
+        return fused.layer_forward(q, k, v, *weights, gw, P, eps, cmin, shift, var_scale, scale, plan=plan)
     return _locat_forward(q, k, v, *weights, *params, plan=plan)[0]
 
 
@@ -678,6 +681,16 @@ def _locat_autograd_backward(ctx, dout, *_):  # lse, var, alpha, radius: interna
 
 
 _locat_op.register_autograd(_locat_autograd_backward, setup_context=_locat_setup_context)
+
+
+@_triton_op("locat::locat_inference")
+def _locat_inference_op(
+    q: Tensor, k: Tensor, v: Tensor, wv: Tensor, bv: Tensor, wa: Tensor, ba: Tensor,
+    gw: int, num_prefix_tokens: int, eps: float, cmin: float, shift: float, var_scale: float, scale: float,
+) -> Tensor:
+    """``locat::locat_attention``'s out at rate 1 where no gradient is recorded: one launch (no autograd)."""
+    return fused.layer_forward(q, k, v, wv, bv, wa, ba, gw, num_prefix_tokens, eps, cmin, shift, var_scale, scale,
+                               traced=True)
 
 
 @_triton_op("locat::gaussian_augmentation")

@@ -43,6 +43,7 @@ for factored in (False, True):  # the dk/dv kernel's per-logit and factored Gaus
 for rate in (1, 2):
     out = A._locat_forward(q, k, v, *layers, 4, 4, 5, *consts, rate, 0.125)
     A._locat_backward(torch.randn_like(q), q, k, v, *layers, *out, 4, 4, 5, *consts, rate, 0.125)
+A.fused.layer_forward(q, k, v, *layers, 4, 5, *consts, 0.125)  # inference: the one launch
 wq, wk, wv = (torch.randn(4, 3, 16, 32) for _ in range(3))  # the window kernel: 4 x 4 windows, a bias and a mask
 wvar, walpha, wbias, wmask = torch.rand(4, 3, 16, 2) + 0.5, torch.rand(4, 3, 16), torch.randn(3, 16, 16), torch.zeros(2, 16, 16)
 out = A.fused.window_forward(wq, wk, wv, wvar, walpha, wbias, wmask, 4, 0.1, -2.0, 0.125)
@@ -51,7 +52,7 @@ rows = []
 for kernel, _, args, kw in launches:
     kwargs = dict(zip(kernel.arg_names, args), **{n: x for n, x in kw.items() if n not in ("num_warps", "num_stages")})
     written = identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes
-    flag = next((f for f in ("FIND_RADIUS", "DZ_GIVEN") if kw.get(f)), None)  # a flag that changes the outputs
+    flag = next((f for f in ("FIND_RADIUS", "DZ_GIVEN", "LAYERS") if kw.get(f)), None)  # one that changes the outputs
     rows.append([kernel.fn.__name__, flag,
                  sorted(d.name for d in written if isinstance(kwargs.get(d.name), torch.Tensor))])
 print(json.dumps(rows))
@@ -68,10 +69,11 @@ WRITES = {
     "_window_forward_kernel": ["lse", "o"],
     "_window_backward_kernel": ["dalpha", "dk", "dq", "dv", "dvar", "partial"],
 }
-# ... and under a flag: the public op's forward finds its radius; the rate-1 gaug backward after the dq
-# kernel's chain only reduces the layer gradients (dq has its part already).
+# ... and under a flag: the public op's forward finds its radius; the inference forward stores out only; the
+# rate-1 gaug backward after the dq kernel's chain only reduces the layer gradients (dq has its part already).
 FLAGGED_WRITES = {
     ("_forward_kernel", "FIND_RADIUS"): ["lse", "o", "radius"],
+    ("_forward_kernel", "LAYERS"): ["o"],
     ("_gaug_backward_kernel", "DZ_GIVEN"): ["partial"],
 }
 
@@ -84,8 +86,9 @@ def test_compile_sees_exactly_each_kernels_outputs():
     rows = json.loads(done.stdout.strip().splitlines()[-1])
     if rows is None:
         pytest.skip("this torch has no identify_accessed_tensors (inductor's write analysis)")
-    # the public op twice, the layers at rates 1 and 2, the window kernel; the factor tables where factored (3 times)
-    assert len(rows) == 4 * 5 - 4 + 2 + 3
+    # the public op twice, the layers at rates 1 and 2, the window kernel, the inference forward; the factor tables
+    # where factored (3 times)
+    assert len(rows) == 4 * 5 - 4 + 2 + 1 + 3
     for name, flag, written in rows:
         want = FLAGGED_WRITES[name, flag] if flag else WRITES[name]
         assert written == sorted(want), (name, flag, written)

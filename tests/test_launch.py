@@ -181,6 +181,29 @@ def test_an_eager_signature_makes_its_launches_once(device, monkeypatch):
     assert made[4] > 0 and made[5] > 0 and made[6] == 0, made  # fp16; contiguous strides; the first again
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["views", "qkvpacked"])
+def test_an_eager_inference_call_makes_its_launch_once_and_untraced(device, monkeypatch, packed):
+    """A call that records no gradient (the one launch at rate 1): one Launch at its signature's first call, none
+    at the second, never through ``wrap_triton`` (v46's first draft passed the plan as ``traced``: every call traced
+    and planless, 2.0-5.2x the host time, benchmarks/NOTES.md)."""
+    monkeypatch.setattr(configs, "Launch", _Counted)
+    monkeypatch.setattr(_Counted, "made", 0)
+    traced, launcher = [], configs.launcher
+    monkeypatch.setattr(configs, "launcher", lambda kernel, t: traced.append(t) or launcher(kernel, t))
+    qkv = torch.randn(2, 1 + 4 * 6, 3, 2, 16, device=device)
+    layers = make_layers(16, device=device)
+    made = []
+    for _ in range(2):
+        with torch.no_grad():
+            if packed:
+                locat_attention_qkvpacked(qkv, *layers, (4, 6), num_prefix_tokens=1, backend="triton")
+            else:
+                locat_attention(*qkv.permute(2, 0, 3, 1, 4).unbind(0), *layers, (4, 6), num_prefix_tokens=1,
+                                backend="triton")
+        made.append(_Counted.made)
+    assert made == [1, 1] and traced == [False, False], (made, traced)
+
+
 def test_a_known_call_skips_the_checks_and_a_bad_one_still_raises(device, monkeypatch):
     """A call whose signature passed the checks before goes straight to the launches; any other call is checked."""
     qkv = torch.randn(2, 1 + 4 * 6, 3, 2, 16, device=device, requires_grad=True)

@@ -354,6 +354,31 @@ def test_inference_at_rate_1_is_one_launch(device, rate):
                      [("_gaug_forward_kernel", None), ("_forward_kernel", False)])
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["views", "qkvpacked"])
+def test_compiled_inference_is_the_one_launch(device, packed):
+    """Under torch.compile a call that records no gradient at rate 1 runs locat::locat_inference (the one
+    launch) and gives eager's out exactly; with a gradient recorded the compiled call runs locat::locat_attention."""
+    q, k, v, *layers = _inputs(1, 2, (4, 4), 1, 16, device)
+    qkv = torch.stack((q, k, v), 2).transpose(1, 3).detach().requires_grad_()  # (B, N, 3, H, D)
+    fn, inputs = (locat_attention_qkvpacked, (qkv, *layers)) if packed else (locat_attention, (q, k, v, *layers))
+    kwargs = dict(grid_size=(4, 4), num_prefix_tokens=1, backend="triton")
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, backend="inductor" if device == "cuda" else "eager")
+    with torch.no_grad():
+        want = fn(*inputs, **kwargs)
+        got = compiled(*inputs, **kwargs)
+    assert torch.equal(got, want)
+
+    def traced_ops():
+        nodes = []
+        torch.compile(fn, fullgraph=True, backend=lambda gm, _: nodes.extend(gm.graph.nodes) or gm)(*inputs, **kwargs)
+        return {str(n.target) for n in nodes if n.op == "call_function" and str(n.target).startswith("locat.")}
+
+    with torch.no_grad():
+        assert traced_ops() == {"locat.locat_inference"}
+    assert traced_ops() == {"locat.locat_attention"}
+
+
 @pytest.mark.parametrize("D,pad", [(24, 0), (40, 4), (16, 4)])
 def test_strides_at_any_alignment_match_float64(request, device, D, pad):
     """q, k, v as views of a qkv tensor whose head rows are D + pad wide: strides multiples of 8 and not of 16

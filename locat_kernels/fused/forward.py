@@ -32,7 +32,7 @@ from . import configs
 from .tiles import (
     LOG2E, _LOG2E, dot_head, grid_col_exponents, grid_row_terms, head_rows, layer_row_coefficients, load_head,
     log2_bias, nan_max, near_grid_tiles, near_token_tiles, positions, program_tile, radius_from_maxima, radius_of,
-    row_coefficients, store_head, tile_keys,
+    row_coefficients, store_head, tile_keys, warp_uniform,
 )
 
 
@@ -47,24 +47,23 @@ def attention_forward(q, k, v, var, alpha, radius, gw, num_prefix_tokens, eps, c
     find_radius = radius is None
     if find_radius:
         radius = configs.empty((B * H,), q, torch.int32)
-    tensors = (q, k, v, var, alpha, radius, out, lse, var, var, alpha, alpha)  # the layers' slots: unread
+    tensors = (q, k, v, var, alpha, radius, out, lse, None, None, None, None)  # no layers
     configs.prepared(plan, "forward", lambda: _launch(*tensors, gw, num_prefix_tokens, eps, cmin, rate, scale,
                                                       find_radius))(tensors, traced)
     return out, lse, radius
 
 
 def layer_forward(q, k, v, w_var, b_var, w_alpha, b_alpha, gw, num_prefix_tokens, eps, cmin, shift, var_scale, scale,
-                  plan=None):
+                  traced=False, plan=None):
     """out of ``gaug_forward`` then ``attention_forward`` at rate 1 (a call that records no gradient), in one
     launch: each program makes its query rows' var and alpha from the q tile it holds, by the layers
     ``w_var, b_var, w_alpha, b_alpha`` as ``gaug_forward`` does, and its skip radius from their maxima; no var,
-    alpha, radius or lse is stored. An eager launch only (``plan`` as ``attention_forward``'s)."""
+    alpha, radius or lse is stored. ``traced`` and ``plan`` as ``attention_forward``'s."""
     B, H, N, D = q.shape
     out = configs.empty((B, N, H, D), q).transpose(1, 2)
-    # var, alpha, radius, lse: unread with LAYERS (stand-ins, as the window kernel's absent mask)
-    tensors = (q, k, v, w_var, w_alpha, w_var, out, w_var, w_var, b_var, w_alpha, b_alpha)
+    tensors = (q, k, v, None, None, None, out, None, w_var, b_var, w_alpha, b_alpha)  # no var, alpha, radius, lse
     configs.prepared(plan, "layer_forward", lambda: _launch(*tensors, gw, num_prefix_tokens, eps, cmin, 1, scale,
-                                                            False, (shift, var_scale)))(tensors)
+                                                            False, (shift, var_scale)))(tensors, traced)
     return out
 
 
@@ -77,7 +76,7 @@ def _launch(q, k, v, var, alpha, radius, out, lse, w_var, b_var, w_alpha, b_alph
     return configs.Launch(
         _forward_kernel, (configs.query_tiles(N, P, meta) * B * H,),
         (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *var_strides,
-         H, N, gw, P, scale * LOG2E, eps, cmin, w_var.stride(0), *(layers or (0.0, 1.0))),
+         H, N, gw, P, scale * LOG2E, eps, cmin, w_var.stride(0) if layers else 0, *(layers or (0.0, 1.0))),
         dict(FIND_RADIUS=find_radius, LAYERS=layers is not None, ALIGN8=configs.align8(q, k, v, out), **meta))
 
 
@@ -201,10 +200,10 @@ def _forward_kernel(
     which have no bias (every key tile far). EVEN_M: the patch (or token) tiles need no row masks;
     EVEN_N: N is a multiple of BLOCK_N. With FIND_RADIUS each patch program reads its (batch, head)'s
     var and alpha maxima for the radius (cheaper than a launch) and the first stores it. With LAYERS
-    (``layer_forward``, rate 1) var, alpha, radius and lse are neither read nor written: each program makes its rows'
-    var and alpha from its q tile by the layers (w_var (2, D) with row stride ``stride_w``, b_var (2,), w_alpha
-    (1, D), b_alpha (1,)) and its radius from their maxima, and stores out only. ALIGN8: the q, k, v, out strides are
-    multiples of 8 (``configs.align8``).
+    (``layer_forward``, rate 1; var, alpha, radius and lse None) each program makes its rows' var and alpha from its
+    q tile by the layers (w_var (2, D) with row stride ``stride_w``, b_var (2,), w_alpha (1, D), b_alpha (1,)) and its
+    radius from their maxima, and stores out only; without it the layers are None. ALIGN8: the q, k, v, out strides
+    are multiples of 8 (``configs.align8``).
     """
     qk_scale = tl.cast(qk_scale, tl.float32)  # fp32 scalars (see configs.launcher)
     eps, cmin = tl.cast(eps, tl.float32), tl.cast(cmin, tl.float32)
@@ -216,7 +215,7 @@ def _forward_kernel(
     k_base, stride_kn = head_rows(k, b, h, stride_kb, stride_kh, stride_kn, ALIGN8)
     v_base, stride_vn = head_rows(v, b, h, stride_vb, stride_vh, stride_vn, ALIGN8)
     o_base, stride_on = head_rows(o, b, h, stride_ob, stride_oh, stride_on, ALIGN8)
-    if LAYERS:  # unread: the layers make var and alpha, no lse is stored
+    if LAYERS:  # None: the layers make var and alpha, no lse is stored
         var_base, alpha_base, lse_base = var, alpha, lse
     else:
         var_base, stride_varn = head_rows(var, b, h, stride_varb, stride_varh, stride_varn)
@@ -238,7 +237,7 @@ def _forward_kernel(
             if CLAMP:  # the clamp keeps far biases at their floor: no skipping
                 r = GH
             else:
-                r = radius_of(var_base, alpha_base, stride_varn, stride_an, N - P, eps, GH)
+                r = warp_uniform(radius_of(var_base, alpha_base, stride_varn, stride_an, N - P, eps, GH))
             tl.store(radius + bh, r, mask=tile == 0)
         else:
             r = tl.load(radius + bh)
@@ -273,7 +272,7 @@ def _forward_rows(
             b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride_w, shift, var_scale, offs_m, N, GW, P, eps, cmin,
             D, D_PAD, D_TAIL, DOT_PRECISION)
         if not CLAMP:  # the clamp keeps far biases at their floor: no skipping
-            r = tl.minimum(r, radius_from_maxima(nan_max(v_r), nan_max(a), eps, GH))
+            r = warp_uniform(tl.minimum(r, radius_from_maxima(nan_max(v_r), nan_max(a), eps, GH)))
     else:
         row_q, col_q, nh_r, nh_c, lo_r, lo_c, a, _ = row_coefficients(
             var_base, alpha_base, offs_m, N, GW, P, eps, cmin, stride_varn, stride_varc, stride_an, RATE)

@@ -13,6 +13,8 @@ D_PAD = prev_pow2(D) columns and a tail of D_TAIL columns from D_PAD, its paddin
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -23,6 +25,7 @@ _LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
 SKIP_LOG2 = -25.0
 _SKIP_LOG2 = tl.constexpr(SKIP_LOG2)
 _RADIUS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (batch, head)'s maxima
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")  # no inline PTX there
 
 
 @triton.jit
@@ -102,17 +105,14 @@ def layer_row_coefficients(b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride
     last of the eight is the rows' row variance (0 off patches; for the skip radius) where ``row_coefficients``
     has is-patch.
 
-    The three products ``q w^T`` are one ``tl.dot`` against a (D, 16) tile of the weight rows, in float32 (the
-    queries' values exactly; 3xTF32 on tensor cores, or IEEE products as the attention's fp32 dots): the results
-    come laid out as the attention's rows are. Row sums over a (rows, D) tile would leave them in that tile's
-    layout, which the attention's tiles then convert inside their loop (sm_90, Tiny 224: 166 registers against
-    118, four more exp2 a tile)."""
+    The three products ``q w^T`` are one ``tl.dot`` against a (D, 16) tile of the weight rows (``_layer_products``:
+    to float32's accuracy, but for the bf16 weights' split): the results come laid out as the attention's rows
+    are. Row sums over a (rows, D) tile would leave them in that tile's layout, which the attention's tiles then
+    convert inside their loop (sm_90, Tiny 224: 166 registers against 118, four more exp2 a tile)."""
     row, col, is_patch, _ = positions(offs_m, N, GW, P, 1, False)
-    precision: tl.constexpr = "ieee" if DOT_PRECISION == "ieee" else "tf32x3"
-    b_z = tl.dot(b_q.to(tl.float32), _layer_weights(w_var, w_alpha, stride_w, 0, D, D_PAD), input_precision=precision)
+    b_z = _layer_products(b_q, w_var, w_alpha, stride_w, 0, D, D_PAD, DOT_PRECISION)
     if D_TAIL:
-        b_z = tl.dot(b_q_tail.to(tl.float32), _layer_weights(w_var, w_alpha, stride_w, D_PAD, D, D_TAIL), b_z,
-                     input_precision=precision)
+        b_z += _layer_products(b_q_tail, w_var, w_alpha, stride_w, D_PAD, D, D_TAIL, DOT_PRECISION)
     j = tl.arange(0, 16)[None, :]  # (rows, 16): columns 0, 1, 2 hold z_r, z_c, y without their biases
     z_r = tl.sum(tl.where(j == 0, b_z, 0.0), 1) + tl.load(b_var).to(tl.float32)
     z_c = tl.sum(tl.where(j == 1, b_z, 0.0), 1) + tl.load(b_var + 1).to(tl.float32)
@@ -121,6 +121,22 @@ def layer_row_coefficients(b_q, b_q_tail, w_var, b_var, w_alpha, b_alpha, stride
     v_r = tl.where(is_patch, v_r, 1.0)
     nh_r, nh_c, lo_r, lo_c = _axis_coefficients(v_r, tl.where(is_patch, v_c, 1.0), eps, cmin)
     return row, col, nh_r, nh_c, lo_r, lo_c, tl.where(is_patch, a, 0.0), tl.where(is_patch, v_r, 0.0)
+
+
+@triton.jit
+def _layer_products(b_q, w_var, w_alpha, stride_w, COL0: tl.constexpr, D: tl.constexpr, WIDTH: tl.constexpr,
+                    DOT_PRECISION: tl.constexpr):
+    """(rows, 16) float32: ``b_q`` (the head dim's columns [COL0, COL0 + WIDTH)) times ``_layer_weights``. bf16
+    queries as they are, against the weights split in two bf16 parts (hi + lo: each product exact in float32,
+    the weights to 2^-16 of their size); other dtypes in float32 (3xTF32, or IEEE as the attention's fp32 dots).
+    The split leaves q in its registers: q in float32 took 32 more a thread, and spilled under the 224 px cap
+    (sm_90; benchmarks/NOTES.md, v46). fp16 keeps float32 (its range would not hold every weight)."""
+    b_w = _layer_weights(w_var, w_alpha, stride_w, COL0, D, WIDTH)
+    if b_q.dtype == tl.bfloat16:
+        b_hi = b_w.to(tl.bfloat16)
+        return tl.dot(b_q, (b_w - b_hi.to(tl.float32)).to(tl.bfloat16), tl.dot(b_q, b_hi))
+    precision: tl.constexpr = "ieee" if DOT_PRECISION == "ieee" else "tf32x3"
+    return tl.dot(b_q.to(tl.float32), b_w, input_precision=precision)
 
 
 @triton.jit
@@ -214,6 +230,18 @@ def radius_of(var, alpha, stride_varn, stride_an, NP, eps, GH):
         b_alpha = tl.maximum(b_alpha, tl.load(alpha + offs * stride_an, mask=m, other=0.0).to(tl.float32),
                              propagate_nan=tl.PropagateNan.ALL)
     return radius_from_maxima(nan_max(b_var), nan_max(b_alpha), eps, GH)
+
+
+@triton.jit
+def warp_uniform(x):
+    """An int32 ``x`` that every thread holds alike (a reduction's result), as lane 0's by a warp shuffle: the
+    compiler knows a shuffle from a fixed lane is the same across the warp, so loops bounded by it keep their
+    counters and addresses on the uniform datapath. A radius made by reductions cost the forward's loops 3-11%
+    more instructions an iteration and spilled (sm_90; benchmarks/NOTES.md, v46)."""
+    if _INTERPRETED:
+        return x
+    return tl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 0, 0x1f, 0xffffffff;", "=r,r", [x],
+                                     dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
