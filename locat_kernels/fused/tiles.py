@@ -129,8 +129,9 @@ def _layer_products(b_q, w_var, w_alpha, stride_w, COL0: tl.constexpr, D: tl.con
     """(rows, 16) float32: ``b_q`` (the head dim's columns [COL0, COL0 + WIDTH)) times ``_layer_weights``. bf16
     queries as they are, against the weights split in two bf16 parts (hi + lo: each product exact in float32,
     the weights to 2^-16 of their size); other dtypes in float32 (3xTF32, or IEEE as the attention's fp32 dots).
-    The split leaves q in its registers: q in float32 took 32 more a thread, and spilled under the 224 px cap
-    (sm_90; benchmarks/NOTES.md, v46). fp16 keeps float32 (its range would not hold every weight)."""
+    The split leaves q as it is where a float32 copy (64 x 64 over 128 threads: 32 registers) spilled under the
+    384 px cap (sm_90: 16 bytes a thread against 48, loops 3-4% shorter; benchmarks/NOTES.md, v46). fp16 keeps
+    float32 (its range would not hold every weight)."""
     b_w = _layer_weights(w_var, w_alpha, stride_w, COL0, D, WIDTH)
     if b_q.dtype == tl.bfloat16:
         b_hi = b_w.to(tl.bfloat16)
@@ -236,7 +237,7 @@ def radius_of(var, alpha, stride_varn, stride_an, NP, eps, GH):
 def warp_uniform(x):
     """An int32 ``x`` that every thread holds alike (a reduction's result), as lane 0's by a warp shuffle: the
     compiler knows a shuffle from a fixed lane is the same across the warp, so loops bounded by it keep their
-    counters and addresses on the uniform datapath. A radius made by reductions cost the forward's loops 3-11%
+    counters and addresses on the uniform datapath. A radius made by reductions cost the forward's loops 3-10%
     more instructions an iteration and spilled (sm_90; benchmarks/NOTES.md, v46)."""
     if _INTERPRETED:
         return x
