@@ -13,10 +13,10 @@ D_PAD = prev_pow2(D) columns and a tail of D_TAIL columns from D_PAD, its paddin
 """
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
+
+from .configs import INTERPRET
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
@@ -25,7 +25,7 @@ _LOG2E = tl.constexpr(LOG2E)  # the same, for use inside kernels
 SKIP_LOG2 = -25.0
 _SKIP_LOG2 = tl.constexpr(SKIP_LOG2)
 _RADIUS_BLOCK = tl.constexpr(512)  # patches per step when a program reads its (batch, head)'s maxima
-_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")  # no inline PTX there
+_INTERPRETED = tl.constexpr(INTERPRET)  # no inline PTX there
 
 
 @triton.jit
