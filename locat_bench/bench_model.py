@@ -113,7 +113,7 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
             if device == "cuda":
                 ms = sorted(runs[v])[len(runs[v]) // 2]
                 row[f"{phase}_spread"] = max(runs[v]) / min(runs[v]) - 1
-                row[f"{phase}_kernels_per_step"] = kernels_per_step(fn)
+                row[f"{phase}_kernels_per_step"], row[f"{phase}_gpu_busy_ms"] = kernel_profile(fn)
                 # what this variant's call adds to the memory in use, plus its own resident tensors:
                 # the other variants' weights stay out of its number
                 row[f"{phase}_peak_gb"] = peak_memory_gb(fn, device, above_current=True) + (
@@ -126,7 +126,8 @@ def bench_case(case: ModelCase, variants, device, mode: str = "eager", repeats: 
         log(f"  {case.name:<9} {row['variant']:<13} {mode:<8} train {row['train_img_s']:8.1f} img/s  "
             f"infer {row['infer_img_s']:8.1f} img/s"
             + (f"  (spread {row['train_spread']:.1%} / {row['infer_spread']:.1%}; kernels/step "
-               f"{row['train_kernels_per_step']} / {row['infer_kernels_per_step']}; peak train "
+               f"{row['train_kernels_per_step']} / {row['infer_kernels_per_step']}; GPU busy ms/step "
+               f"{row['train_gpu_busy_ms']:.2f} / {row['infer_gpu_busy_ms']:.2f}; peak train "
                f"{row['train_peak_gb']:.2f} GB)" if device == "cuda" else ""))
     return list(rows.values())
 
@@ -198,8 +199,9 @@ def _timed_ms(fn, steps: int) -> float:
     return start.elapsed_time(end) / steps
 
 
-def kernels_per_step(fn) -> int:
-    """CUDA kernels launched by one call (torch.profiler), after a warm-up call."""
+def kernel_profile(fn) -> tuple[int, float]:
+    """CUDA kernels launched by one call and the ms they run, summed (GPU busy: the step's time where the
+    host keeps up), by torch.profiler after a warm-up call."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -207,7 +209,8 @@ def kernels_per_step(fn) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(kernels), sum(e.device_time_total for e in kernels) / 1e3
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -222,6 +225,9 @@ def ratios(rows: list[dict]) -> list[dict]:
         entry = dict(model=r["model"], batch=r.get("batch"), variant=r["variant"], mode=r["mode"],
                      train_over_vit=r["train_img_s"] / base["train_img_s"],
                      infer_over_vit=r["infer_img_s"] / base["infer_img_s"])
+        for phase in ("train", "infer"):  # images per GPU-busy ms: the ratio where neither step waits on the host
+            if r.get(f"{phase}_gpu_busy_ms") and base.get(f"{phase}_gpu_busy_ms"):
+                entry[f"{phase}_gpu_over_vit"] = base[f"{phase}_gpu_busy_ms"] / r[f"{phase}_gpu_busy_ms"]
         if r.get("train_peak_gb") and base.get("train_peak_gb"):
             entry["train_memory_over_vit"] = r["train_peak_gb"] / base["train_peak_gb"]
         out.append(entry)

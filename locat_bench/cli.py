@@ -126,10 +126,13 @@ def run_models(args, device: str, env: dict) -> int:
     host = bm.layer_host_times(device) if device == "cuda" else None
     if ratios:
         print("\nimages/s over the backbone without LocAt (timm's ViT, or the family's) of the same size and mode "
-              "(higher is better), peak training memory over the backbone's:")
+              "(higher is better), the same from the steps' GPU busy time (what a host that keeps up would see), "
+              "peak training memory over the backbone's:")
+        nan = float("nan")
         for r in ratios:
             print(f"  {r['model']:<15} {r['variant']:<13} {r['mode']:<8} train {r['train_over_vit']:5.2f}  "
-                  f"infer {r['infer_over_vit']:5.2f}  memory {r.get('train_memory_over_vit', float('nan')):5.2f}")
+                  f"infer {r['infer_over_vit']:5.2f}  GPU busy {r.get('train_gpu_over_vit', nan):5.2f} / "
+                  f"{r.get('infer_gpu_over_vit', nan):5.2f}  memory {r.get('train_memory_over_vit', nan):5.2f}")
     if host:
         print("\nhost time of one attention layer (B=1, 17 tokens, eager), LocAt triton / timm Attention:")
         for kind in ("forward", "forward_backward", "inference"):

@@ -329,3 +329,20 @@ def test_model_ratios_pair_each_variant_with_the_backbone_of_its_own_batch():
             row("vit", 64, "compiled", 500.0, 1000.0), row("locat_triton", 64, "compiled", 450.0, 900.0)]
     got = {(r["batch"], r["mode"]): (r["train_over_vit"], r["infer_over_vit"]) for r in bm.ratios(rows)}
     assert got == {(16, "eager"): (0.9, 0.75), (64, "eager"): (0.95, 0.95), (64, "compiled"): (0.9, 0.9)}
+
+
+def test_model_ratios_from_gpu_busy_time_are_the_backbones_ms_over_ours():
+    """A step that needs 1.25x the backbone's GPU time reads 0.8 (images per GPU ms), whatever the wall clock says;
+    rows without the profile (CPU) get no such entry."""
+    from locat_bench import bench_model as bm
+
+    rows = [dict(model="tiny 224", batch=8, variant="vit", mode="compiled", train_img_s=100.0, infer_img_s=100.0,
+                 train_gpu_busy_ms=10.0, infer_gpu_busy_ms=4.0),
+            dict(model="tiny 224", batch=8, variant="locat_triton", mode="compiled", train_img_s=90.0,
+                 infer_img_s=120.0, train_gpu_busy_ms=12.5, infer_gpu_busy_ms=5.0),
+            dict(model="tiny 224", batch=8, variant="vit", mode="eager", train_img_s=100.0, infer_img_s=100.0),
+            dict(model="tiny 224", batch=8, variant="locat_triton", mode="eager", train_img_s=90.0, infer_img_s=90.0)]
+    compiled, eager = bm.ratios(rows)
+    assert (compiled["train_gpu_over_vit"], compiled["infer_gpu_over_vit"]) == (0.8, 0.8)
+    assert (compiled["train_over_vit"], compiled["infer_over_vit"]) == (0.9, 1.2)
+    assert "train_gpu_over_vit" not in eager and "infer_gpu_over_vit" not in eager
