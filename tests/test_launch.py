@@ -186,6 +186,7 @@ def test_an_eager_inference_call_makes_its_launch_once_and_untraced(device, monk
     """A call that records no gradient (the one launch at rate 1): one Launch at its signature's first call, none
     at the second, never through ``wrap_triton`` (v46's first draft passed the plan as ``traced``: every call traced
     and planless, 2.0-5.2x the host time, benchmarks/NOTES.md)."""
+    monkeypatch.setattr(attention, "_PLANS", configs.Plans())  # an earlier test's call of this signature made its plan
     monkeypatch.setattr(configs, "Launch", _Counted)
     monkeypatch.setattr(_Counted, "made", 0)
     traced, launcher = [], configs.launcher
