@@ -166,6 +166,7 @@ def _packed_call(qkv, layers, **kwargs):
 
 def test_an_eager_signature_makes_its_launches_once(device, monkeypatch):
     """The second call of a signature makes no Launch; a change of alignment, dtype or strides makes new ones."""
+    monkeypatch.setattr(attention, "_PLANS", configs.Plans())  # another test's call may have planned these signatures
     monkeypatch.setattr(configs, "Launch", _Counted)
     monkeypatch.setattr(_Counted, "made", 0)
     base = torch.randn(2, 1 + 4 * 6, 3, 2, 17, device=device)
@@ -186,7 +187,7 @@ def test_an_eager_inference_call_makes_its_launch_once_and_untraced(device, monk
     """A call that records no gradient (the one launch at rate 1): one Launch at its signature's first call, none
     at the second, never through ``wrap_triton`` (v46's first draft passed the plan as ``traced``: every call traced
     and planless, 2.0-5.2x the host time, benchmarks/NOTES.md)."""
-    monkeypatch.setattr(attention, "_PLANS", configs.Plans())  # an earlier test's call of this signature made its plan
+    monkeypatch.setattr(attention, "_PLANS", configs.Plans())  # another test's call may have planned this signature
     monkeypatch.setattr(configs, "Launch", _Counted)
     monkeypatch.setattr(_Counted, "made", 0)
     traced, launcher = [], configs.launcher
